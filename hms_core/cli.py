@@ -1,0 +1,138 @@
+"""The ``hms`` command: one verb per operator task.
+
+Each verb's work lives in the module it names; this file only parses arguments.
+Modules are imported when their verb runs, so ``hms --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from hms_core.errors import HMSError
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from hms_core.data import synthetic
+
+    synthetic.main(out=args.out, patients=args.patients, seed=args.seed)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from hms_core import predict
+
+    predict.main(data_dir=args.data, out_csv=args.out, model_path=args.model,
+                 uncertainty=args.uncertainty)
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from hms_core.ops import monitor
+
+    return monitor.print_status(workdir=args.directory, host=args.host, as_json=args.json)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from hms_core.ops import monitor
+
+    return monitor.run_monitor(workdir=args.directory, host=args.host, interval_s=args.interval)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from hms_core.ops import logs
+
+    return logs.show_logs(workdir=args.directory, rule=args.rule, follow=args.follow, host=args.host)
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from hms_core.ops import backup
+
+    return backup.main(workdir=args.directory, action=args.action, name=args.name)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from hms_core.ops import resume
+
+    return resume.main(workdir=args.directory, host=args.host, snakemake_args=args.snakemake_args)
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from hms_core.ops import remote
+
+    return remote.deploy(host=args.host, key=args.key, remote_dir=args.dir, port=args.port,
+                         snakemake_args=args.snakemake_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hms", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("synth", help="write a synthetic data set in the Kaggle layout")
+    p.add_argument("out", help="output folder")
+    p.add_argument("--patients", type=int, default=20, help="number of patients (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.set_defaults(func=_synth)
+
+    p = verbs.add_parser("predict", help="write a Kaggle submission from a test folder")
+    p.add_argument("--data", required=True, help="folder with test.csv, test_eegs/, test_spectrograms/")
+    p.add_argument("--out", required=True, help="submission CSV to write")
+    p.add_argument("--model", default="models/onnx/ensemble.onnx", help="ONNX ensemble")
+    p.add_argument("--uncertainty", action="store_true", help="add uncertainty columns")
+    p.set_defaults(func=_predict)
+
+    def add_remote(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--directory", "-d", default=".", help="the run's working directory")
+        p.add_argument("--host", default=None, help="user@host of a remote run (over SSH)")
+
+    p = verbs.add_parser("status", help="print the run's status once")
+    add_remote(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_status)
+
+    p = verbs.add_parser("monitor", help="live dashboard of the run (Ctrl-C to leave)")
+    add_remote(p)
+    p.add_argument("--interval", type=float, default=2.0, help="refresh period in s")
+    p.set_defaults(func=_monitor)
+
+    p = verbs.add_parser("logs", help="show rule logs")
+    add_remote(p)
+    p.add_argument("rule", nargs="?", default=None, help="rule name (default: all)")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.set_defaults(func=_logs)
+
+    p = verbs.add_parser("backup", help="list, create or restore backups")
+    p.add_argument("--directory", "-d", default=".", help="the run's working directory")
+    p.add_argument("action", choices=("list", "create", "restore"))
+    p.add_argument("name", nargs="?", default=None, help="backup to restore")
+    p.set_defaults(func=_backup)
+
+    p = verbs.add_parser("resume", help="clear a stale lock and continue an interrupted run")
+    add_remote(p)
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="extra snakemake arguments")
+    p.set_defaults(func=_resume)
+
+    p = verbs.add_parser("deploy", help="copy the project to a host and start the run there")
+    p.add_argument("--host", required=True, help="user@host")
+    p.add_argument("--key", default=None, help="SSH private key")
+    p.add_argument("--port", type=int, default=22, help="SSH port")
+    p.add_argument("--dir", default="hms", help="remote project folder")
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="extra snakemake arguments")
+    p.set_defaults(func=_deploy)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except HMSError as err:
+        print(f"hms {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
