@@ -1,0 +1,23 @@
+"""Shared fixtures for the whole test suite."""
+from __future__ import annotations
+
+import pytest
+
+TINY_PATIENTS = 6
+TINY_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """A small synthetic data set in the Kaggle layout, generated once per test session.
+
+    6 patients, 8 EEG recordings in 6 sessions (two spectrograms serve two recordings
+    each), 33 labelled rows, 2 test recordings; with ``answer_key/``. Returns the folder (a ``pathlib.Path``). Treat it as read-only:
+    copy it before changing files.
+    """
+    from hms_core.data.synthetic import generate_dataset
+
+    out = tmp_path_factory.mktemp("tiny_dataset") / "raw"
+    generate_dataset(out, n_patients=TINY_PATIENTS, seed=TINY_SEED, recordings_per_patient=(1, 2),
+                     sub_windows=(1, 6), n_test=2, two_eeg_fraction=0.5)
+    return out
