@@ -1,0 +1,108 @@
+"""``hms resume``: continue a run after a crash or power loss.
+
+Clears Snakemake's lock when no Snakemake process owns it any more, then runs
+``snakemake --rerun-incomplete`` (with the project's profile) in the working directory.
+Training jobs continue from their last checkpoint on their own (the training engine).
+The Snakemake arguments of the last ``hms resume``/``hms deploy`` are remembered in
+``status/launch.json`` and reused when none are given.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from hms_core import atomic
+from hms_core.errors import HMSError
+from hms_core.ops.processes import snakemake_processes
+
+logger = logging.getLogger(__name__)
+
+LAUNCH_FILE = Path("status", "launch.json")
+PROFILE = Path("profiles", "default")
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # the checkout that holds the Snakefile
+_SNAKEFILES = ("Snakefile", "workflow/Snakefile", "snakefile")
+
+
+def lock_files(workdir: str | os.PathLike) -> list[Path]:
+    """Snakemake's lock files in ``workdir/.snakemake/locks``."""
+    locks = Path(workdir, ".snakemake", "locks")
+    return sorted(p for p in locks.iterdir() if p.is_file()) if locks.is_dir() else []
+
+
+def clear_stale_locks(workdir: str | os.PathLike) -> list[Path]:
+    """Remove Snakemake's lock files of ``workdir`` if no Snakemake process works there.
+
+    Returns
+    -------
+    list of Path
+        The lock files removed (empty when there were none).
+
+    Raises
+    ------
+    HMSError
+        A Snakemake process is running in ``workdir``: the lock is not stale.
+    """
+    running = snakemake_processes(workdir)
+    if running:
+        pids = ", ".join(str(p["pid"]) for p in running)
+        raise HMSError(f"Snakemake is running in {Path(workdir).resolve()} (pid {pids}); "
+                       "its lock is not stale. Watch it with `hms monitor`.")
+    removed = lock_files(workdir)
+    for path in removed:
+        path.unlink()
+    if removed:
+        logger.info("removed stale Snakemake lock (%s)", ", ".join(p.name for p in removed))
+    return removed
+
+
+def snakemake_command(workdir: str | os.PathLike, snakemake_args: Sequence[str]) -> list[str]:
+    """``python -m snakemake --rerun-incomplete [--profile ...] [--snakefile ...] ARGS``.
+
+    The profile ``profiles/default`` (in ``workdir``, else in the project) is added unless
+    ``snakemake_args`` name one; the project's Snakefile is added when ``workdir`` has none.
+    """
+    workdir = Path(workdir)
+    args = list(snakemake_args)
+    command = [sys.executable, "-m", "snakemake", "--rerun-incomplete"]
+    if not any(a == "--profile" or a.startswith("--profile=") for a in args):
+        for base in (workdir, PROJECT_DIR):
+            if (base / PROFILE / "config.yaml").is_file():
+                command += ["--profile", str(base / PROFILE)]
+                break
+    has_snakefile = any(a in ("-s", "--snakefile") or a.startswith("--snakefile=") for a in args)
+    if not has_snakefile and not any((workdir / name).is_file() for name in _SNAKEFILES):
+        project_snakefile = PROJECT_DIR / "Snakefile"
+        if project_snakefile.is_file():
+            command += ["--snakefile", str(project_snakefile)]
+    return command + args
+
+
+def main(workdir: str | os.PathLike, host: str | None, snakemake_args: Sequence[str] | None) -> int:
+    """``hms resume``: clear a stale lock and run Snakemake again; returns its exit status.
+
+    With ``host`` the same is started on the remote machine, detached (see
+    :func:`hms_core.ops.remote.start_detached`).
+    """
+    args = list(snakemake_args or [])
+    if args[:1] == ["--"]:
+        args = args[1:]
+    if host is not None:
+        from hms_core.ops import remote, ssh
+
+        return remote.start_detached(host, ssh.remote_dir(workdir), args)
+    workdir = Path(workdir)
+    launch = workdir / LAUNCH_FILE
+    if args:
+        atomic.write_json(launch, {"snakemake_args": args})
+    elif launch.is_file():
+        args = list(json.loads(launch.read_text()).get("snakemake_args", []))
+        logger.info("reusing the Snakemake arguments of the last launch: %s", " ".join(args))
+    clear_stale_locks(workdir)
+    command = snakemake_command(workdir, args)
+    logger.info("running %s in %s", " ".join(command), workdir)
+    return subprocess.run(command, cwd=workdir).returncode
