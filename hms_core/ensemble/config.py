@@ -1,0 +1,192 @@
+"""Config of the ``ensemble`` stage: meta-learner, member selection, BMA and calibration.
+
+The Snakemake config section ``ensemble`` is passed to :meth:`EnsembleConfig.from_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from hms_core.errors import ConfigError
+
+SELECTION_METHODS = ("greedy", "all")
+
+
+def config_from_dict(cls, d: Mapping[str, Any] | None, *, section: str, nested: Mapping[str, Any] | None = None):
+    """Build dataclass ``cls`` from ``d``, rejecting unknown keys with a ConfigError.
+
+    Parameters
+    ----------
+    cls : type
+        A dataclass.
+    d : Mapping or None
+        The config section; None or {} gives the defaults.
+    section : str
+        Dotted name of the section, used in error messages.
+    nested : Mapping or None
+        ``{key: sub_dataclass}`` for keys that are sections of their own.
+    """
+    d = dict(d or {})
+    nested = dict(nested or {})
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{section}: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
+    kwargs = {}
+    for key, value in d.items():
+        if key in nested:
+            if value is not None and not isinstance(value, Mapping):
+                raise ConfigError(f"{section}.{key}: expected a mapping, got {value!r}")
+            kwargs[key] = nested[key].from_dict(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _check_positive(section: str, **values: float) -> None:
+    for key, value in values.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{section}.{key}: must be a positive number, got {value!r}")
+
+
+@dataclass
+class MetaLearnerConfig:
+    """Small neural stacker on the members' out-of-fold log-probabilities.
+
+    Parameters
+    ----------
+    hidden : int
+        Width of the hidden layer (default 32).
+    epochs : int
+        Training epochs per outer fold (default 30).
+    lr : float
+        AdamW learning rate (default 3e-3).
+    weight_decay : float
+        AdamW weight decay (default 1e-4).
+    dropout : float
+        Dropout before the hidden layer (default 0.1).
+    batch_size : int
+        Rows per step (default 256).
+    seed : int
+        Seed of the initialisation and the row order (default 0).
+    """
+
+    hidden: int = 32
+    epochs: int = 30
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    dropout: float = 0.1
+    batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive("ensemble.meta_learner", hidden=self.hidden, epochs=self.epochs, lr=self.lr,
+                        batch_size=self.batch_size)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"ensemble.meta_learner.dropout: must be in [0, 1), got {self.dropout!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "MetaLearnerConfig":
+        return config_from_dict(cls, d, section="ensemble.meta_learner")
+
+
+@dataclass
+class SelectionConfig:
+    """Diversity-aware choice of ensemble members.
+
+    Parameters
+    ----------
+    method : str
+        ``"greedy"`` (forward selection by penalised OOF KL) or ``"all"`` (default "greedy").
+    correlation_penalty : float
+        Added to a candidate's blended KL per unit of the largest Pearson correlation between
+        its OOF errors and those of an already kept member (default 0.02).
+    max_members : int
+        Upper bound on kept members (default 8).
+    min_improvement : float
+        A candidate is kept only if the penalised KL drops by more than this (default 1e-4).
+    """
+
+    method: str = "greedy"
+    correlation_penalty: float = 0.02
+    max_members: int = 8
+    min_improvement: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.method not in SELECTION_METHODS:
+            raise ConfigError(f"ensemble.selection.method: {self.method!r} is not one of "
+                              f"{', '.join(SELECTION_METHODS)}")
+        _check_positive("ensemble.selection", max_members=self.max_members)
+        if self.correlation_penalty < 0 or self.min_improvement < 0:
+            raise ConfigError("ensemble.selection: correlation_penalty and min_improvement must be >= 0")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "SelectionConfig":
+        return config_from_dict(cls, d, section="ensemble.selection")
+
+
+@dataclass
+class BMAConfig:
+    """Bayesian model averaging of the kept members.
+
+    Parameters
+    ----------
+    effective_rows : float or None
+        Member weights are ``softmax(effective_rows * mean OOF log-likelihood per row)``.
+        None uses the number of OOF rows (exact BMA, which puts nearly all weight on the best
+        member once rows are many); a smaller value tempers the likelihood (default 50).
+    """
+
+    effective_rows: float | None = 50.0
+
+    def __post_init__(self) -> None:
+        if self.effective_rows is not None:
+            _check_positive("ensemble.bma", effective_rows=self.effective_rows)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "BMAConfig":
+        return config_from_dict(cls, d, section="ensemble.bma")
+
+
+@dataclass
+class CalibrationConfig:
+    """Temperature scaling of the stacked logits.
+
+    Parameters
+    ----------
+    enabled : bool
+        Fit a temperature; False keeps T = 1 (default True).
+    n_bins : int
+        Bins of the expected calibration error (default 15).
+    max_iter : int
+        L-BFGS iterations of the temperature fit (default 100).
+    """
+
+    enabled: bool = True
+    n_bins: int = 15
+    max_iter: int = 100
+
+    def __post_init__(self) -> None:
+        _check_positive("ensemble.calibration", n_bins=self.n_bins, max_iter=self.max_iter)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "CalibrationConfig":
+        return config_from_dict(cls, d, section="ensemble.calibration")
+
+
+@dataclass
+class EnsembleConfig:
+    """The ``ensemble`` config section (see the member dataclasses for each key)."""
+
+    meta_learner: MetaLearnerConfig = field(default_factory=MetaLearnerConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    bma: BMAConfig = field(default_factory=BMAConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "EnsembleConfig":
+        return config_from_dict(cls, d, section="ensemble", nested={
+            "meta_learner": MetaLearnerConfig, "selection": SelectionConfig,
+            "bma": BMAConfig, "calibration": CalibrationConfig,
+        })

@@ -1,0 +1,111 @@
+"""``hms predict`` on the synthetic test folder of the tiny run, and its errors on bad input."""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from hms_core import cli
+from hms_core.contract import SUBMISSION_COLUMNS, TEST_EEG_DIR, TEST_SPEC_DIR
+from hms_core.errors import DataError
+from hms_core.predict import UNCERTAINTY_COLUMNS, predict
+
+
+def _tiny_run_module():
+    name = "hms_tiny_run"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "export" / "tiny_run.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_dataset):
+    torch.set_num_threads(1)
+    return _tiny_run_module().build(tmp_path_factory.getbasetemp() / "tiny_run", tiny_dataset)
+
+
+def test_predict_writes_a_valid_kaggle_submission(tiny_run, tmp_path):
+    data_dir, model = tiny_run["data_dir"], tiny_run["ensemble_onnx"]
+    out = tmp_path / "sub" / "submission.csv"
+    returned = predict(data_dir, out, model_path=model, batch_size=2, provider="cpu", progress=False)
+    sub = pd.read_csv(out)
+    test = pd.read_csv(data_dir / "test.csv")
+    assert tuple(sub.columns) == SUBMISSION_COLUMNS
+    assert sub["eeg_id"].tolist() == test["eeg_id"].tolist()  # one row per eeg_id, test.csv order
+    probs = sub[list(SUBMISSION_COLUMNS[1:])].to_numpy()
+    assert np.isfinite(probs).all() and (probs >= 0).all() and np.allclose(probs.sum(1), 1, atol=1e-9)
+    assert np.allclose(returned[list(SUBMISSION_COLUMNS[1:])].to_numpy(), probs)
+    assert [p.name for p in out.parent.iterdir()] == ["submission.csv"]  # no temp files left
+
+    # The CLI verb, with uncertainty columns; same probabilities.
+    out_u = tmp_path / "with_uncertainty.csv"
+    assert cli.main(["predict", "--data", str(data_dir), "--out", str(out_u), "--model", str(model),
+                     "--uncertainty"]) == 0
+    sub_u = pd.read_csv(out_u)
+    assert tuple(sub_u.columns) == (*SUBMISSION_COLUMNS, *UNCERTAINTY_COLUMNS)
+    assert np.allclose(sub_u[list(SUBMISSION_COLUMNS[1:])].to_numpy(), probs, atol=1e-6)
+    assert (sub_u["entropy"].between(0, np.log(6) + 1e-6)).all() and (sub_u["member_spread"] >= 0).all()
+
+
+def _copy_test_folder(tiny_run, dest: Path) -> Path:
+    src = tiny_run["data_dir"]
+    dest.mkdir()
+    shutil.copy(src / "test.csv", dest / "test.csv")
+    shutil.copytree(src / TEST_EEG_DIR, dest / TEST_EEG_DIR)
+    shutil.copytree(src / TEST_SPEC_DIR, dest / TEST_SPEC_DIR)
+    return dest
+
+
+def test_bad_inputs_give_clear_errors(tiny_run, tmp_path, capsys):
+    model = tiny_run["ensemble_onnx"]
+    run = lambda d, **kw: predict(d, tmp_path / "out.csv", model_path=kw.get("model", model), progress=False)
+
+    with pytest.raises(DataError, match=r"missing_dir: test data folder not found"):
+        run(tmp_path / "missing_dir")
+    data = _copy_test_folder(tiny_run, tmp_path / "data")
+    test = pd.read_csv(data / "test.csv")
+    first_eeg, first_spec = int(test["eeg_id"][0]), int(test["spectrogram_id"][0])
+
+    # A missing EEG file is named, with its eeg_id.
+    eeg_file = data / TEST_EEG_DIR / f"{first_eeg}.parquet"
+    eeg = pd.read_parquet(eeg_file)
+    eeg_file.unlink()
+    with pytest.raises(DataError, match=rf"{first_eeg}.parquet \(eeg_id {first_eeg}\): file not found"):
+        run(data)
+    # A short EEG file.
+    eeg.iloc[:5000].to_parquet(eeg_file)
+    with pytest.raises(DataError, match=rf"{first_eeg}.parquet .*has 5000 rows; a test EEG needs 10000"):
+        run(data)
+    eeg.to_parquet(eeg_file)
+    # A spectrogram with too few rows.
+    spec_file = data / TEST_SPEC_DIR / f"{first_spec}.parquet"
+    pd.read_parquet(spec_file).iloc[:100].to_parquet(spec_file)
+    with pytest.raises(DataError, match=rf"{first_spec}.parquet .*has 100 rows; a test spectrogram needs 300"):
+        run(data)
+    # A malformed test.csv.
+    test.drop(columns=["patient_id"]).to_csv(data / "test.csv", index=False)
+    with pytest.raises(DataError, match=r"test.csv: columns differ from the contract: missing \['patient_id'\]"):
+        run(data)
+    # A missing sub-folder.
+    test.to_csv(data / "test.csv", index=False)
+    shutil.rmtree(data / TEST_SPEC_DIR)
+    with pytest.raises(DataError, match=r"test_spectrograms: folder not found"):
+        run(data)
+    # Not an ONNX file; an ONNX file that is not the ensemble.
+    (tmp_path / "fake.onnx").write_text("not a model")
+    with pytest.raises(DataError, match=r"fake.onnx: not a readable ONNX model"):
+        run(tiny_run["data_dir"], model=tmp_path / "fake.onnx")
+    with pytest.raises(DataError, match=r"nothing.onnx: ONNX model not found"):
+        run(tiny_run["data_dir"], model=tmp_path / "nothing.onnx")
+    # The CLI prints the error (naming the file) and exits with 2.
+    assert cli.main(["predict", "--data", str(data), "--out", str(tmp_path / "o.csv"), "--model", str(model)]) == 2
+    assert "test_spectrograms: folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / "o.csv").exists()
