@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_predict)
 
     def add_remote(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--directory", "-d", default=".", help="the run's working directory")
+        p.add_argument("--directory", "-d", default=None,
+                       help="the run's working directory (default: . here, the deploy folder on --host)")
         p.add_argument("--host", default=None, help="user@host of a remote run (over SSH)")
 
     p = verbs.add_parser("status", help="print the run's status once")
@@ -124,7 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `hms resume --cores 1` and `hms deploy --host h --cores 1`: unknown options go to snakemake.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.verb not in ("resume", "deploy"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.snakemake_args = [*(args.snakemake_args or []), *extra]
+    if getattr(args, "directory", "") is None:
+        args.directory = "."  # on --host, the ops modules map "." to the deploy folder
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,0 +1,47 @@
+# hms: raw HMS files -> validated data -> per-batch Zarr windows -> foundation encoder
+#      -> per-model, per-fold weights + out-of-fold predictions -> ensemble -> ONNX -> results
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: f"{workflow.basedir}/config/config.yaml"
+
+
+validate(config, schema="config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/preprocess.smk"
+include: "rules/pretrain.smk"
+include: "rules/train.smk"
+include: "rules/ensemble.smk"
+include: "rules/export.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.results.output.results,
+        rules.report_figures.output.figures,
+
+
+onstart:
+    from hms_core.ops import lifecycle
+
+    lifecycle.on_start(".", config["ops"])
+
+
+onsuccess:
+    from hms_core.ops import lifecycle
+
+    lifecycle.on_end(".", config["ops"], state="finished")
+    print_summary()
+
+
+onerror:
+    from hms_core.ops import lifecycle
+
+    lifecycle.on_end(".", config["ops"], state="failed")

@@ -1,0 +1,57 @@
+"""Glue between Snakemake's ``snakemake`` object and ``hms_core``: logging and threads.
+
+Workflow scripts stay a few lines long::
+
+    from hms_core.workflow import rule_context
+    with rule_context(snakemake) as smk:
+        do_the_work(smk.input.x, smk.output.y, **smk.params.section)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def rule_context(smk: Any) -> Iterator[Any]:
+    """Send logging, warnings and stderr (progress bars) of a rule to its ``log:`` file.
+
+    Sets torch's thread count to the rule's ``threads``. An exception is written to the
+    log with its traceback, then re-raised so Snakemake marks the job failed.
+    """
+    log_path = Path(smk.log[0])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w", buffering=1) as log_file:
+        handler = logging.StreamHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        old_stderr = sys.stderr
+        sys.stderr = log_file
+        try:
+            _set_threads(int(getattr(smk, "threads", 1) or 1))
+            yield smk
+        except BaseException:
+            log_file.write(traceback.format_exc())
+            raise
+        finally:
+            sys.stderr = old_stderr
+            root.removeHandler(handler)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+
+
+def data_dir(source_json: str) -> Path:
+    """The Kaggle-layout folder recorded by the ``fetch_data`` rule."""
+    return Path(json.loads(Path(source_json).read_text())["dir"])

@@ -1,0 +1,75 @@
+# Path helpers and the lists of batches, models and folds, all derived from config.
+import json
+from pathlib import Path
+
+wildcard_constraints:
+    batch=r"\d{4}",
+    fold=r"\d+",
+
+
+STATUS = "status/run.json"
+SOURCE = "data/source.json"
+STORE = "data/processed/batch_{batch}.zarr"
+WEIGHTS = "models/final/{model}_fold{fold}.pth"
+OOF = "oof/{model}_fold{fold}.parquet"
+FOUNDATION = "models/final/eeg_foundation_pretrained.pth"
+
+
+def batch_ids():
+    return [f"{b:04d}" for b in range(config["preprocessing"]["n_batches"])]
+
+
+def enabled_models():
+    return [name for name, spec in config["models"].items() if spec.get("enabled", True)]
+
+
+def fold_ids():
+    return list(range(config["folds"]["n_folds"]))
+
+
+def all_stores(wildcards=None):
+    return expand(STORE, batch=batch_ids())
+
+
+def model_weights(model):
+    return expand(WEIGHTS, model=model, fold=fold_ids())
+
+
+def model_oofs(model):
+    return expand(OOF, model=model, fold=fold_ids())
+
+
+def all_weights():
+    return [path for model in enabled_models() for path in model_weights(model)]
+
+
+def all_oofs():
+    return [path for model in enabled_models() for path in model_oofs(model)]
+
+
+def uses_foundation(model):
+    return bool(config["pretrain"]["enabled"]) and config["models"][model].get("foundation_mode") is not None
+
+
+def train_inputs(wildcards):
+    inputs = {"stores": all_stores(), "folds": "data/folds.csv"}
+    if uses_foundation(wildcards.model):
+        inputs["foundation"] = FOUNDATION
+    return inputs
+
+
+def checkpoint_dir(job):
+    """Resumable state of a long job; never a rule output, so Snakemake never deletes it."""
+    return f"models/checkpoints/{job}"
+
+
+def gpus_per_job():
+    return int(config["compute"]["gpus_per_job"])
+
+
+def print_summary():
+    results = Path("training_results.json")
+    if results.exists():
+        from hms_core.results import format_summary
+
+        print(format_summary(json.loads(results.read_text())))

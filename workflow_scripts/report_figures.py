@@ -1,0 +1,5 @@
+from hms_core.ops.report import make_report_figures
+from hms_core.workflow import rule_context
+
+with rule_context(snakemake) as smk:
+    make_report_figures(".", smk.output.figures)
