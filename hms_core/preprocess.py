@@ -1,0 +1,287 @@
+"""Preprocessing of one batch of recordings into one Zarr window store.
+
+Per recording: read the parquet once, clean the whole recording (NaN gaps, DC, ICA; see
+:mod:`hms_core.signal.ica`), cut all its labelled windows, run :class:`WindowFrontend` on
+them in batched torch calls, cut the Kaggle spectrogram windows, and append everything
+to the batch store. The store is written under a temporary name and renamed when the
+batch is complete, so an interrupted batch leaves nothing behind and is redone whole.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hms_core import atomic
+from hms_core.contract import EEG_CHANNELS, SAMPLING_RATE_HZ, SPEC_WINDOW_ROWS, VOTE_COLUMNS
+from hms_core.errors import ConfigError, DataError
+from hms_core.ops.status import update_status
+from hms_core.signal.filters import FilterConfig, check_keys
+from hms_core.signal.frontend import FrontendConfig, WindowFrontend, kaggle_spec_image, window_shapes
+from hms_core.signal.ica import IcaConfig, clean_recording
+from hms_core.signal.nan import NanConfig
+from hms_core.signal.spectrogram import SpectrogramConfig
+from hms_core.store import DTYPES, INDEX_COLUMNS, StoreWriter
+
+logger = logging.getLogger(__name__)
+
+BAD_RECORDING_CHOICES = ("error", "skip")
+
+
+@dataclass
+class PreprocessConfig:
+    """The ``preprocess`` config section.
+
+    Parameters
+    ----------
+    nan : NanConfig
+        NaN gap handling (``max_interp_s``).
+    clip_uv : float
+        Chains are clipped to +-clip_uv uV; default 1024.
+    filter : FilterConfig
+        Window band-pass / notch.
+    ica : IcaConfig
+        Recording-level artifact removal.
+    spectrogram : SpectrogramConfig
+        STFT / mel settings.
+    dtype : str
+        Store dtype, "float16" (default) or "float32".
+    on_bad_recording : str
+        "error" (default): a bad recording stops the batch with a DataError naming it;
+        "skip": it is listed in the quarantine report and the batch goes on.
+    n_batches : int
+        Number of batch stores the recordings are split into; default 8.
+    windows_per_shard : int
+        Windows per shard file in the store; default 16.
+    frontend_batch : int
+        Windows per front-end call (bounds memory for recordings with many windows); default 64.
+    """
+
+    nan: NanConfig = field(default_factory=NanConfig)
+    clip_uv: float = 1024.0
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    ica: IcaConfig = field(default_factory=IcaConfig)
+    spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
+    dtype: str = "float16"
+    on_bad_recording: str = "error"
+    n_batches: int = 8
+    windows_per_shard: int = 16
+    frontend_batch: int = 64
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
+        d = check_keys(cls, d, "preprocess")
+        sections = {"nan": NanConfig, "filter": FilterConfig, "ica": IcaConfig, "spectrogram": SpectrogramConfig}
+        for key, section in sections.items():
+            d[key] = section.from_dict(d.get(key))
+        cfg = cls(**d)
+        if cfg.dtype not in DTYPES:
+            raise ConfigError(f"preprocess.dtype: {cfg.dtype!r} is not one of {list(DTYPES)}")
+        if cfg.on_bad_recording not in BAD_RECORDING_CHOICES:
+            raise ConfigError(f"preprocess.on_bad_recording: {cfg.on_bad_recording!r} is not one of "
+                              f"{list(BAD_RECORDING_CHOICES)}")
+        for key in ("n_batches", "windows_per_shard", "frontend_batch"):
+            value = getattr(cfg, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"preprocess.{key}: {value!r} must be a positive integer")
+        cfg.frontend  # validates clip_uv
+        return cfg
+
+    @property
+    def frontend(self) -> FrontendConfig:
+        """The window-level part, as :class:`WindowFrontend` (and the ONNX export) takes it."""
+        return FrontendConfig.from_dict({"clip_uv": self.clip_uv, "filter": asdict(self.filter),
+                                         "spectrogram": asdict(self.spectrogram)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def assign_batches(train_df: pd.DataFrame, n_batches: int) -> dict[int, list[int]]:
+    """Split the recordings of ``train_df`` into ``n_batches`` batches balanced by rows.
+
+    Deterministic: recordings are placed largest first (ties by eeg_id) into the batch with
+    the fewest rows so far (ties by batch number). Every eeg_id lands in exactly one batch;
+    with more batches than recordings some batches are empty.
+
+    Returns
+    -------
+    dict
+        ``batch number -> sorted list of eeg_id``, for every batch 0..n_batches-1.
+    """
+    if not isinstance(n_batches, int) or isinstance(n_batches, bool) or n_batches < 1:
+        raise ConfigError(f"preprocess.n_batches: {n_batches!r} must be a positive integer")
+    counts = train_df.groupby("eeg_id").size()
+    order = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    load = [0] * n_batches
+    batches: dict[int, list[int]] = {b: [] for b in range(n_batches)}
+    for eeg_id, n_rows in order:
+        target = min(range(n_batches), key=lambda b: (load[b], b))
+        batches[target].append(int(eeg_id))
+        load[target] += int(n_rows)
+    return {b: sorted(ids) for b, ids in batches.items()}
+
+
+def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], out_store, cfg, *,
+                     threads: int = 1, quarantine_out=None, status_path=None) -> dict[str, Any]:
+    """Preprocess the recordings ``eeg_ids`` into the store ``out_store``.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        Kaggle layout (``train_eegs/``, ``train_spectrograms/``).
+    train_df : pandas.DataFrame
+        train.csv rows (at least those of ``eeg_ids``).
+    eeg_ids : sequence of int
+        The batch, e.g. from :func:`assign_batches`.
+    out_store : path-like
+        Store directory to write (replaced atomically when the batch completes).
+    cfg : PreprocessConfig or mapping
+        The ``preprocess`` config section.
+    threads : int
+        torch and BLAS threads.
+    quarantine_out : path-like, optional
+        JSON report of skipped recordings (``{"bad_recordings": [{eeg_id, path, problem}]}``).
+    status_path : path-like, optional
+        ``status/run.json`` to update after each recording.
+
+    Returns
+    -------
+    dict
+        ``n_recordings``, ``n_windows``, ``n_bad``.
+
+    Raises
+    ------
+    DataError
+        A bad recording when ``on_bad_recording`` is "error" (nothing is written).
+    """
+    from threadpoolctl import threadpool_limits
+    from tqdm import tqdm
+
+    cfg = cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig.from_dict(cfg)
+    eeg_ids = sorted(int(e) for e in eeg_ids)
+    rows = train_df[train_df["eeg_id"].isin(eeg_ids)]
+    missing = sorted(set(eeg_ids) - set(rows["eeg_id"].unique()))
+    if missing:
+        raise ValueError(f"eeg_ids {missing[:5]} have no rows in train_df")
+    torch.set_num_threads(threads)
+    job = f"preprocess_{Path(out_store).name.split('.')[0]}"
+    frontend_cfg = cfg.frontend
+    frontend = WindowFrontend(frontend_cfg).eval()
+    bad: list[dict[str, Any]] = []
+    _remove_stale_temporaries(Path(out_store))
+    with threadpool_limits(threads), atomic.atomic_path(out_store) as tmp:
+        writer = StoreWriter(tmp, max_windows=len(rows), shapes=window_shapes(frontend_cfg), dtype=cfg.dtype,
+                             windows_per_shard=cfg.windows_per_shard)
+        by_id = dict(tuple(rows.groupby("eeg_id")))
+        for i, eeg_id in enumerate(tqdm(eeg_ids, desc=job, unit="rec", mininterval=5, disable=None)):
+            try:
+                fields, index = process_recording(data_dir, eeg_id, by_id[eeg_id], cfg, frontend)
+            except DataError as err:
+                if cfg.on_bad_recording == "error":
+                    raise
+                logger.warning("skipping bad recording: %s", err)
+                bad.append({"eeg_id": eeg_id, "path": err.path, "problem": err.problem})
+            else:
+                writer.append(fields, index)
+                del fields
+            _release_freed_memory()
+            update_status(status_path, job=job, stage="preprocessing", done=i + 1, total=len(eeg_ids),
+                          windows=writer.n_written + writer._buffered, bad_recordings=len(bad))
+        n_windows = writer.close({"preprocess_config": cfg.to_dict(), "frontend_config": frontend_cfg.to_dict(),
+                                  "eeg_ids": eeg_ids, "bad_eeg_ids": [b["eeg_id"] for b in bad]})
+    if quarantine_out is not None:
+        atomic.write_json(quarantine_out, {"store": str(out_store), "bad_recordings": bad})
+    logger.info("%s: %d windows from %d recordings (%d skipped)", out_store, n_windows, len(eeg_ids) - len(bad), len(bad))
+    return {"n_recordings": len(eeg_ids) - len(bad), "n_windows": n_windows, "n_bad": len(bad)}
+
+
+def _release_freed_memory() -> None:
+    """Return freed heap pages to the OS (glibc). Recordings differ in length, and without
+    this the heap fragments and the resident size creeps up with each recording."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
+def _remove_stale_temporaries(out_store: Path) -> None:
+    """Delete what a killed earlier run of this batch left (``atomic_path`` temporaries)."""
+    import shutil
+
+    for stale in out_store.parent.glob(f".{out_store.name}.*.tmp"):
+        logger.info("removing %s left by an interrupted run", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: PreprocessConfig,
+                      frontend: WindowFrontend) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """All windows of one recording: ``(fields {name: (k, ...) float32}, index (k rows))``.
+
+    Raises
+    ------
+    DataError
+        Unreadable, truncated or missing parquet, missing channels, a recording shorter
+        than an offset needs, an all-NaN recording, or a spectrogram too short.
+    """
+    from hms_core.data.io import eeg_path, eeg_samples_needed, eeg_window_slice, read_eeg
+
+    rows = rows.sort_values(["eeg_label_offset_seconds", "label_id"])
+    path = eeg_path(data_dir, eeg_id)
+    try:
+        raw = read_eeg(path, eeg_id)
+    except (ValueError, TypeError) as err:  # e.g. text in a signal column
+        raise DataError(path, f"unreadable signal values ({err})", eeg_id=eeg_id) from None
+    offsets = rows["eeg_label_offset_seconds"].to_numpy()
+    needed = eeg_samples_needed(offsets.max())
+    if raw.shape[0] < needed:
+        raise DataError(path, f"recording has {raw.shape[0]} samples ({raw.shape[0] / SAMPLING_RATE_HZ:.1f} s) "
+                              f"but offset {offsets.max():g} s needs {needed}", eeg_id=eeg_id)
+    cleaned, info = clean_recording(raw, cfg, eeg_id=eeg_id, path=path)
+    n_eeg = len(EEG_CHANNELS)
+    slices = [eeg_window_slice(o) for o in offsets]
+    windows = np.stack([cleaned[s].T for s in slices])  # (k, 20, 10000)
+    nan_fraction = [float(np.isnan(raw[s, :n_eeg]).mean()) for s in slices]
+    chains, eeg_spec, eeg_mel = [], [], []
+    with torch.no_grad():
+        for start in range(0, len(windows), cfg.frontend_batch):
+            out = frontend(torch.from_numpy(windows[start:start + cfg.frontend_batch]))
+            for acc, part in zip((chains, eeg_spec, eeg_mel), out):
+                acc.append(part.numpy())
+    kaggle = kaggle_windows(data_dir, rows, eeg_id)
+    index = rows[list(INDEX_COLUMNS) + list(VOTE_COLUMNS)].reset_index(drop=True)
+    index["nan_fraction"] = nan_fraction
+    index["ica_removed"] = json.dumps(info["ica"]["removed"])
+    index["ica_status"] = info["ica"].get("status", "")
+    fields = {"chains": np.concatenate(chains), "eeg_spec": np.concatenate(eeg_spec),
+              "eeg_mel": np.concatenate(eeg_mel), "kaggle_spec": kaggle}
+    return fields, index
+
+
+def kaggle_windows(data_dir, rows: pd.DataFrame, eeg_id: int) -> np.ndarray:
+    """Log images ``(k, 4, 100, 300)`` of the Kaggle spectrogram windows of ``rows``."""
+    from hms_core.data.io import read_spectrogram, spectrogram_first_row, spectrogram_path
+
+    out = []
+    cache: dict[int, np.ndarray] = {}
+    for spectrogram_id, offset in zip(rows["spectrogram_id"], rows["spectrogram_label_offset_seconds"]):
+        spectrogram_id = int(spectrogram_id)
+        path = spectrogram_path(data_dir, spectrogram_id)
+        if spectrogram_id not in cache:
+            cache = {spectrogram_id: read_spectrogram(path, spectrogram_id)[1]}  # rows of one eeg share one
+        power = cache[spectrogram_id]
+        first = spectrogram_first_row(offset)
+        if first + SPEC_WINDOW_ROWS > len(power):
+            raise DataError(path, f"spectrogram has {len(power)} rows but offset {offset:g} s needs "
+                                  f"{first + SPEC_WINDOW_ROWS}", eeg_id=eeg_id)
+        out.append(power[first:first + SPEC_WINDOW_ROWS])
+    with torch.no_grad():
+        return kaggle_spec_image(torch.from_numpy(np.stack(out))).numpy()

@@ -1,0 +1,134 @@
+"""The window-level front end: raw 20-channel windows to chains and spectrograms (pure torch).
+
+The same module runs in preprocessing (its outputs go into the Zarr store) and inside the
+exported ONNX graph, so a model sees identical inputs in training and in prediction.
+Every op is exportable with ``torch.onnx.export(..., opset_version=17, dynamo=False)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from hms_core.contract import (CENTER_SAMPLES, CENTER_START_SAMPLE, SPEC_N_FREQS, SPEC_REGIONS,
+                               SPEC_WINDOW_ROWS)
+from hms_core.errors import ConfigError
+from hms_core.signal.filters import FilterConfig, ZeroPhaseFIR, check_keys, design_kernel
+from hms_core.signal.montage import BipolarMontage
+from hms_core.signal.spectrogram import RegionSpectrogram, SpectrogramConfig
+
+KAGGLE_LOG_MIN = float(np.exp(-4))  # clip range of the public HMS notebooks
+KAGGLE_LOG_MAX = float(np.exp(8))
+
+
+@dataclass
+class FrontendConfig:
+    """Window-level processing.
+
+    Parameters
+    ----------
+    clip_uv : float
+        Chains are clipped to +-clip_uv microvolts after filtering; default 1024.
+    filter : FilterConfig
+        Band-pass and notch (default 0.5-20 Hz, 60 Hz notch, 801 taps).
+    spectrogram : SpectrogramConfig
+        STFT and mel settings.
+    """
+
+    clip_uv: float = 1024.0
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "FrontendConfig":
+        d = check_keys(cls, d, "frontend")
+        cfg = cls(clip_uv=float(d.get("clip_uv", cls.clip_uv)),
+                  filter=FilterConfig.from_dict(d.get("filter")),
+                  spectrogram=SpectrogramConfig.from_dict(d.get("spectrogram")))
+        if cfg.clip_uv <= 0:
+            raise ConfigError(f"clip_uv: {cfg.clip_uv!r} must be > 0")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+class WindowFrontend(torch.nn.Module):
+    """``raw_uv (B, 20, 10000) -> (chains (B, 18, 10000), eeg_spec (B, 4, F, T), eeg_mel (B, 4, M, T))``.
+
+    Steps: NaN -> 0 after removing each channel's mean over its finite samples (per window
+    DC removal), zero-phase FIR band-pass and notch, double-banana montage, clip to
+    +-clip_uv, then region-averaged log-power STFT and mel spectrograms of the chains.
+    Defaults give F=50 bins (0.78-19.9 Hz), M=64 mel rows, T=250 frames (0.2 s apart).
+    """
+
+    def __init__(self, cfg: FrontendConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or FrontendConfig()
+        self.clip_uv = float(self.cfg.clip_uv)
+        self.fir = ZeroPhaseFIR(design_kernel(self.cfg.filter))
+        self.montage = BipolarMontage()
+        self.spectrogram = RegionSpectrogram(self.cfg.spectrogram)
+        self.center_spectrogram = RegionSpectrogram(self.cfg.spectrogram, hop=self.cfg.spectrogram.center_hop)
+
+    def chains(self, raw_uv: torch.Tensor) -> torch.Tensor:
+        """Filtered, clipped chains ``(B, 18, T)`` in uV from ``raw_uv (B, 20, T)``."""
+        finite = ~torch.isnan(raw_uv)
+        zeroed = torch.where(finite, raw_uv, torch.zeros_like(raw_uv))
+        count = finite.to(raw_uv.dtype).sum(dim=-1, keepdim=True)
+        mean = zeroed.sum(dim=-1, keepdim=True) / torch.clamp(count, min=1.0)
+        centred = torch.where(finite, raw_uv - mean, torch.zeros_like(raw_uv))
+        # Montage first: it is linear and per-sample, so it commutes with the filter, and
+        # filtering 18 chains is cheaper than filtering 20 channels.
+        chains = self.fir(self.montage(centred))
+        return torch.clamp(chains, min=-self.clip_uv, max=self.clip_uv)
+
+    def forward(self, raw_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        chains = self.chains(raw_uv)
+        eeg_spec, eeg_mel = self.spectrogram(chains)
+        return chains, eeg_spec, eeg_mel
+
+    def center_spectrograms(self, chains: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zoom on the labelled central 10 s: ``(eeg_spec, eeg_mel)`` of samples 4000-6000 of
+        ``chains (B, 18, 10000)`` with frames every ``center_hop`` samples (default 250 frames)."""
+        return self.center_spectrogram(chains, start=CENTER_START_SAMPLE, length=CENTER_SAMPLES)
+
+
+def kaggle_spec_image(power: torch.Tensor, *, min_power: float = KAGGLE_LOG_MIN,
+                      max_power: float = KAGGLE_LOG_MAX) -> torch.Tensor:
+    """The Kaggle spectrogram of a window as a log image.
+
+    Parameters
+    ----------
+    power : torch.Tensor
+        ``(B, 300, 400)``: 300 rows (2 s apart, 600 s) of the 400 ``SPEC_COLUMNS`` (uV^2).
+    min_power, max_power : float
+        Clip range before the natural log; default exp(-4) to exp(8).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 4, 100, 300)``: region (LL, RL, LP, RP), frequency (row 0 = 0.59 Hz, ascending),
+        time. NaN cells become 0.
+    """
+    batch = power.shape[0]
+    image = power.reshape(batch, SPEC_WINDOW_ROWS, len(SPEC_REGIONS), SPEC_N_FREQS).permute(0, 2, 3, 1)
+    logged = torch.log(torch.clamp(image, min=min_power, max=max_power))
+    return torch.where(torch.isnan(image), torch.zeros_like(logged), logged)
+
+
+def window_shapes(cfg: FrontendConfig) -> dict[str, tuple[int, ...]]:
+    """Per-window shapes of the four store fields that :class:`WindowFrontend` and
+    :func:`kaggle_spec_image` produce with ``cfg``."""
+    from hms_core.contract import N_CHAINS, WINDOW_SAMPLES
+
+    spec = cfg.spectrogram
+    n_frames = spec.n_frames()
+    return {"chains": (N_CHAINS, WINDOW_SAMPLES),
+            "eeg_spec": (len(SPEC_REGIONS), len(spec.bin_freqs_hz()), n_frames),
+            "eeg_mel": (len(SPEC_REGIONS), spec.n_mels, n_frames),
+            "kaggle_spec": (len(SPEC_REGIONS), SPEC_N_FREQS, SPEC_WINDOW_ROWS)}

@@ -1,0 +1,388 @@
+"""Recording-level cleaning: NaN gaps, DC removal and ICA artifact removal (numpy / MNE).
+
+This is the part of preprocessing that cannot go inside the ONNX graph. First the
+high-passed EKG channel is regressed out of each EEG channel (optional, default on). Then
+ICA is fitted once per recording on a high-passed (1 Hz) copy of the 19 EEG channels, and
+components are rejected by three transparent rules, each with a configurable threshold:
+
+- cardiac: ``|corr(component, EKG)| >= ekg_corr`` (both high-passed);
+- eye: mixing weights concentrated on Fp1/Fp2 (share of squared weights >= eye_frontal_share)
+  and power mostly below ``eye_max_hz`` (share >= eye_low_share);
+- muscle: power mostly above ``muscle_min_hz`` (share >= muscle_hf_share) with a flat
+  spectrum there (spectral flatness >= muscle_flatness, so mains lines are not taken).
+
+The rejected components are subtracted from the unfiltered (DC-removed) data.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+from scipy import signal as sp_signal
+
+from hms_core.contract import CHANNEL_INDEX, EEG_CHANNELS, EKG_CHANNEL, N_RAW_CHANNELS, SAMPLING_RATE_HZ
+from hms_core.errors import ConfigError, DataError
+from hms_core.signal.filters import check_keys
+from hms_core.signal.nan import interpolate_short_gaps
+
+logger = logging.getLogger(__name__)
+
+ICA_METHODS = ("picard", "fastica")
+FRONTAL_CHANNELS = ("Fp1", "Fp2")
+_FLAT_STD_UV = 1e-3  # a channel with less spread than this is treated as flat
+_ACTIVE_FRACTION = 0.1  # spectral rules look at each component's loudest 10% of 2 s segments
+
+
+@dataclass
+class IcaConfig:
+    """ICA artifact removal, once per recording.
+
+    Parameters
+    ----------
+    enabled : bool
+        Run ICA at all; default True.
+    method : str
+        "picard" (default) or "fastica".
+    n_components : int | None
+        Components to fit; None (default) uses the rank of the data (at most 19).
+    highpass_hz : float
+        High-pass (Hz) of the copy ICA is fitted on; default 1.0.
+    ekg_corr : float
+        Cardiac rule: reject when |corr with EKG| >= this; default 0.6.
+    eye_frontal_share, eye_low_share, eye_max_hz : float
+        Eye rule: Fp1+Fp2 share of squared mixing weights >= 0.45, and share of power below
+        ``eye_max_hz`` (4 Hz) >= 0.6.
+    muscle_min_hz, muscle_hf_share, muscle_flatness : float
+        Muscle rule: share of power above ``muscle_min_hz`` (25 Hz) >= 0.4 and spectral
+        flatness (geometric / arithmetic mean of the PSD) above it >= 0.3.
+    ekg_regression : bool
+        Before ICA, regress the high-passed EKG channel out of each EEG channel; default True.
+        (An EKG leak far below the background is out of ICA's reach, and the channel is given.)
+    max_removed : int
+        At most this many components are removed (highest scores first); default 6.
+    min_duration_s : float
+        Recordings with fewer finite seconds skip ICA with a warning; default 20.
+    max_fit_samples : int
+        ICA is fitted on at most this many samples (evenly decimated); default 12000 (60 s).
+    max_iter : int
+        Iteration limit of the ICA solver; default 300.
+    tol : float
+        Convergence tolerance of the solver; default 1e-4 (picard's own 1e-7 costs about
+        twice the iterations for no visible change in the removed artifacts).
+    random_state : int
+        Seed of the ICA solver; default 0.
+    """
+
+    enabled: bool = True
+    method: str = "picard"
+    n_components: int | None = None
+    highpass_hz: float = 1.0
+    ekg_corr: float = 0.6
+    eye_frontal_share: float = 0.45
+    eye_low_share: float = 0.6
+    eye_max_hz: float = 4.0
+    muscle_min_hz: float = 25.0
+    muscle_hf_share: float = 0.4
+    muscle_flatness: float = 0.3
+    ekg_regression: bool = True
+    max_removed: int = 6
+    min_duration_s: float = 20.0
+    max_fit_samples: int = 12000
+    max_iter: int = 300
+    tol: float = 1e-4
+    random_state: int = 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "IcaConfig":
+        cfg = cls(**check_keys(cls, d, "ica"))
+        if cfg.method not in ICA_METHODS:
+            raise ConfigError(f"ica.method: {cfg.method!r} is not one of {list(ICA_METHODS)}")
+        if cfg.n_components is not None and not 2 <= cfg.n_components <= len(EEG_CHANNELS):
+            raise ConfigError(f"ica.n_components: {cfg.n_components!r} must be null or in "
+                              f"[2, {len(EEG_CHANNELS)}]")
+        for key in ("ekg_corr", "eye_frontal_share", "eye_low_share", "muscle_hf_share", "muscle_flatness"):
+            if not 0 < getattr(cfg, key) <= 1:
+                raise ConfigError(f"ica.{key}: {getattr(cfg, key)!r} must lie in (0, 1]")
+        return cfg
+
+
+def clean_recording(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
+                    path=None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Clean one whole recording before its windows are cut.
+
+    Parameters
+    ----------
+    raw_uv : np.ndarray
+        ``(n_samples, 20)`` in ``RAW_CHANNELS`` order, uV, 200 Hz; may contain NaN.
+    cfg : PreprocessConfig
+        Uses its ``nan`` (:class:`NanConfig`) and ``ica`` (:class:`IcaConfig`) sections.
+    eeg_id, path
+        Named in errors and warnings.
+
+    Returns
+    -------
+    cleaned_uv : np.ndarray
+        float32 ``(n_samples, 20)``: short NaN gaps interpolated, each channel's median
+        removed, long gaps set to 0, ICA artifact components subtracted from the EEG
+        channels (the EKG channel is only DC-corrected).
+    info : dict
+        ``nan_fraction`` (of EEG values), ``zeroed_fraction`` (left as 0 after interpolation),
+        ``ica`` (status, method, n_components, removed: list of {component, reasons, scores}).
+
+    Raises
+    ------
+    DataError
+        Wrong shape, or no finite EEG value at all.
+    """
+    raw_uv = np.asarray(raw_uv)
+    where = path if path is not None else "<recording>"
+    if raw_uv.ndim != 2 or raw_uv.shape[1] != N_RAW_CHANNELS:
+        raise DataError(where, f"expected (n_samples, {N_RAW_CHANNELS}) samples, got {raw_uv.shape}", eeg_id=eeg_id)
+    n_eeg = len(EEG_CHANNELS)
+    eeg_missing = np.isnan(raw_uv[:, :n_eeg])
+    if eeg_missing.all():
+        raise DataError(where, "all EEG values are NaN", eeg_id=eeg_id)
+    filled = interpolate_short_gaps(raw_uv, max_gap_samples=int(round(cfg.nan.max_interp_s * SAMPLING_RATE_HZ)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: median NaN -> 0 below
+        median = np.nanmedian(filled, axis=0)
+    filled -= np.nan_to_num(median)
+    long_gap = np.isnan(filled)
+    filled[long_gap] = 0.0
+    info: dict[str, Any] = {
+        "nan_fraction": float(eeg_missing.mean()),
+        "zeroed_fraction": float(long_gap[:, :n_eeg].mean()),
+    }
+    if cfg.ica.enabled:
+        valid = ~long_gap[:, :n_eeg].any(axis=1)
+        filled[:, :n_eeg], info["ica"] = remove_artifacts(
+            filled[:, :n_eeg], ekg_uv=filled[:, CHANNEL_INDEX[EKG_CHANNEL]], valid=valid,
+            cfg=cfg.ica, label=_label(eeg_id, path))
+        filled[long_gap] = 0.0
+    else:
+        info["ica"] = {"status": "disabled", "removed": []}
+    return filled.astype(np.float32), info
+
+
+@dataclass
+class ArtifactModel:
+    """The fitted, linear cleaning of one recording's EEG channels.
+
+    ``apply`` computes ``x - b * (ekg - median(ekg))`` (EKG regression, the weights ``b``
+    fitted on high-passed copies, when fitted) and then removes
+    the rejected ICA components: ``y - K (y - offset)`` on the non-flat channels, exactly as
+    MNE's ``ICA.apply`` with all PCA components kept. Being linear, it can be applied to
+    parts of a signal separately (the quality tests use this to measure how much of an
+    injected artifact and of the clean signal survive).
+    """
+
+    channels: np.ndarray  # (k,) EEG channel indices ICA was fitted on
+    highpass_hz: float
+    ekg_coef_uv: np.ndarray | None = None  # (19,) per-channel EKG regression weight
+    removal: np.ndarray | None = None  # (k, k) K: channel-space operator of the rejected components
+    offset_uv: np.ndarray | None = None  # (k,)
+
+    def apply(self, eeg_uv: np.ndarray, ekg_uv: np.ndarray | None) -> np.ndarray:
+        """Cleaned copy of ``eeg_uv (n, 19)`` given the EKG channel ``ekg_uv (n,)`` in uV."""
+        out = np.array(eeg_uv, dtype=np.float64, copy=True)
+        if self.ekg_coef_uv is not None and ekg_uv is not None:
+            out -= np.outer(ekg_uv - np.median(ekg_uv), self.ekg_coef_uv)
+        if self.removal is not None:
+            part = out[:, self.channels]
+            out[:, self.channels] = part - (part - self.offset_uv) @ self.removal.T
+        return out
+
+
+def highpass(x_uv: np.ndarray, l_freq_hz: float) -> np.ndarray:
+    """Zero-phase FIR high-pass of ``x_uv (n, C)`` at ``l_freq_hz`` (MNE defaults), float64."""
+    import mne
+
+    return mne.filter.filter_data(np.ascontiguousarray(x_uv.T, dtype=np.float64), SAMPLING_RATE_HZ,
+                                  l_freq=l_freq_hz, h_freq=None, verbose=False).T
+
+
+def remove_artifacts(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: np.ndarray,
+                     cfg: IcaConfig, label: str = "recording") -> tuple[np.ndarray, dict[str, Any]]:
+    """Fit :func:`fit_artifact_model` on ``eeg_uv (n, 19)`` and apply it; returns (cleaned, info)."""
+    model, info = fit_artifact_model(eeg_uv, ekg_uv=ekg_uv, valid=valid, cfg=cfg, label=label)
+    return model.apply(eeg_uv, ekg_uv), info
+
+
+def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: np.ndarray,
+                       cfg: IcaConfig, label: str = "recording") -> tuple[ArtifactModel, dict[str, Any]]:
+    """Fit the cleaning of one recording: EKG regression, then ICA with the rejection rules.
+
+    Parameters
+    ----------
+    eeg_uv : np.ndarray
+        ``(n, 19)`` DC-removed EEG in uV, no NaN.
+    ekg_uv : np.ndarray | None
+        ``(n,)`` the EKG channel in uV, or None.
+    valid : np.ndarray
+        ``(n,)`` bool, samples the fit may use (not inside a zeroed NaN gap).
+
+    Returns
+    -------
+    model : ArtifactModel
+        Identity (nothing fitted) when ICA falls back: too short, too flat, rank too low,
+        or the solver fails; a warning says why and ``info["status"]`` records it.
+    info : dict
+        status, method, n_components, ekg_regression, removed: list of {component, reasons, scores}.
+    """
+    base: dict[str, Any] = {"method": cfg.method, "n_components": 0, "ekg_regression": False, "removed": []}
+    n_valid = int(valid.sum())
+    if n_valid < cfg.min_duration_s * SAMPLING_RATE_HZ:
+        return ArtifactModel(np.arange(0), cfg.highpass_hz), _skip(
+            base, f"too short for ICA ({n_valid / SAMPLING_RATE_HZ:.1f} s finite)", label)
+    good = np.flatnonzero(eeg_uv[valid].std(axis=0) > _FLAT_STD_UV)
+    model = ArtifactModel(good, cfg.highpass_hz)
+    if len(good) < 3:
+        return model, _skip(base, f"too flat for ICA ({len(good)} non-flat channels)", label)
+    import mne
+
+    hp = highpass(eeg_uv[:, good], cfg.highpass_hz)  # (n, k)
+    ekg_hp = None
+    if ekg_uv is not None and ekg_uv[valid].std() > _FLAT_STD_UV:
+        ekg_hp = highpass(ekg_uv[:, None], cfg.highpass_hz)[:, 0]
+        if cfg.ekg_regression:
+            e = ekg_hp[valid]
+            coef = np.zeros(eeg_uv.shape[1])
+            coef[good] = hp[valid].T @ e / (e @ e)
+            model.ekg_coef_uv = coef
+            hp -= np.outer(ekg_hp, coef[good])
+            base["ekg_regression"] = True
+    decim = max(1, int(np.ceil(n_valid / cfg.max_fit_samples)))
+    fit_data = hp[valid][::decim].T
+    rank = _rank(fit_data)
+    n_components = min(cfg.n_components or len(good), rank, len(good))
+    if n_components < 2:
+        return model, _skip(base, f"rank {rank} too low for ICA", label)
+    names = [EEG_CHANNELS[i] for i in good]
+    info = mne.create_info(names, SAMPLING_RATE_HZ, "eeg", verbose=False)
+    fit_params = {"extended": False, "ortho": True, "tol": cfg.tol} if cfg.method == "picard" else {"tol": cfg.tol}
+    ica = mne.preprocessing.ICA(n_components=n_components, method=cfg.method, fit_params=fit_params,
+                                max_iter=cfg.max_iter, random_state=cfg.random_state, verbose=False)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ica.fit(mne.io.RawArray(fit_data * 1e-6, info, verbose=False), verbose=False)
+        for w in caught:
+            logger.debug("%s: ICA: %s", label, w.message)
+        sources = ica.get_sources(mne.io.RawArray(hp.T * 1e-6, info, verbose=False)).get_data()
+    except (np.linalg.LinAlgError, ValueError, RuntimeError) as err:
+        return model, _skip(base, f"ICA fit failed ({err})", label)
+    scores = component_scores(sources, ica.get_components(), names, ekg_hp=ekg_hp, valid=valid, cfg=cfg)
+    removed = reject_components(scores, cfg)
+    base.update(n_components=n_components, removed=removed, status="applied")
+    if removed:
+        model.removal, model.offset_uv = _removal_operator(ica, [r["component"] for r in removed])
+    return model, base
+
+
+def _removal_operator(ica, exclude: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Channel-space ``K`` and offset (uV) such that MNE's ``ica.apply`` is ``x - K (x - offset)``."""
+    n = ica.n_components_
+    pca = ica.pca_components_
+    mixing = pca[:n].T @ ica.mixing_matrix_[:, exclude]  # (k, r) in pre-whitened units
+    unmixing = ica.unmixing_matrix_[exclude] @ pca[:n]  # (r, k)
+    scale = ica.pre_whitener_[:, 0] * 1e6  # pre-whitened -> uV
+    removal = (scale[:, None] * (mixing @ unmixing)) / scale[None, :]
+    offset = ica.pca_mean_ * scale if ica.pca_mean_ is not None else np.zeros(len(scale))
+    return removal, offset
+
+
+def component_scores(sources: np.ndarray, mixing: np.ndarray, names: list[str], *,
+                     ekg_hp: np.ndarray | None, valid: np.ndarray, cfg: IcaConfig) -> list[dict[str, float]]:
+    """Per-component rule scores.
+
+    Parameters
+    ----------
+    sources : np.ndarray
+        ``(n_components, n)`` component time courses of the high-passed data.
+    mixing : np.ndarray
+        ``(n_channels, n_components)`` channel weights of each component.
+    names : list of str
+        Channel names of the rows of ``mixing``.
+
+    Returns
+    -------
+    list of dict
+        ``ekg_corr``, ``frontal_share``, ``low_share``, ``hf_share``, ``flatness`` per component.
+    """
+    _, low, high, flatness = _spectral_scores(sources[:, valid], cfg)
+    frontal_rows = [names.index(c) for c in FRONTAL_CHANNELS if c in names]
+    weights = mixing ** 2
+    frontal = weights[frontal_rows].sum(axis=0) / (weights.sum(axis=0) + 1e-30)
+    corr = np.zeros(len(sources))
+    if ekg_hp is not None:
+        s = sources[:, valid] - sources[:, valid].mean(axis=1, keepdims=True)
+        e = ekg_hp[valid] - ekg_hp[valid].mean()
+        corr = (s @ e) / (np.linalg.norm(s, axis=1) * np.linalg.norm(e) + 1e-30)
+    return [{"ekg_corr": float(corr[i]), "frontal_share": float(frontal[i]), "low_share": float(low[i]),
+             "hf_share": float(high[i]), "flatness": float(flatness[i])} for i in range(len(sources))]
+
+
+def _spectral_scores(sources: np.ndarray, cfg: IcaConfig) -> tuple[np.ndarray, ...]:
+    """Low-frequency share, high-frequency share and flatness of each component's spectrum.
+
+    Muscle bursts are brief: over a whole recording their power drowns in the background a
+    component also carries. So the spectrum is taken over the component's loudest 2 s
+    segments (the top ``_ACTIVE_FRACTION`` by power), where an artifact, if any, is active.
+    """
+    seg = 2 * SAMPLING_RATE_HZ
+    n_seg = sources.shape[1] // seg
+    segments = sources[:, :n_seg * seg].reshape(len(sources), n_seg, seg)
+    freqs, psd = sp_signal.welch(segments, fs=SAMPLING_RATE_HZ, nperseg=seg // 2, axis=-1)  # (c, s, f)
+    band = freqs >= cfg.highpass_hz
+    loudness = psd[..., band].sum(axis=-1)  # (c, s)
+    n_top = max(1, int(np.ceil(_ACTIVE_FRACTION * n_seg)))
+    top = np.argsort(-loudness, axis=1)[:, :n_top]
+    active = np.take_along_axis(psd, top[..., None], axis=1).mean(axis=1)  # (c, f)
+    total = active[:, band].sum(axis=1) + 1e-30
+    low = active[:, band & (freqs < cfg.eye_max_hz)].sum(axis=1) / total
+    high_band = freqs >= cfg.muscle_min_hz
+    high = active[:, high_band].sum(axis=1) / total
+    hf_psd = active[:, high_band & (freqs <= 0.9 * SAMPLING_RATE_HZ / 2)] + 1e-30
+    flatness = np.exp(np.log(hf_psd).mean(axis=1)) / hf_psd.mean(axis=1)
+    return freqs, low, high, flatness
+
+
+def reject_components(scores: list[dict[str, float]], cfg: IcaConfig) -> list[dict[str, Any]]:
+    """Apply the three rules; returns ``[{component, reasons, strength, **scores}]`` (at most max_removed)."""
+    removed = []
+    for i, s in enumerate(scores):
+        margins = {}
+        if abs(s["ekg_corr"]) >= cfg.ekg_corr:
+            margins["cardiac"] = abs(s["ekg_corr"]) / cfg.ekg_corr
+        if s["frontal_share"] >= cfg.eye_frontal_share and s["low_share"] >= cfg.eye_low_share:
+            margins["eye"] = min(s["frontal_share"] / cfg.eye_frontal_share, s["low_share"] / cfg.eye_low_share)
+        if s["hf_share"] >= cfg.muscle_hf_share and s["flatness"] >= cfg.muscle_flatness:
+            margins["muscle"] = min(s["hf_share"] / cfg.muscle_hf_share, s["flatness"] / cfg.muscle_flatness)
+        if margins:
+            removed.append({"component": i, "reasons": sorted(margins), "strength": max(margins.values()),
+                            **{k: round(v, 4) for k, v in s.items()}})
+    removed.sort(key=lambda r: -r["strength"])
+    if len(removed) > cfg.max_removed:
+        logger.warning("ICA: %d components match the artifact rules; removing the %d strongest",
+                       len(removed), cfg.max_removed)
+    return sorted(removed[:cfg.max_removed], key=lambda r: r["component"])
+
+
+def _rank(data: np.ndarray) -> int:
+    std = data.std(axis=1, keepdims=True)
+    singular = np.linalg.svd(data / np.where(std > 0, std, 1.0), compute_uv=False)
+    return int((singular > singular[0] * 1e-5).sum())
+
+
+def _skip(info: dict[str, Any], reason: str, label: str) -> dict[str, Any]:
+    logger.warning("%s: %s; ICA skipped", label, reason)
+    return {**info, "status": f"skipped: {reason}"}
+
+
+def _label(eeg_id, path) -> str:
+    if eeg_id is not None:
+        return f"eeg_id {eeg_id}"
+    return str(path) if path is not None else "recording"

@@ -1,0 +1,65 @@
+"""NaN stretches in a recording: interpolate the short ones, report the long ones."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from hms_core.errors import ConfigError
+from hms_core.signal.filters import check_keys
+
+
+@dataclass
+class NanConfig:
+    """NaN handling at the recording level.
+
+    Parameters
+    ----------
+    max_interp_s : float
+        NaN gaps up to this length (s) are linearly interpolated; longer gaps are set to 0
+        (after DC removal, i.e. to the channel median) and reported. Default 1.0.
+    """
+
+    max_interp_s: float = 1.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "NanConfig":
+        cfg = cls(**check_keys(cls, d, "nan"))
+        if not cfg.max_interp_s >= 0:
+            raise ConfigError(f"nan.max_interp_s: {cfg.max_interp_s!r} must be >= 0 (seconds)")
+        return cfg
+
+
+def nan_runs(missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Start and stop indices (stop exclusive) of the runs of True in a 1-D boolean array."""
+    padded = np.concatenate([[False], missing, [False]]).astype(np.int8)
+    edges = np.diff(padded)
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+
+
+def interpolate_short_gaps(x: np.ndarray, *, max_gap_samples: int) -> np.ndarray:
+    """Fill NaN runs of at most ``max_gap_samples`` in each column of ``x (n, C)``.
+
+    Inner gaps are interpolated linearly between their finite neighbours; a short gap at
+    the start or end takes the nearest finite value. Longer gaps and all-NaN columns stay
+    NaN. Returns a new float array; ``x`` is not modified.
+    """
+    out = np.array(x, dtype=np.float64, copy=True)
+    n = out.shape[0]
+    for col in range(out.shape[1]):
+        values = out[:, col]
+        missing = np.isnan(values)
+        if not missing.any() or missing.all():
+            continue
+        starts, stops = nan_runs(missing)
+        short = (stops - starts) <= max_gap_samples
+        if not short.any():
+            continue
+        finite = np.flatnonzero(~missing)
+        fill = np.zeros(n, dtype=bool)
+        for start, stop in zip(starts[short], stops[short]):
+            fill[start:stop] = True
+        # np.interp extends the end values as constants, which is the edge rule above.
+        values[fill] = np.interp(np.flatnonzero(fill), finite, values[finite])
+    return out

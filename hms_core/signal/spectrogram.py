@@ -1,0 +1,186 @@
+"""Log-power STFT and mel spectrograms of the chains, averaged per region (pure torch).
+
+The STFT is a strided convolution with fixed windowed-DFT kernels, so it exports to ONNX
+as a plain Conv. The strided 1-channel convolution is computed in *folded* form: the
+signal is reshaped into ``hop`` phase channels and the kernels into ``(2F, hop, J)``,
+which turns it into a dense matrix product (about 10x faster on CPU, same numbers).
+
+One STFT serves both outputs: ``eeg_spec`` is the log power of the linear bins between
+``fmin_hz`` and ``fmax_hz``; ``eeg_mel`` applies a triangular mel filterbank (HTK scale) to
+the same power. Below 20 Hz the mel scale is almost linear, so ``eeg_mel`` is mainly a
+smoother resampling of the band onto ``n_mels`` rows, as in the public HMS notebooks.
+
+Zooming on the labelled centre: :meth:`RegionSpectrogram.forward` takes ``start`` and
+``length`` in samples; a second instance with a smaller ``hop`` (``center_hop``) gives the
+central 10 s at a higher time resolution (see ``WindowFrontend.center_spectrograms``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import signal as sp_signal
+
+from hms_core.contract import REGION_CHAIN_ROWS, SAMPLING_RATE_HZ, SPEC_REGIONS, WINDOW_SAMPLES
+from hms_core.errors import ConfigError
+from hms_core.signal.filters import check_keys
+
+
+@dataclass
+class SpectrogramConfig:
+    """Window-level spectrograms.
+
+    Parameters
+    ----------
+    n_fft : int
+        STFT window length in samples; default 512 (2.56 s, bins 0.39 Hz apart).
+    hop : int
+        Frame step in samples; default 40 (0.2 s, 250 frames per 50 s window).
+    fmin_hz, fmax_hz : float
+        Frequency band kept in both spectrograms; default 0.5 to 20 Hz.
+    n_mels : int
+        Rows of ``eeg_mel``; default 64.
+    log_floor : float
+        Power floor in uV^2 before the natural log; default 1e-4.
+    window : str
+        scipy window name for the STFT; default "hann".
+    center_hop : int
+        Frame step in samples of the zoomed central-10 s spectrogram; default 8 (250 frames).
+    """
+
+    n_fft: int = 512
+    hop: int = 40
+    fmin_hz: float = 0.5
+    fmax_hz: float = 20.0
+    n_mels: int = 64
+    log_floor: float = 1e-4
+    window: str = "hann"
+    center_hop: int = 8
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "SpectrogramConfig":
+        cfg = cls(**check_keys(cls, d, "spectrogram"))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        for key in ("n_fft", "hop", "n_mels", "center_hop"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"spectrogram.{key}: {value!r} must be a positive integer")
+        if self.n_fft > WINDOW_SAMPLES or self.hop > self.n_fft:
+            raise ConfigError(f"spectrogram.n_fft/hop: need hop <= n_fft <= {WINDOW_SAMPLES}, "
+                              f"got n_fft={self.n_fft}, hop={self.hop}")
+        if not 0 <= self.fmin_hz < self.fmax_hz <= SAMPLING_RATE_HZ / 2:
+            raise ConfigError(f"spectrogram.fmin_hz/fmax_hz: need 0 <= fmin < fmax <= "
+                              f"{SAMPLING_RATE_HZ / 2}, got {self.fmin_hz}, {self.fmax_hz}")
+        if len(self.bin_freqs_hz()) < 2:
+            raise ConfigError(f"spectrogram.n_fft: {self.n_fft} leaves fewer than 2 bins in "
+                              f"[{self.fmin_hz}, {self.fmax_hz}] Hz")
+        if self.log_floor <= 0:
+            raise ConfigError(f"spectrogram.log_floor: {self.log_floor!r} must be > 0")
+
+    def bin_freqs_hz(self) -> np.ndarray:
+        """Centre frequencies (Hz) of the ``eeg_spec`` rows."""
+        freqs = np.arange(self.n_fft // 2 + 1) * SAMPLING_RATE_HZ / self.n_fft
+        return freqs[(freqs >= self.fmin_hz) & (freqs <= self.fmax_hz)]
+
+    def n_frames(self, n_samples: int = WINDOW_SAMPLES, hop: int | None = None) -> int:
+        """Frames of a spectrogram of ``n_samples`` (one frame centred every ``hop`` samples)."""
+        return n_samples // (hop or self.hop)
+
+
+def mel_filterbank(bin_freqs_hz: np.ndarray, n_mels: int) -> np.ndarray:
+    """Triangular HTK-mel filters ``(n_mels, F)`` over the given linear bins, rows summing to 1.
+
+    Each triangle is at least one bin wide on either side so that no filter is empty when
+    the mel bands are narrower than the bin spacing; rows are normalised to average (not
+    sum) the power, keeping ``eeg_mel`` in the units of ``eeg_spec``.
+    """
+    def to_mel(f):
+        return 2595.0 * np.log10(1.0 + np.asarray(f) / 700.0)
+
+    def to_hz(m):
+        return 700.0 * (10.0 ** (np.asarray(m) / 2595.0) - 1.0)
+
+    spacing = bin_freqs_hz[1] - bin_freqs_hz[0]
+    edges = to_hz(np.linspace(to_mel(bin_freqs_hz[0]), to_mel(bin_freqs_hz[-1]), n_mels + 2))
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    left = np.maximum(centre - lower, spacing)[:, None]
+    right = np.maximum(upper - centre, spacing)[:, None]
+    f = bin_freqs_hz[None, :]
+    weights = np.clip(np.minimum((f - (centre[:, None] - left)) / left,
+                                 ((centre[:, None] + right) - f) / right), 0.0, None)
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def region_matrix() -> np.ndarray:
+    """``(4, 16)`` averaging matrix from the 16 spectrogram chains to LL, RL, LP, RP."""
+    rows = [r for region in SPEC_REGIONS for r in REGION_CHAIN_ROWS[region]]
+    matrix = np.zeros((len(SPEC_REGIONS), len(rows)))
+    for i, region in enumerate(SPEC_REGIONS):
+        for r in REGION_CHAIN_ROWS[region]:
+            matrix[i, rows.index(r)] = 1.0 / len(REGION_CHAIN_ROWS[region])
+    return matrix
+
+
+class RegionSpectrogram(torch.nn.Module):
+    """``chains (B, 18, T) -> (eeg_spec (B, 4, F, frames), eeg_mel (B, 4, n_mels, frames))``.
+
+    Both are natural-log power in uV^2 per bin (periodogram scaled by the window energy),
+    floored at ``log_floor``; frame ``k`` is centred on sample ``start + k * hop`` and edges
+    are reflect-padded.
+    """
+
+    def __init__(self, cfg: SpectrogramConfig, *, hop: int | None = None):
+        super().__init__()
+        self.n_fft = cfg.n_fft
+        self.hop = hop or cfg.hop
+        self.log_floor = cfg.log_floor
+        freqs = cfg.bin_freqs_hz()
+        self.n_bins = len(freqs)
+        window = sp_signal.get_window(cfg.window, cfg.n_fft, fftbins=True)
+        t = np.arange(cfg.n_fft)
+        phase = 2 * np.pi * np.outer(freqs / SAMPLING_RATE_HZ, t)
+        scale = 1.0 / np.sqrt(np.sum(window ** 2))
+        dft = np.concatenate([np.cos(phase), -np.sin(phase)]) * window * scale  # (2F, n_fft)
+        self.n_blocks = -(-cfg.n_fft // self.hop)
+        folded = np.zeros((2 * self.n_bins, self.n_blocks * self.hop))
+        folded[:, :cfg.n_fft] = dft
+        # W[o, c, j] = dft[o, hop * j + c]
+        folded = folded.reshape(2 * self.n_bins, self.n_blocks, self.hop).transpose(0, 2, 1)
+        self.register_buffer("dft", torch.tensor(np.ascontiguousarray(folded), dtype=torch.float32))
+        self.register_buffer("mel", torch.tensor(mel_filterbank(freqs, cfg.n_mels), dtype=torch.float32))
+        self.register_buffer("regions", torch.tensor(region_matrix(), dtype=torch.float32))
+        rows = [r for region in SPEC_REGIONS for r in REGION_CHAIN_ROWS[region]]
+        self.register_buffer("chain_rows", torch.tensor(rows, dtype=torch.long))
+
+    def power(self, chains: torch.Tensor, *, start: int = 0, length: int | None = None) -> torch.Tensor:
+        """Per-chain power ``(B, 16, F, frames)`` of the 16 region chains (uV^2 per bin)."""
+        x = chains.index_select(1, self.chain_rows)
+        n_times = x.shape[-1] if length is None else length
+        x = x[..., start:start + n_times]
+        batch, n_chains = x.shape[0], x.shape[1]
+        n_frames = n_times // self.hop
+        left = self.n_fft // 2
+        right = self.n_fft - left - self.hop
+        flat = F.pad(x.reshape(-1, 1, n_times), (left, max(right, 0)), mode="reflect")
+        # Zeros to complete the last fold (they meet zero kernel taps only), then trim.
+        needed = self.hop * (n_frames + self.n_blocks - 1)
+        flat = F.pad(flat, (0, self.hop * self.n_blocks))[..., :needed]
+        folded = flat.reshape(-1, needed // self.hop, self.hop).transpose(1, 2)  # (N, hop, L/hop)
+        spec = F.conv1d(folded, self.dft)  # (N, 2F, frames)
+        real, imag = spec[:, :self.n_bins], spec[:, self.n_bins:]
+        power = real * real + imag * imag
+        return power.reshape(batch, n_chains, self.n_bins, n_frames)
+
+    def forward(self, chains: torch.Tensor, *, start: int = 0,
+                length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        power = self.power(chains, start=start, length=length)
+        region_power = torch.einsum("rc,bcft->brft", self.regions, power)
+        mel_power = torch.einsum("mf,brft->brmt", self.mel, region_power)
+        floor = self.log_floor
+        return torch.log(torch.clamp(region_power, min=floor)), torch.log(torch.clamp(mel_power, min=floor))

@@ -1,0 +1,88 @@
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from hms_core.errors import ConfigError
+from hms_core.signal.filters import ZeroPhaseFIR, design_kernel
+from hms_core.signal.frontend import FrontendConfig, WindowFrontend, kaggle_spec_image, window_shapes
+from hms_core.signal.montage import bipolar_montage
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def frontend():
+    return WindowFrontend().eval()
+
+
+def test_shapes_nan_robustness_and_clip(frontend):
+    x = torch.randn(2, 20, 10000) * 30 + 200
+    x[0, 3, 1000:3000] = float("nan")
+    x[1, 0, 5000:5100] = 1e5  # a huge artifact
+    with torch.no_grad():
+        chains, spec, mel = frontend(x)
+    shapes = window_shapes(frontend.cfg)
+    assert tuple(chains.shape[1:]) == shapes["chains"] == (18, 10000)
+    assert tuple(spec.shape[1:]) == shapes["eeg_spec"] and tuple(mel.shape[1:]) == shapes["eeg_mel"]
+    assert all(torch.isfinite(t).all() for t in (chains, spec, mel))
+    assert chains.abs().max() <= 1024
+
+
+def test_chains_equal_numpy_reference(frontend):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1, 20, 10000)) * 20 + 50).astype(np.float32)
+    centred = x - x.mean(axis=-1, keepdims=True)
+    chains = bipolar_montage(centred)
+    kernel = design_kernel(frontend.cfg.filter)
+    from scipy.ndimage import convolve1d
+
+    expected = np.clip(convolve1d(chains.astype(np.float64), kernel, axis=-1, mode="mirror"), -1024, 1024)
+    with torch.no_grad():
+        got = frontend.chains(torch.from_numpy(x)).numpy()
+    assert np.abs(got - expected).max() < 1e-3
+
+
+def test_onnx_export_matches_torch(frontend):
+    import onnxruntime
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.frontend = frontend
+
+        def forward(self, raw_uv, power):
+            return (*self.frontend(raw_uv), kaggle_spec_image(power))
+
+    raw = torch.randn(2, 20, 10000) * 30
+    power = torch.rand(2, 300, 400) * 50
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Graph(), (raw, power), buffer, opset_version=17, dynamo=False,
+                          input_names=["raw_uv", "power"], dynamic_axes={"raw_uv": {0: "b"}, "power": {0: "b"}})
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    x = (torch.randn(3, 20, 10000) * 30).numpy()
+    x[1, 4, 200:900] = np.nan
+    p = (torch.rand(3, 300, 400) * 50).numpy()
+    p[0, 3, 9] = np.nan
+    outputs = session.run(None, {"raw_uv": x, "power": p})
+    with torch.no_grad():
+        expected = Graph()(torch.from_numpy(x), torch.from_numpy(p))
+    for got, want in zip(outputs, expected):
+        assert got.shape == tuple(want.shape)
+        assert np.abs(got - want.numpy()).max() < 1e-3
+
+
+def test_frontend_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ConfigError, match="colour"):
+        FrontendConfig.from_dict({"colour": 1})
+    with pytest.raises(ConfigError, match="clip_uv"):
+        FrontendConfig.from_dict({"clip_uv": -1})
+    with pytest.raises(ConfigError, match="hop"):
+        FrontendConfig.from_dict({"spectrogram": {"hop": 0}})
+    cfg = FrontendConfig.from_dict({"filter": {"h_freq_hz": 40.0}, "spectrogram": {"n_fft": 256, "fmax_hz": 40.0}})
+    assert window_shapes(cfg)["eeg_spec"] == (4, 51, 250)
+    assert isinstance(WindowFrontend(cfg).fir, ZeroPhaseFIR)

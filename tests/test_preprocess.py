@@ -1,0 +1,184 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from hms_core.data.io import eeg_path, eeg_window_slice, read_eeg, read_spectrogram, read_train_csv, spectrogram_path
+from hms_core.errors import ConfigError, DataError
+from hms_core.preprocess import PreprocessConfig, assign_batches, preprocess_batch
+from hms_core.signal.frontend import WindowFrontend, kaggle_spec_image
+from hms_core.signal.ica import clean_recording
+from hms_core.store import WindowStore
+
+torch.set_num_threads(1)
+FAST = {"ica": {"enabled": False}, "windows_per_shard": 4}
+
+
+@pytest.fixture(scope="module")
+def train_df(tiny_dataset):
+    return read_train_csv(tiny_dataset / "train.csv")
+
+
+def test_assign_batches_is_deterministic_complete_and_balanced(train_df):
+    batches = assign_batches(train_df, 3)
+    assert batches == assign_batches(train_df.sample(frac=1, random_state=0), 3)
+    ids = [e for b in batches.values() for e in b]
+    assert sorted(ids) == sorted(train_df["eeg_id"].unique())
+    counts = train_df.groupby("eeg_id").size()
+    loads = [counts[b].sum() for b in batches.values()]
+    assert max(loads) - min(loads) <= counts.max()
+    assert set(assign_batches(train_df, 50)) == set(range(50))
+    with pytest.raises(ConfigError, match="n_batches"):
+        assign_batches(train_df, 0)
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ConfigError, match="colour"):
+        PreprocessConfig.from_dict({"colour": 1})
+    with pytest.raises(ConfigError, match="on_bad_recording"):
+        PreprocessConfig.from_dict({"on_bad_recording": "ignore"})
+    with pytest.raises(ConfigError, match="method"):
+        PreprocessConfig.from_dict({"ica": {"method": "jade"}})
+
+
+@pytest.fixture(scope="module")
+def two_stores(tiny_dataset, train_df, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stores")
+    batches = assign_batches(train_df, 2)
+    cfg = PreprocessConfig.from_dict({"windows_per_shard": 4, "ica": {"max_fit_samples": 6000}})
+    status = out / "status" / "run.json"
+    preprocess_batch(tiny_dataset, train_df, batches[0], out / "batch_0000.zarr", cfg, status_path=status,
+                     quarantine_out=out / "q0.json")
+    preprocess_batch(tiny_dataset, train_df, batches[1], out / "batch_0001.zarr", FAST)
+    return out, batches, cfg
+
+
+def test_store_holds_every_window_and_equals_the_frontend(tiny_dataset, train_df, two_stores):
+    out, batches, cfg = two_stores
+    store = WindowStore([out / "batch_0000.zarr", out / "batch_0001.zarr"])
+    assert sorted(store.index["label_id"]) == sorted(train_df["label_id"])
+    status = json.loads((out / "status" / "run.json").read_text())["jobs"]["preprocess_batch_0000"]
+    assert status["stage"] == "preprocessing" and status["done"] == status["total"] == len(batches[0])
+    assert json.loads((out / "q0.json").read_text())["bad_recordings"] == []
+    # recompute one window of batch 0 by hand: whole-recording cleaning, then the torch front end
+    row = store.index[store.index["store"] == 0].iloc[-1]
+    raw = read_eeg(eeg_path(tiny_dataset, row["eeg_id"]))
+    cleaned, _ = clean_recording(raw, cfg, eeg_id=row["eeg_id"])
+    window = cleaned[eeg_window_slice(row["eeg_label_offset_seconds"])].T[None]
+    with torch.no_grad():
+        chains, spec, mel = WindowFrontend(cfg.frontend)(torch.from_numpy(np.ascontiguousarray(window)))
+    got = store.read(np.array([row.name]), ["chains", "eeg_spec", "eeg_mel", "kaggle_spec"])
+    for name, want in (("chains", chains), ("eeg_spec", spec), ("eeg_mel", mel)):
+        want = want.numpy()
+        assert np.abs(got[name] - want).max() <= 1e-3 * np.abs(want).max() + 1e-2  # float16 storage
+    time_s, power = read_spectrogram(spectrogram_path(tiny_dataset, row["spectrogram_id"]))
+    first = int(np.searchsorted(time_s, row["spectrogram_label_offset_seconds"]))
+    want = kaggle_spec_image(torch.from_numpy(power[first:first + 300][None])).numpy()
+    assert np.abs(got["kaggle_spec"] - want).max() < 1e-2
+    json.loads(row["ica_removed"])  # valid JSON per window
+    assert 0 <= row["nan_fraction"] <= 1
+
+
+def test_killed_batch_leaves_no_store_and_is_redone(tiny_dataset, train_df, two_stores, tmp_path):
+    out, batches, _ = two_stores
+    finished = out / "batch_0001.zarr"
+    before = {p: p.stat().st_mtime_ns for p in finished.rglob("*")}
+    target = out / "batch_killed.zarr"
+    status = tmp_path / "run.json"
+    script = (
+        "import sys, pandas as pd; from hms_core.preprocess import preprocess_batch; "
+        "from hms_core.data.io import read_train_csv; "
+        f"df = read_train_csv(r'{tiny_dataset / 'train.csv'}'); "
+        f"preprocess_batch(r'{tiny_dataset}', df, sorted(df.eeg_id.unique()), r'{target}', {{}}, "
+        f"status_path=r'{status}')"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if status.exists() and json.loads(status.read_text())["jobs"]["preprocess_batch_killed"]["done"] >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the batch finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()
+    assert list(out.glob(".batch_killed.zarr.*.tmp"))  # the half-written temporary
+    preprocess_batch(tiny_dataset, train_df, batches[1], target, FAST)
+    assert len(WindowStore([target])) == (train_df["eeg_id"].isin(batches[1])).sum()
+    assert not list(out.glob(".batch_killed.zarr.*.tmp"))
+    assert before == {p: p.stat().st_mtime_ns for p in finished.rglob("*")}
+
+
+# ------------------------------------------------------------------------------- bad input
+def _write_table(path, df):
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path)
+
+
+def _break(kind, path):
+    if kind == "corrupt":
+        path.write_bytes(b"this is not a parquet file")
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "missing":
+        path.unlink()
+    elif kind == "short":
+        _write_table(path, pd.read_parquet(path).iloc[:1000])
+    elif kind == "no_channel":
+        _write_table(path, pd.read_parquet(path).drop(columns=["C3"]))
+    elif kind == "all_nan":
+        df = pd.read_parquet(path)
+        _write_table(path, pd.DataFrame(np.nan, index=df.index, columns=df.columns, dtype="float32"))
+
+
+BAD_KINDS = ("corrupt", "truncated", "missing", "short", "no_channel", "all_nan")
+PROBLEM = {"corrupt": "not a readable parquet", "truncated": "not a readable parquet", "missing": "file not found",
+           "short": "samples", "no_channel": "missing columns", "all_nan": "all EEG values are NaN"}
+
+
+@pytest.fixture(scope="module")
+def broken_dataset(tiny_dataset, train_df, tmp_path_factory):
+    data = tmp_path_factory.mktemp("broken") / "raw"
+    shutil.copytree(tiny_dataset, data)
+    ids = sorted(train_df["eeg_id"].unique())
+    assert len(ids) > len(BAD_KINDS)
+    broken = dict(zip(BAD_KINDS, ids))
+    for kind, eeg_id in broken.items():
+        _break(kind, eeg_path(data, eeg_id))
+    return data, broken, ids
+
+
+def test_skip_mode_quarantines_bad_recordings_and_keeps_the_rest(broken_dataset, train_df, tmp_path):
+    data, broken, ids = broken_dataset
+    report = tmp_path / "quarantine.json"
+    result = preprocess_batch(data, train_df, ids, tmp_path / "b.zarr", {**FAST, "on_bad_recording": "skip"},
+                              quarantine_out=report)
+    bad = {b["eeg_id"]: b for b in json.loads(report.read_text())["bad_recordings"]}
+    assert set(bad) == set(broken.values())
+    for kind, eeg_id in broken.items():
+        assert PROBLEM[kind] in bad[eeg_id]["problem"] and str(eeg_id) in bad[eeg_id]["path"]
+    good = [e for e in ids if e not in broken.values()]
+    store = WindowStore([tmp_path / "b.zarr"])
+    assert sorted(store.index["label_id"]) == sorted(train_df.loc[train_df["eeg_id"].isin(good), "label_id"])
+    assert result == {"n_recordings": len(good), "n_windows": len(store), "n_bad": len(broken)}
+
+
+@pytest.mark.parametrize("kind", BAD_KINDS)
+def test_error_mode_names_file_and_recording(kind, broken_dataset, train_df, tmp_path):
+    data, broken, ids = broken_dataset
+    eeg_id = broken[kind]
+    good = next(e for e in ids if e not in broken.values())
+    with pytest.raises(DataError, match=PROBLEM[kind]) as err:
+        preprocess_batch(data, train_df, [good, eeg_id], tmp_path / "b.zarr", FAST)
+    assert err.value.eeg_id == eeg_id and f"{eeg_id}.parquet" in err.value.path
+    assert not (tmp_path / "b.zarr").exists()
+    assert not list(tmp_path.glob(".b.zarr.*"))

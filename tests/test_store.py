@@ -1,0 +1,68 @@
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hms_core.errors import DataError
+from hms_core.store import StoreWriter, WindowStore
+
+SHAPES = {"chains": (18, 50), "eeg_spec": (4, 5, 6), "eeg_mel": (4, 3, 6), "kaggle_spec": (4, 10, 30)}
+
+
+def write_store(path, n_recordings, seed, *, shard=4):
+    rng = np.random.default_rng(seed)
+    writer = StoreWriter(path, max_windows=n_recordings * 6, shapes=SHAPES, windows_per_shard=shard)
+    written = {name: [] for name in SHAPES}
+    labels = []
+    for rec in range(n_recordings):
+        k = int(rng.integers(1, 6))
+        fields = {name: rng.standard_normal((k, *shape)).astype(np.float32) * 100 for name, shape in SHAPES.items()}
+        ids = seed * 1000 + rec * 10 + np.arange(k)
+        writer.append(fields, pd.DataFrame({"label_id": ids, "eeg_id": np.full(k, seed * 100 + rec)}))
+        for name in SHAPES:
+            written[name].append(fields[name])
+        labels.extend(ids)
+    n = writer.close({"note": "test"})
+    assert n == len(labels)
+    return {name: np.concatenate(v) for name, v in written.items()}, np.array(labels)
+
+
+def test_random_access_across_two_batches(tmp_path):
+    a, labels_a = write_store(tmp_path / "batch_0000.zarr", 5, seed=1)
+    b, labels_b = write_store(tmp_path / "batch_0001.zarr", 4, seed=2, shard=1)
+    store = WindowStore([tmp_path / "batch_0000.zarr", tmp_path / "batch_0001.zarr"])
+    assert len(store) == len(labels_a) + len(labels_b)
+    assert list(store.index["label_id"]) == list(labels_a) + list(labels_b)
+    assert set(store.index["store"]) == {0, 1}
+    rows = np.array([len(store) - 1, 0, len(labels_a), 3, 3, len(labels_a) - 1])
+    out = store.read(rows, ["chains", "kaggle_spec"])
+    both = {name: np.concatenate([a[name], b[name]]).astype(np.float16).astype(np.float32) for name in SHAPES}
+    for name in ("chains", "kaggle_spec"):
+        assert out[name].dtype == np.float32
+        assert np.array_equal(out[name], both[name][rows])
+    # the index names each window: the label at a row is the label written with its data
+    assert list(store.index["label_id"].to_numpy()[rows]) == list(np.concatenate([labels_a, labels_b])[rows])
+
+
+def test_store_survives_pickling_for_worker_processes(tmp_path):
+    a, _ = write_store(tmp_path / "s.zarr", 3, seed=3)
+    store = WindowStore([tmp_path / "s.zarr"])
+    store.read(np.array([0]), ["eeg_mel"])  # opens arrays in this process
+    clone = pickle.loads(pickle.dumps(store))
+    assert np.array_equal(clone.read(np.array([1]), ["eeg_mel"])["eeg_mel"],
+                          a["eeg_mel"][[1]].astype(np.float16).astype(np.float32))
+
+
+def test_empty_store_and_bad_requests(tmp_path):
+    writer = StoreWriter(tmp_path / "empty.zarr", max_windows=0, shapes=SHAPES)
+    assert writer.close() == 0
+    write_store(tmp_path / "s.zarr", 2, seed=4)
+    store = WindowStore([tmp_path / "empty.zarr", tmp_path / "s.zarr"])
+    assert (store.index["store"] == 1).all()
+    with pytest.raises(KeyError, match="unknown store fields"):
+        store.read(np.array([0]), ["raw"])
+    with pytest.raises(IndexError):
+        store.read(np.array([len(store)]), ["chains"])
+    with pytest.raises(DataError, match="not a window store"):
+        WindowStore([tmp_path / "missing.zarr"])
