@@ -1,0 +1,121 @@
+"""``efficientnet``: a timm EfficientNet on one image tiled from three spectrogram sources.
+
+Inside ``forward`` each source (``eeg_spec (B, 4, F, T)``, ``eeg_mel (B, 4, M, T)``,
+``kaggle_spec (B, 4, 100, 300)``, log power) is normalised per window, its four regions
+(LL, RL, LP, RP) are stacked vertically, and it is resized to ``image_size`` high and
+``image_size // 3`` wide; the three are placed side by side. Building the image in the
+model keeps preprocessing identical in training and in the exported ONNX graph.
+Progressive resizing: the trainer changes ``image_size`` between epochs
+(:func:`image_size_for_epoch`).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hms_core import contract
+from hms_core.errors import ConfigError
+from hms_core.models.registry import register_model
+
+SPEC_FIELDS = ("eeg_spec", "eeg_mel", "kaggle_spec")
+
+
+def image_size_for_epoch(epoch: int, epochs: int, sizes: Sequence[int]) -> int:
+    """Image size (pixels) at ``epoch`` when ``sizes`` are spread evenly over ``epochs``.
+
+    ``sizes=(192, 256)`` over 10 epochs: epochs 0-4 at 192 px, 5-9 at 256 px.
+    """
+    if not sizes:
+        raise ConfigError("models.efficientnet.image_sizes: needs at least one size")
+    return int(sizes[min(len(sizes) - 1, epoch * len(sizes) // max(epochs, 1))])
+
+
+class SpectrogramEfficientNet(nn.Module):
+    """EfficientNet classifier of tiled spectrogram images.
+
+    Parameters
+    ----------
+    n_outputs : int, default 6
+    backbone : str, default "efficientnet_b0"
+        timm model name (``efficientnet_b5`` in the full run, ``test_efficientnet`` in tests).
+    image_size : int, default 256
+        Height of the tiled image in pixels (width ``3 * (image_size // 3)``).
+    in_chans : int, default 1
+        Image channels given to the backbone (the grey image is repeated).
+    drop_rate : float, default 0.2
+        Dropout before the classifier.
+    drop_path_rate : float, default 0.0
+        Stochastic depth.
+    input_fields : sequence of str, default ("eeg_spec", "eeg_mel", "kaggle_spec")
+        Which spectrogram sources to tile (any non-empty subset, in this order).
+    """
+
+    def __init__(self, n_outputs: int = contract.N_CLASSES, *, backbone: str = "efficientnet_b0",
+                 image_size: int = 256, in_chans: int = 1, drop_rate: float = 0.2,
+                 drop_path_rate: float = 0.0, input_fields: Sequence[str] = SPEC_FIELDS):
+        super().__init__()
+        import timm
+
+        bad = [f for f in input_fields if f not in SPEC_FIELDS]
+        if bad or not input_fields:
+            raise ConfigError(f"models.efficientnet.input_fields: {list(input_fields)} must be a "
+                              f"non-empty subset of {', '.join(SPEC_FIELDS)}")
+        if not timm.is_model(backbone):
+            raise ConfigError(f"models.efficientnet.backbone: {backbone!r} is not a timm model "
+                              "(e.g. efficientnet_b0, efficientnet_b5, test_efficientnet)")
+        self.input_fields = tuple(input_fields)
+        self.image_size = int(image_size)
+        self.in_chans = int(in_chans)
+        self.backbone = timm.create_model(backbone, pretrained=False, in_chans=in_chans,
+                                          num_classes=n_outputs, drop_rate=drop_rate,
+                                          drop_path_rate=drop_path_rate)
+        self.feature_dim = int(self.backbone.num_features)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    def build_image(self, *specs: torch.Tensor) -> torch.Tensor:
+        """Tile the sources ``(B, 4, H_i, W_i)`` into one image ``(B, in_chans, S, 3 * (S // 3))``."""
+        height = self.image_size
+        width = max(1, height // len(specs))
+        tiles = []
+        for spec in specs:
+            b, regions, h, w = spec.shape
+            x = spec.float().reshape(b, 1, regions * h, w)
+            mean = x.mean(dim=(2, 3), keepdim=True)
+            std = x.std(dim=(2, 3), keepdim=True)
+            x = (x - mean) / (std + 1e-6)
+            tiles.append(F.interpolate(x, size=(height, width), mode="bilinear",
+                                       align_corners=False))
+        image = torch.cat(tiles, dim=3)
+        if self.in_chans > 1:
+            image = image.expand(-1, self.in_chans, -1, -1)
+        first_conv = self.backbone.conv_stem.weight
+        if first_conv.is_contiguous(memory_format=torch.channels_last) and first_conv.shape[2] > 1:
+            image = image.contiguous(memory_format=torch.channels_last)
+        return image
+
+    def forward_features(self, *specs: torch.Tensor) -> torch.Tensor:
+        """Spectrograms in ``input_fields`` order -> pooled features ``(B, feature_dim)``."""
+        image = self.build_image(*specs)
+        return self.backbone.forward_head(self.backbone.forward_features(image), pre_logits=True)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.backbone.get_classifier()(features)
+
+    def forward(self, *specs: torch.Tensor) -> torch.Tensor:
+        """Spectrograms in ``input_fields`` order -> logits ``(B, 6)``."""
+        return self.forward_head(self.forward_features(*specs))
+
+
+@register_model
+def efficientnet(**kwargs) -> SpectrogramEfficientNet:
+    """Factory of :class:`SpectrogramEfficientNet` (see its parameters)."""
+    return SpectrogramEfficientNet(**kwargs)
+
+
+efficientnet.__signature__ = inspect.signature(SpectrogramEfficientNet)  # lets create_model check kwargs

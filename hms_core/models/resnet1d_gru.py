@@ -1,0 +1,188 @@
+"""``resnet1d_gru``: a 1-D residual conv stack over the 18 bipolar chains, then a bidirectional GRU.
+
+The chains (uV) are scaled, average-pooled by ``input_downsample``, and passed through a
+strided stem and residual stages that shorten time (each stage by its stride) while
+widening channels; a bidirectional GRU reads the remaining sequence; mean- and max-pooled
+GRU outputs form the feature vector. An optional pretrained foundation encoder
+(``hms_core.models.foundation``) contributes its window features, concatenated before
+the head.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from hms_core import contract
+from hms_core.errors import ConfigError
+from hms_core.models.registry import register_model
+
+FOUNDATION_MODES = ("frozen", "finetune")
+
+
+class ResBlock1d(nn.Module):
+    """Two same-padded convolutions with batch norm and a (strided) shortcut."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, kernel_size: int, stride: int, dropout: float):
+        super().__init__()
+        pad = kernel_size // 2
+        self.conv1 = nn.Conv1d(in_ch, out_ch, kernel_size, stride=stride, padding=pad, bias=False)
+        self.bn1 = nn.BatchNorm1d(out_ch)
+        self.conv2 = nn.Conv1d(out_ch, out_ch, kernel_size, padding=pad, bias=False)
+        self.bn2 = nn.BatchNorm1d(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.shortcut = (nn.Identity() if in_ch == out_ch and stride == 1 else nn.Sequential(
+            nn.Conv1d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm1d(out_ch)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(self.dropout(h)))
+        return F.silu(h + self.shortcut(x))
+
+
+class ResNet1dGRU(nn.Module):
+    """1-D ResNet + bidirectional GRU classifier of raw bipolar chains.
+
+    Parameters
+    ----------
+    n_outputs : int, default 6
+        Number of classes.
+    n_chans : int, default 18
+        Input chains (``contract.N_CHAINS``).
+    n_times : int, default 10000
+        Samples per window (``contract.WINDOW_SAMPLES``, 50 s at 200 Hz).
+    sfreq : float, default 200
+        Sampling rate in Hz.
+    input_scale_uv : float, default 100.0
+        Chains are divided by this many uV.
+    input_downsample : int, default 2
+        Average-pooling factor applied first (the chains are band-limited to ~20 Hz).
+    stem_width : int, default 32
+    widths : sequence of int, default (32, 64, 128, 256)
+        Channels of each residual stage.
+    strides : sequence of int, default (2, 2, 2, 2)
+        Time stride of each stage (same length as ``widths``).
+    stem_stride : int, default 2
+    kernel_size : int, default 7
+    gru_hidden : int, default 128
+        Hidden units per GRU direction.
+    gru_layers : int, default 1
+    dropout : float, default 0.2
+    foundation_path : str, optional
+        Pretrained foundation encoder file (``load_foundation``).
+    foundation_mode : {"frozen", "finetune", None}, default None
+        How to use the foundation encoder; None ignores ``foundation_path``.
+    foundation_kwargs : dict, optional
+        Build the encoder from these ``EEGFoundationEncoder`` kwargs instead of loading
+        ``foundation_path`` (used when reloading a trained model whose state_dict already
+        holds the encoder weights).
+    """
+
+    input_fields = ("chains",)
+
+    def __init__(self, n_outputs: int = contract.N_CLASSES, n_chans: int = contract.N_CHAINS,
+                 n_times: int = contract.WINDOW_SAMPLES, sfreq: float = contract.SAMPLING_RATE_HZ,
+                 *, input_scale_uv: float = 100.0, input_downsample: int = 2, stem_width: int = 32,
+                 widths: Sequence[int] = (32, 64, 128, 256), strides: Sequence[int] = (2, 2, 2, 2),
+                 stem_stride: int = 2, kernel_size: int = 7, gru_hidden: int = 128,
+                 gru_layers: int = 1, dropout: float = 0.2, foundation_path: str | None = None,
+                 foundation_mode: str | None = None, foundation_kwargs: dict | None = None):
+        super().__init__()
+        if len(widths) != len(strides) or not widths:
+            raise ConfigError(f"models.resnet1d_gru: widths {list(widths)} and strides "
+                              f"{list(strides)} must be non-empty and of equal length")
+        if foundation_mode is not None and foundation_mode not in FOUNDATION_MODES:
+            raise ConfigError(f"models.resnet1d_gru.foundation_mode: {foundation_mode!r} is not "
+                              f"one of {', '.join(FOUNDATION_MODES)} or null")
+        if foundation_mode is not None and foundation_path is None and foundation_kwargs is None:
+            raise ConfigError("models.resnet1d_gru.foundation_mode is set but no foundation_path "
+                              "(pretrained encoder file) was given")
+        self.n_outputs, self.n_chans, self.n_times, self.sfreq = n_outputs, n_chans, n_times, sfreq
+        self.input_scale_uv = float(input_scale_uv)
+        self.grad_checkpointing = False
+        self.pool = nn.AvgPool1d(input_downsample) if input_downsample > 1 else nn.Identity()
+        self.stem = nn.Sequential(
+            nn.Conv1d(n_chans, stem_width, kernel_size, stride=stem_stride,
+                      padding=kernel_size // 2, bias=False),
+            nn.BatchNorm1d(stem_width), nn.SiLU())
+        blocks, in_ch = [], stem_width
+        for width, stride in zip(widths, strides):
+            blocks.append(ResBlock1d(in_ch, width, kernel_size=kernel_size, stride=stride,
+                                     dropout=dropout))
+            in_ch = width
+        self.blocks = nn.ModuleList(blocks)
+        self.gru = nn.GRU(in_ch, gru_hidden, num_layers=gru_layers, batch_first=True,
+                          bidirectional=True)
+        self.foundation_mode = foundation_mode
+        self.foundation = None
+        foundation_dim = 0
+        if foundation_mode is not None:
+            from hms_core.models import foundation as foundation_module
+
+            if foundation_kwargs is not None:
+                self.foundation = foundation_module.EEGFoundationEncoder(**foundation_kwargs)
+            else:
+                self.foundation = foundation_module.load_foundation(foundation_path)
+            foundation_dim = int(self.foundation.feature_dim)
+            if foundation_mode == "frozen":
+                self.foundation.requires_grad_(False)
+        self.feature_dim = 4 * gru_hidden + foundation_dim
+        self.head_dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.feature_dim, n_outputs)
+
+    def train(self, mode: bool = True) -> "ResNet1dGRU":
+        super().train(mode)
+        if self.foundation is not None and self.foundation_mode == "frozen":
+            self.foundation.eval()  # frozen: no dropout, no batch-norm updates
+        return self
+
+    def portable_kwargs(self, kwargs: dict) -> dict:
+        """``kwargs`` rewritten to rebuild this model without the foundation file."""
+        out = {k: v for k, v in kwargs.items() if k != "foundation_path"}
+        if self.foundation is not None:
+            out["foundation_kwargs"] = self.foundation.init_kwargs()
+        return out
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the residual blocks' activations in backward (saves memory)."""
+        self.grad_checkpointing = enable
+
+    def forward_features(self, chains: torch.Tensor) -> torch.Tensor:
+        """``chains (B, n_chans, n_times)`` in uV -> features ``(B, feature_dim)``."""
+        x = self.stem(self.pool(chains / self.input_scale_uv))  # (B, stem_width, T')
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        seq, _ = self.gru(x.transpose(1, 2))  # (B, T'', 2 * gru_hidden)
+        features = torch.cat([seq.mean(dim=1), seq.amax(dim=1)], dim=1)
+        if self.foundation is not None:
+            if self.foundation_mode == "frozen":
+                with torch.no_grad():
+                    extra = self.foundation.forward_features(chains)
+            else:
+                extra = self.foundation.forward_features(chains)
+            features = torch.cat([features, extra.to(features.dtype)], dim=1)
+        return features
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Features ``(B, feature_dim)`` -> logits ``(B, n_outputs)``."""
+        return self.head(self.head_dropout(features))
+
+    def forward(self, chains: torch.Tensor) -> torch.Tensor:
+        """``chains (B, 18, 10000)`` in uV -> logits ``(B, 6)``."""
+        return self.forward_head(self.forward_features(chains))
+
+
+@register_model
+def resnet1d_gru(**kwargs) -> ResNet1dGRU:
+    """Factory of :class:`ResNet1dGRU` (see its parameters)."""
+    return ResNet1dGRU(**kwargs)
+
+
+resnet1d_gru.__signature__ = inspect.signature(ResNet1dGRU)  # lets create_model check kwargs

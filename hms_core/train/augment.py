@@ -1,0 +1,159 @@
+"""Batch augmentations on device tensors (main process, global torch RNG, so resume is exact).
+
+- hemisphere swap: left/right mirror of the montage (chains by ``contract.CHAIN_HEMISPHERE_SWAP``,
+  spectrogram regions LL<->RL, LP<->RP); labels unchanged. Also the test-time augmentation.
+- time shift: circular shift of the chains along time.
+- channel masking (chains) and time / frequency masking (all fields; SpecAugment style;
+  spectrogram cells are set to the window's mean log power, chains to 0 uV).
+- mixup of inputs and soft targets.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import torch
+
+from hms_core import contract
+from hms_core.errors import ConfigError
+
+_REGION_MIRROR = {"LL": "RL", "RL": "LL", "LP": "RP", "RP": "LP"}
+REGION_HEMISPHERE_SWAP = tuple(contract.SPEC_REGIONS.index(_REGION_MIRROR[r])
+                               for r in contract.SPEC_REGIONS)
+CHAIN_FIELD = "chains"
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """Augmentation settings (config ``training.augment``); probabilities are per window.
+
+    Parameters
+    ----------
+    hemisphere_swap_p : float, default 0.5
+    time_shift_max_s : float, default 5.0
+        Largest circular shift of the chains, in s (0 disables).
+    channel_mask_p : float, default 0.05
+        Probability that each chain of a window is zeroed.
+    time_mask_p : float, default 0.3
+        Probability that a window gets one zeroed time stretch (every field).
+    time_mask_max_frac : float, default 0.1
+        Longest masked stretch as a fraction of the time axis.
+    freq_mask_p : float, default 0.3
+        Probability of one zeroed frequency band in each spectrogram field.
+    freq_mask_max_frac : float, default 0.1
+    mixup_alpha : float, default 0.0
+        Beta(alpha, alpha) mixup of inputs and targets per batch; 0 disables.
+    mixup_p : float, default 0.5
+        Probability that a batch is mixed.
+    """
+
+    hemisphere_swap_p: float = 0.5
+    time_shift_max_s: float = 5.0
+    channel_mask_p: float = 0.05
+    time_mask_p: float = 0.3
+    time_mask_max_frac: float = 0.1
+    freq_mask_p: float = 0.3
+    freq_mask_max_frac: float = 0.1
+    mixup_alpha: float = 0.0
+    mixup_p: float = 0.5
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "AugmentConfig":
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ConfigError(f"training.augment.{key}: unknown key; allowed: "
+                                  f"{', '.join(sorted(known))}")
+        cfg = cls(**d)
+        for f in dataclasses.fields(cls):
+            if float(getattr(cfg, f.name)) < 0:
+                raise ConfigError(f"training.augment.{f.name}: must be >= 0")
+        return cfg
+
+
+def swap_hemispheres(x: torch.Tensor, field: str) -> torch.Tensor:
+    """Mirror left and right: chains ``(B, 18, T)`` or region spectrograms ``(B, 4, F, T)``."""
+    perm = contract.CHAIN_HEMISPHERE_SWAP if field == CHAIN_FIELD else REGION_HEMISPHERE_SWAP
+    if x.shape[1] != len(perm):
+        raise ValueError(f"{field}: expected {len(perm)} channels on axis 1, got {tuple(x.shape)}")
+    return x[:, list(perm)]
+
+
+def _rows(mask: torch.Tensor, ndim: int) -> torch.Tensor:
+    return mask.view(-1, *([1] * (ndim - 1)))
+
+
+def _stretch_mask(n: int, length: int, max_frac: float, device) -> torch.Tensor:
+    """``(n, length)`` bool: one random stretch of up to ``max_frac * length`` per row."""
+    span = (torch.rand(n, device=device) * max_frac * length).long()
+    start = (torch.rand(n, device=device) * (length - span + 1).float()).long()
+    pos = torch.arange(length, device=device)
+    return (pos >= start[:, None]) & (pos < (start + span)[:, None])
+
+
+def _neutral(x: torch.Tensor, field: str) -> torch.Tensor:
+    """Fill value of masked cells: 0 uV for chains, each window's mean for log-power images
+    (a 0 in log power would be an extreme outlier after the model's normalisation)."""
+    if field == CHAIN_FIELD:
+        return torch.zeros((), dtype=x.dtype, device=x.device)
+    return x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+
+
+def time_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Circularly shift each row of ``x (B, C, T)`` by a random -max..max samples."""
+    b, _, t = x.shape
+    shift = torch.randint(-max_shift, max_shift + 1, (b,), device=x.device)
+    idx = (torch.arange(t, device=x.device)[None, :] - shift[:, None]) % t
+    return torch.gather(x, 2, idx[:, None, :].expand_as(x))
+
+
+def mixup(inputs: Mapping[str, torch.Tensor], target: torch.Tensor, lam: float,
+          perm: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Convex mix ``lam * a + (1 - lam) * a[perm]`` of every input and the soft targets."""
+    mixed = {k: lam * v + (1.0 - lam) * v[perm] for k, v in inputs.items()}
+    return mixed, lam * target + (1.0 - lam) * target[perm]
+
+
+def augment_batch(batch: dict[str, torch.Tensor], fields: tuple[str, ...],
+                  cfg: AugmentConfig) -> dict[str, torch.Tensor]:
+    """Apply the configured augmentations to ``batch[fields]`` and ``batch["target"]``."""
+    out = dict(batch)
+    first = out[fields[0]]
+    n, device = first.shape[0], first.device
+    if cfg.hemisphere_swap_p > 0:
+        swap = torch.rand(n, device=device) < cfg.hemisphere_swap_p
+        for f in fields:
+            out[f] = torch.where(_rows(swap, out[f].ndim), swap_hemispheres(out[f], f), out[f])
+    if CHAIN_FIELD in fields:
+        chains = out[CHAIN_FIELD]
+        max_shift = int(cfg.time_shift_max_s * contract.SAMPLING_RATE_HZ)
+        if max_shift > 0:
+            chains = time_shift(chains, min(max_shift, chains.shape[-1] - 1))
+        if cfg.channel_mask_p > 0:
+            keep = torch.rand(chains.shape[:2], device=device) >= cfg.channel_mask_p
+            chains = chains * keep[:, :, None].to(chains.dtype)
+        out[CHAIN_FIELD] = chains
+    if cfg.time_mask_p > 0 and cfg.time_mask_max_frac > 0:
+        hit = torch.rand(n, device=device) < cfg.time_mask_p
+        for f in fields:
+            x = out[f]
+            mask = _stretch_mask(n, x.shape[-1], cfg.time_mask_max_frac, device) & hit[:, None]
+            mask = mask.view(n, *([1] * (x.ndim - 2)), x.shape[-1])
+            out[f] = torch.where(mask, _neutral(x, f), x)
+    if cfg.freq_mask_p > 0 and cfg.freq_mask_max_frac > 0:
+        for f in fields:
+            x = out[f]
+            if x.ndim != 4:
+                continue
+            hit = torch.rand(n, device=device) < cfg.freq_mask_p
+            mask = _stretch_mask(n, x.shape[2], cfg.freq_mask_max_frac, device) & hit[:, None]
+            out[f] = torch.where(mask[:, None, :, None], _neutral(x, f), x)
+    if cfg.mixup_alpha > 0 and float(torch.rand(())) < cfg.mixup_p:
+        lam = float(torch.distributions.Beta(cfg.mixup_alpha, cfg.mixup_alpha).sample())
+        perm = torch.randperm(n, device=device)
+        mixed, out["target"] = mixup({f: out[f] for f in fields}, out["target"], lam, perm)
+        out.update(mixed)
+        if "n_votes" in out:
+            out["n_votes"] = lam * out["n_votes"] + (1 - lam) * out["n_votes"][perm]
+    return out

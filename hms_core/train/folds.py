@@ -1,0 +1,95 @@
+"""Patient-grouped cross-validation folds."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from hms_core import atomic, contract
+from hms_core.errors import ConfigError
+
+FOLD_COLUMNS = ("label_id", "eeg_id", "patient_id", "fold")
+
+
+@dataclasses.dataclass
+class FoldsConfig:
+    """Config section ``folds``.
+
+    Parameters
+    ----------
+    n_folds : int, default 5
+    seed : int, default 42
+    """
+
+    n_folds: int = 5
+    seed: int = 42
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "FoldsConfig":
+        d = dict(d or {})
+        for key in d:
+            if key not in ("n_folds", "seed"):
+                raise ConfigError(f"folds.{key}: unknown key; allowed: n_folds, seed")
+        cfg = cls(**d)
+        if int(cfg.n_folds) < 2:
+            raise ConfigError(f"folds.n_folds: must be >= 2, got {cfg.n_folds!r}")
+        return cfg
+
+
+def make_folds(train_df: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
+    """Assign every row to a fold so that no patient appears in two folds.
+
+    StratifiedGroupKFold on ``patient_id``, stratified by the vote-majority class so each
+    fold sees every class where possible.
+
+    Parameters
+    ----------
+    train_df : pd.DataFrame
+        ``train.csv`` rows (``label_id, eeg_id, patient_id`` and the vote columns).
+    n_folds : int
+    seed : int
+
+    Returns
+    -------
+    pd.DataFrame
+        ``label_id, eeg_id, patient_id, fold`` (int64), in ``train_df`` order.
+    """
+    n_patients = train_df["patient_id"].nunique()
+    if n_patients < n_folds:
+        raise ConfigError(f"folds.n_folds: {n_folds} folds need at least {n_folds} patients, "
+                          f"the data has {n_patients}")
+    majority = train_df[list(contract.VOTE_COLUMNS)].to_numpy().argmax(axis=1)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fold = np.full(len(train_df), -1, dtype=np.int64)
+    for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(train_df)), majority,
+                                                    groups=train_df["patient_id"].to_numpy())):
+        fold[val_idx] = k
+    out = train_df[["label_id", "eeg_id", "patient_id"]].astype("int64").reset_index(drop=True)
+    out["fold"] = fold
+    return out
+
+
+def write_folds(train_csv: str | os.PathLike, folds_out: str | os.PathLike,
+                cfg: FoldsConfig | Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Read ``train.csv``, assign patient-grouped folds and write ``folds_out`` atomically.
+
+    Parameters
+    ----------
+    train_csv : path
+        The competition's ``train.csv``.
+    folds_out : path
+        ``data/folds.csv`` (``label_id, eeg_id, patient_id, fold``).
+    cfg : FoldsConfig or mapping, optional
+        The ``folds`` config section.
+    """
+    from hms_core.data.io import read_train_csv
+
+    cfg = cfg if isinstance(cfg, FoldsConfig) else FoldsConfig.from_dict(cfg)
+    folds = make_folds(read_train_csv(train_csv), cfg.n_folds, cfg.seed)
+    with atomic.atomic_path(folds_out) as tmp:
+        folds.to_csv(tmp, index=False)
+    return folds

@@ -1,0 +1,402 @@
+"""Train one model on one cross-validation fold: weights file + out-of-fold predictions.
+
+``train_fold`` is what the Snakemake rule ``train_model`` calls. It reads the windows
+of every batch store, trains on the windows of the other folds with the engine (two-stage
+schedule, augmentation, optional vote weighting, progressive resizing), and predicts the
+held-out fold both as is and hemisphere-swapped (test-time augmentation).
+
+Config (the mapping passed as ``cfg``): ``cfg["training"]`` (see :class:`TrainingConfig`)
+and ``cfg["models"][model_name]``: ``enabled``, optional ``training`` (per-model overrides
+of ``cfg["training"]``), optional ``image_sizes`` (progressive resizing), everything else
+is a keyword argument of the registered model.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hms_core import atomic, contract
+from hms_core.errors import ConfigError, DataError
+from hms_core.metrics import kaggle_kl, score_predictions
+from hms_core.models.registry import create_model
+from hms_core.train import augment as aug
+from hms_core.train.checkpoint import make_run_key
+from hms_core.train.data import InMemorySource, WindowDataset, vote_targets
+from hms_core.train.engine import EngineConfig, autocast_context, fit, move_to_device, select_device
+from hms_core.train.losses import kl_loss, vote_weights
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_KEYS = ("model_name", "model_kwargs", "state_dict", "metrics", "input_fields", "history")
+MODEL_ENTRY_RESERVED = ("enabled", "training", "image_sizes")
+LOGP_COLUMNS = tuple(f"logp_{c.lower()}" for c in contract.CLASSES)
+LOGP_SWAP_COLUMNS = tuple(f"logp_swap_{c.lower()}" for c in contract.CLASSES)
+
+
+@dataclasses.dataclass
+class TwoStageConfig:
+    """``training.two_stage``: after ``training.epochs`` on all windows, ``epochs`` more on
+    the windows with at least ``min_votes`` votes (enabled, min_votes 10, epochs 2)."""
+
+    enabled: bool = True
+    min_votes: int = contract.HIGH_VOTE_THRESHOLD
+    epochs: int = 2
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "TwoStageConfig":
+        return _strict(cls, d, "training.two_stage")
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Config section ``training``: the engine's keys plus the HMS-specific ones below.
+
+    Parameters
+    ----------
+    engine : EngineConfig
+        Every key of :class:`~hms_core.train.engine.EngineConfig` (``epochs`` = stage-1 epochs).
+    two_stage : TwoStageConfig
+    augment : AugmentConfig
+    vote_weighting : bool, default False
+        Weight each window's loss by ``min(n_votes / two_stage.min_votes, 1)``.
+    eval_batch_size : int, default 64
+    cache_max_mb : float, default 2048
+        Load the fold's windows into memory (float16) when they fit in this many MiB.
+    """
+
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    two_stage: TwoStageConfig = dataclasses.field(default_factory=TwoStageConfig)
+    augment: aug.AugmentConfig = dataclasses.field(default_factory=aug.AugmentConfig)
+    vote_weighting: bool = False
+    eval_batch_size: int = 64
+    cache_max_mb: float = 2048.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "TrainingConfig":
+        d = dict(d or {})
+        own = {}
+        for key in ("vote_weighting", "eval_batch_size", "cache_max_mb"):
+            if key in d:
+                own[key] = d.pop(key)
+        two_stage = TwoStageConfig.from_dict(d.pop("two_stage", None))
+        augment = aug.AugmentConfig.from_dict(d.pop("augment", None))
+        engine = EngineConfig.from_dict(d)
+        return cls(engine=engine, two_stage=two_stage, augment=augment, **own)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _strict(cls, d, section):
+    d = dict(d or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    for key in d:
+        if key not in known:
+            raise ConfigError(f"{section}.{key}: unknown key; allowed: {', '.join(sorted(known))}")
+    return cls(**d)
+
+
+def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(base))
+    for key, value in (override or {}).items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_model_config(cfg: Mapping[str, Any], model_name: str
+                         ) -> tuple[TrainingConfig, dict[str, Any], list[int] | None]:
+    """Split the config into the training settings, model kwargs and image-size schedule."""
+    models = cfg.get("models") or {}
+    if model_name not in models:
+        raise ConfigError(f"models.{model_name}: no config entry; configured: "
+                          f"{', '.join(models) or 'none'}")
+    entry = dict(models[model_name] or {})
+    training = TrainingConfig.from_dict(_deep_merge(cfg.get("training") or {},
+                                                    entry.get("training") or {}))
+    kwargs = {k: v for k, v in entry.items() if k not in MODEL_ENTRY_RESERVED}
+    sizes = entry.get("image_sizes")
+    if sizes is not None:
+        sizes = [int(s) for s in sizes]
+        kwargs["image_size"] = sizes[-1]
+    return training, kwargs, sizes
+
+
+def _open_source(store_paths: Any) -> Any:
+    if hasattr(store_paths, "index") and hasattr(store_paths, "read"):
+        return store_paths  # already a window source
+    from hms_core.store import WindowStore
+
+    paths = [store_paths] if isinstance(store_paths, (str, os.PathLike)) else list(store_paths)
+    return WindowStore(paths)
+
+
+def _fold_of_windows(index: pd.DataFrame, folds_csv: str | os.PathLike) -> np.ndarray:
+    try:
+        folds = pd.read_csv(folds_csv)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise DataError(folds_csv, f"cannot read the folds file: {exc}") from exc
+    for col in ("label_id", "fold"):
+        if col not in folds.columns:
+            raise DataError(folds_csv, f"missing column {col!r} (have {list(folds.columns)})")
+    by_label = folds.drop_duplicates("label_id").set_index("label_id")["fold"]
+    fold = index["label_id"].map(by_label)
+    if fold.isna().any():
+        missing = index.loc[fold.isna(), "label_id"].head(5).tolist()
+        raise DataError(folds_csv, f"{int(fold.isna().sum())} windows have no fold "
+                                   f"(e.g. label_id {missing})")
+    return fold.to_numpy(dtype=np.int64)
+
+
+def _file_digest(path: str | os.PathLike | None) -> str | None:
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _index_digest(index: pd.DataFrame) -> str:
+    cols = [c for c in ("label_id", "eeg_id", *contract.VOTE_COLUMNS, "store", "row")
+            if c in index.columns]
+    hashed = pd.util.hash_pandas_object(index[cols].astype(str), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()
+
+
+def _maybe_cache(source: Any, rows: np.ndarray, fields: Sequence[str], max_mb: float
+                 ) -> tuple[Any, np.ndarray]:
+    """An in-memory copy of ``rows`` when it fits in ``max_mb`` MiB (float16), else the source."""
+    if len(rows) == 0 or max_mb <= 0 or isinstance(source, InMemorySource):
+        return source, rows
+    sample = source.read(rows[:1], list(fields))
+    mb = sum(v[0].size for v in sample.values()) * 2 * len(rows) / 2**20
+    if mb > max_mb:
+        return source, rows
+    logger.info("caching %d windows (%.0f MiB) in memory", len(rows), mb)
+    return InMemorySource.from_source(source, rows, fields), np.arange(len(rows))
+
+
+@torch.no_grad()
+def predict_logp(model: nn.Module, dataset: WindowDataset, *, batch_size: int = 64,
+                 device: torch.device | None = None, precision: str = "fp32",
+                 swap_hemispheres: bool = False) -> np.ndarray:
+    """Log-probabilities ``(n, 6)`` of every window of ``dataset``, in order.
+
+    ``swap_hemispheres=True`` mirrors the inputs first (test-time augmentation).
+    """
+    device = device or next(model.parameters()).device
+    fields = tuple(model.input_fields)
+    model.eval()
+    out = []
+    for start in range(0, len(dataset), batch_size):
+        batch = dataset.__getitems__(list(range(start, min(start + batch_size, len(dataset)))))
+        batch = move_to_device(batch, device)
+        inputs = [batch[f] for f in fields]
+        if swap_hemispheres:
+            inputs = [aug.swap_hemispheres(x, f) for x, f in zip(inputs, fields)]
+        with autocast_context(precision, device):
+            logits = model(*inputs)
+        out.append(F.log_softmax(logits.float(), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, contract.N_CLASSES), np.float32)
+
+
+def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, fold: int,
+               cfg: Mapping[str, Any], *, weights_out: str | os.PathLike,
+               oof_out: str | os.PathLike, checkpoint_dir: str | os.PathLike,
+               foundation_path: str | os.PathLike | None = None, threads: int = 1,
+               status_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train ``model_name`` on all folds but ``fold``; write weights and OOF predictions.
+
+    Parameters
+    ----------
+    store_paths : sequence of path (or a window source)
+        The batch stores (``data/processed/batch_*.zarr``); a ``WindowStore``-like object
+        is used as is.
+    folds_csv : path
+        ``data/folds.csv`` (``label_id, ..., fold``).
+    model_name : str
+        Registered model with an entry in ``cfg["models"]``.
+    fold : int
+        The held-out fold.
+    cfg : mapping
+        Holds ``training`` and ``models`` (see module docstring).
+    weights_out : path
+        ``{"model_name", "model_kwargs", "state_dict", "metrics", "input_fields", "history"}``.
+    oof_out : path
+        Parquet: ``label_id, fold``, vote columns, ``logp_<class>``, ``logp_swap_<class>``.
+    checkpoint_dir : path
+        Resumable state (``models/checkpoints/<job>/``).
+    foundation_path : path, optional
+        Pretrained foundation encoder for models configured with ``foundation_mode``.
+    threads : int, default 1
+        torch intra-op threads.
+    status_path : path, optional
+        ``status/run.json``.
+
+    Returns
+    -------
+    dict
+        The metrics stored in the weights file: ``kl_all, kl_high_vote, acc_high_vote,
+        n_rows, n_high_vote`` of the OOF predictions, ``kl_all_tta`` (averaged with the
+        swapped prediction), ``prior_kl_all`` (train-prior baseline), ``best_epoch``,
+        ``seconds``.
+    """
+    t0 = time.time()
+    torch.set_num_threads(max(1, int(threads)))
+    training, model_kwargs, image_sizes = resolve_model_config(cfg, model_name)
+    if foundation_path is not None and model_kwargs.get("foundation_mode") is not None:
+        model_kwargs["foundation_path"] = str(foundation_path)
+    torch.manual_seed(training.engine.seed)  # the same initial weights on every (re)start
+    model = create_model(model_name, **model_kwargs)
+    fields = tuple(model.input_fields)
+
+    source = _open_source(store_paths)
+    index = source.index.reset_index(drop=True)
+    window_fold = _fold_of_windows(index, folds_csv)
+    train_rows = np.flatnonzero(window_fold != fold)
+    val_rows = np.flatnonzero(window_fold == fold)
+    if len(val_rows) == 0 or len(train_rows) == 0:
+        raise DataError(folds_csv, f"fold {fold} leaves {len(train_rows)} training and "
+                                   f"{len(val_rows)} validation windows; both must be > 0")
+
+    train_src, train_pos = _maybe_cache(source, train_rows, fields, training.cache_max_mb)
+    val_src, val_pos = _maybe_cache(source, val_rows, fields, training.cache_max_mb)
+    train_set = WindowDataset(train_src, train_pos, fields)
+    val_set = WindowDataset(val_src, val_pos, fields)
+    val_votes = index.iloc[val_rows][list(contract.VOTE_COLUMNS)].to_numpy(dtype=np.float64)
+
+    stage1 = training.engine.epochs
+    two = training.two_stage
+    high = train_set.high_vote_positions(two.min_votes)
+    if two.enabled and two.epochs > 0 and len(high) == 0:
+        raise ConfigError(f"training.two_stage.min_votes: no training window of fold {fold} "
+                          f"has >= {two.min_votes} votes; lower it or disable two_stage")
+    n_epochs = stage1 + (two.epochs if two.enabled else 0)
+    engine_cfg = dataclasses.replace(training.engine, epochs=n_epochs)
+    all_pos = np.arange(len(train_set))
+
+    def epoch_indices(epoch: int) -> np.ndarray:
+        return all_pos if epoch < stage1 else high
+
+    def on_epoch_start(epoch: int, m: nn.Module) -> None:
+        if image_sizes:
+            from hms_core.models.efficientnet import image_size_for_epoch
+
+            m.image_size = image_size_for_epoch(epoch, n_epochs, image_sizes)
+
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]):
+        if m.training:
+            batch = aug.augment_batch(batch, fields, training.augment)
+        logits = m(*[batch[f] for f in fields])
+        weights = (vote_weights(batch["n_votes"], full_weight_votes=two.min_votes)
+                   if training.vote_weighting else None)
+        loss = kl_loss(logits, batch["target"], weights=weights)
+        return loss, {}
+
+    device = select_device(engine_cfg.device)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        # Always validate at the final image size: the one the saved model predicts at.
+        train_size = getattr(m, "image_size", None)
+        if image_sizes:
+            m.image_size = image_sizes[-1]
+        logp = predict_logp(m, val_set, batch_size=training.eval_batch_size, device=device,
+                            precision=engine_cfg.precision)
+        if image_sizes:
+            m.image_size = train_size
+        s = score_predictions(val_votes, np.exp(logp))
+        return {"val_kl": s["kl_all"], "val_kl_high_vote": s["kl_high_vote"],
+                "val_acc_high_vote": s["acc_high_vote"]}
+
+    # The engine adds its own result-relevant settings; speed-only ones stay out of the key.
+    recipe = {"two_stage": dataclasses.asdict(two), "augment": dataclasses.asdict(training.augment),
+              "vote_weighting": training.vote_weighting}
+    run_key = make_run_key("train_fold", model_name, model_kwargs, int(fold), recipe,
+                           image_sizes, _file_digest(folds_csv), _index_digest(index),
+                           _file_digest(model_kwargs.get("foundation_path")))
+    job = f"train_{model_name}_fold{fold}"
+    result = fit(model, loss_fn=loss_fn, train_data=train_set, eval_fn=eval_fn, cfg=engine_cfg,
+                 checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices,
+                 on_epoch_start=on_epoch_start, status_path=status_path, status_job=job,
+                 status_fields={"model": model_name, "fold": int(fold)})
+    model = result.model
+    if image_sizes:
+        model.image_size = image_sizes[-1]
+
+    # -- out-of-fold predictions, plain and hemisphere-swapped
+    logp = predict_logp(model, val_set, batch_size=training.eval_batch_size, device=device,
+                        precision=engine_cfg.precision)
+    logp_swap = predict_logp(model, val_set, batch_size=training.eval_batch_size, device=device,
+                             precision=engine_cfg.precision, swap_hemispheres=True)
+    oof = pd.DataFrame({"label_id": index.iloc[val_rows]["label_id"].to_numpy(dtype=np.int64),
+                        "fold": np.full(len(val_rows), int(fold), dtype=np.int64)})
+    for j, col in enumerate(contract.VOTE_COLUMNS):
+        oof[col] = val_votes[:, j].astype(np.int64)
+    for j, col in enumerate(LOGP_COLUMNS):
+        oof[col] = logp[:, j]
+    for j, col in enumerate(LOGP_SWAP_COLUMNS):
+        oof[col] = logp_swap[:, j]
+    atomic.write_parquet(oof, oof_out)
+
+    # -- metrics and weights
+    metrics: dict[str, Any] = score_predictions(val_votes, np.exp(logp))
+    tta = 0.5 * (np.exp(logp) + np.exp(logp_swap))
+    metrics["kl_all_tta"] = score_predictions(val_votes, tta)["kl_all"]
+    prior = vote_targets(index.iloc[train_rows]).mean(axis=0, dtype=np.float64)
+    metrics["prior_kl_all"] = kaggle_kl(contract.votes_to_targets(val_votes),
+                                        np.broadcast_to(prior, val_votes.shape))
+    metrics["best_epoch"] = result.best_epoch
+    metrics["seconds"] = time.time() - t0
+    saved_kwargs = (model.portable_kwargs(model_kwargs) if hasattr(model, "portable_kwargs")
+                    else dict(model_kwargs))
+    history = [{k: v for k, v in h.items()} for h in result.history]
+    atomic.torch_save({
+        "model_name": model_name, "model_kwargs": saved_kwargs,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metrics": metrics, "input_fields": list(fields), "history": history,
+    }, weights_out)
+    logger.info("%s fold %d: OOF KL %.4f (prior %.4f, TTA %.4f) in %.0f s", model_name, fold,
+                metrics["kl_all"], metrics["prior_kl_all"], metrics["kl_all_tta"],
+                metrics["seconds"])
+    return metrics
+
+
+def load_trained(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from a ``train_fold`` weights file, in eval mode.
+
+    Raises
+    ------
+    DataError
+        The file is missing, unreadable or lacks the weights-file keys.
+    """
+    if not os.path.exists(path):
+        raise DataError(path, "weights file not found")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # any unpickling failure means a bad file
+        raise DataError(path, f"cannot read weights file: {exc}") from exc
+    missing = [k for k in ("model_name", "model_kwargs", "state_dict") if k not in payload]
+    if missing:
+        raise DataError(path, f"not a trained-model file: missing {missing}")
+    model = create_model(payload["model_name"], **payload["model_kwargs"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise DataError(path, f"weights do not match model {payload['model_name']!r}: {exc}") from exc
+    return model.to(map_location).eval()

@@ -1,0 +1,129 @@
+"""Every registered model: shapes, feature/head split, gradients; registry behaviour."""
+import numpy as np
+import pytest
+import torch
+
+from hms_core import contract
+from hms_core.errors import ConfigError
+from hms_core.models import create_model, list_models
+from hms_core.models.efficientnet import image_size_for_epoch
+
+torch.set_num_threads(1)
+
+# Tiny settings per registered model; a newly registered model must be added here.
+TINY_KWARGS = {
+    "resnet1d_gru": dict(stem_width=8, widths=(8, 16), strides=(4, 4), gru_hidden=8,
+                         input_downsample=4),
+    "efficientnet": dict(backbone="test_efficientnet", image_size=48),
+    "foundation_linear": dict(dim=16, depth=1, heads=2, max_patches=4),
+}
+FIELD_SHAPES = {
+    "chains": (contract.N_CHAINS, contract.WINDOW_SAMPLES),
+    "eeg_spec": (4, 32, 48),
+    "eeg_mel": (4, 16, 48),
+    "kaggle_spec": (4, contract.SPEC_N_FREQS, contract.SPEC_WINDOW_ROWS),
+}
+
+
+def _inputs(model, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, *FIELD_SHAPES[f], generator=g) * (50 if f == "chains" else 1)
+            for f in model.input_fields]
+
+
+def test_every_registered_model_has_test_settings():
+    assert set(list_models()) <= set(TINY_KWARGS), "add the new model to TINY_KWARGS"
+
+
+@pytest.mark.parametrize("name", sorted(TINY_KWARGS))
+def test_forward_shapes_features_head_and_grads(name):
+    if name not in list_models():
+        pytest.skip(f"{name} is not registered in this checkout")
+    torch.manual_seed(0)
+    model = create_model(name, **TINY_KWARGS[name])
+    assert isinstance(model.input_fields, tuple) and model.input_fields
+    inputs = _inputs(model)
+    model.eval()
+    logits = model(*inputs)
+    assert logits.shape == (2, contract.N_CLASSES)
+    features = model.forward_features(*inputs)
+    assert features.ndim == 2 and features.shape[0] == 2
+    assert torch.allclose(model.forward_head(features), logits, atol=1e-5)
+    model.train()
+    model(*inputs).logsumexp(dim=1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    n_trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert len(grads) >= 0.9 * n_trainable  # (a mask token may sit unused outside pretraining)
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+def test_registry_errors_and_none_kwargs():
+    with pytest.raises(ConfigError, match="registered models: .*resnet1d_gru"):
+        create_model("no_such_model")
+    with pytest.raises(ConfigError, match="models.resnet1d_gru"):
+        create_model("resnet1d_gru", not_a_kwarg=3)
+    m = create_model("resnet1d_gru", gru_hidden=None, **{k: v for k, v in
+                     TINY_KWARGS["resnet1d_gru"].items() if k != "gru_hidden"})
+    assert m.gru.hidden_size == 128  # None did not override the default
+
+
+def test_resnet_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    a = create_model("resnet1d_gru", dropout=0.0, **TINY_KWARGS["resnet1d_gru"])
+    b = create_model("resnet1d_gru", dropout=0.0, **TINY_KWARGS["resnet1d_gru"])
+    b.load_state_dict(a.state_dict())
+    b.set_grad_checkpointing(True)
+    x = _inputs(a)
+    for m in (a, b):
+        m.train()
+        m(*x).square().mean().backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), n
+
+
+def test_resnet_foundation_branch_frozen_and_portable(tmp_path):
+    foundation = pytest.importorskip("hms_core.models.foundation")
+    enc = foundation.EEGFoundationEncoder(dim=16, depth=1, heads=2, max_patches=4)
+    path = tmp_path / "enc.pth"
+    foundation.save_foundation(enc, path)
+    kw = dict(TINY_KWARGS["resnet1d_gru"], foundation_path=str(path), foundation_mode="frozen")
+    model = create_model("resnet1d_gru", **kw)
+    assert model.feature_dim == 4 * 8 + 16
+    x = _inputs(model)
+    model.train()
+    assert not model.foundation.training
+    model(*x).sum().backward()
+    assert all(p.grad is None for p in model.foundation.parameters())
+    assert model.head.weight.grad is not None
+    rebuilt = create_model("resnet1d_gru", **model.portable_kwargs(kw))
+    rebuilt.load_state_dict(model.state_dict())
+    model.eval(), rebuilt.eval()
+    assert torch.equal(model(*x), rebuilt(*x))
+    with pytest.raises(ConfigError, match="foundation_path"):
+        create_model("resnet1d_gru", foundation_mode="frozen")
+
+
+def test_efficientnet_image_and_progressive_sizes():
+    model = create_model("efficientnet", **TINY_KWARGS["efficientnet"])
+    image = model.build_image(*_inputs(model))
+    assert image.shape == (2, 1, 48, 48)
+    model.image_size = 60
+    assert model.build_image(*_inputs(model)).shape == (2, 1, 60, 60)
+    assert [image_size_for_epoch(e, 4, (32, 64)) for e in range(4)] == [32, 32, 64, 64]
+    with pytest.raises(ConfigError, match="backbone"):
+        create_model("efficientnet", backbone="efficientnet_b99")
+
+
+def test_resnet_exports_to_onnx_and_matches_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = create_model("resnet1d_gru", **TINY_KWARGS["resnet1d_gru"]).eval()
+    x = _inputs(model)[0]
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=17,
+                      input_names=["chains"], output_names=["logits"],
+                      dynamic_axes={"chains": {0: "batch"}, "logits": {0: "batch"}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x3 = torch.cat([x, x[:1]])
+    got = sess.run(None, {"chains": x3.numpy()})[0]
+    np.testing.assert_allclose(got, model(x3).detach().numpy(), atol=1e-4)

@@ -1,0 +1,53 @@
+"""Folds are grouped by patient and cover every row once."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from hms_core import contract
+from hms_core.errors import ConfigError
+from hms_core.train.folds import FoldsConfig, make_folds
+
+
+def _train_df(n_rows=300, n_patients=40, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"label_id": np.arange(n_rows) + 1000,
+                       "eeg_id": rng.integers(0, 90, n_rows),
+                       "patient_id": rng.integers(0, n_patients, n_rows)})
+    votes = rng.multinomial(8, np.ones(6) / 6, size=n_rows)
+    for j, col in enumerate(contract.VOTE_COLUMNS):
+        df[col] = votes[:, j]
+    return df
+
+
+def test_no_patient_in_two_folds_and_all_rows_assigned():
+    df = _train_df()
+    folds = make_folds(df, n_folds=4, seed=3)
+    assert list(folds.columns) == ["label_id", "eeg_id", "patient_id", "fold"]
+    assert (folds["label_id"].to_numpy() == df["label_id"].to_numpy()).all()
+    assert set(folds["fold"]) == {0, 1, 2, 3}
+    assert (folds.groupby("patient_id")["fold"].nunique() == 1).all()
+    sizes = folds["fold"].value_counts()
+    assert sizes.min() > 0.5 * sizes.max()
+
+
+def test_seed_changes_assignment_and_is_reproducible():
+    df = _train_df()
+    a, b = make_folds(df, 3, 1), make_folds(df, 3, 1)
+    assert a.equals(b)
+    assert not a["fold"].equals(make_folds(df, 3, 2)["fold"])
+
+
+def test_too_few_patients_and_unknown_keys_are_config_errors():
+    with pytest.raises(ConfigError, match="at least 5 patients"):
+        make_folds(_train_df(n_patients=3), n_folds=5, seed=0)
+    with pytest.raises(ConfigError, match="folds.k"):
+        FoldsConfig.from_dict({"k": 3})
+
+
+def test_write_folds_from_train_csv(tiny_dataset, tmp_path):
+    from hms_core.train.folds import write_folds
+
+    folds = write_folds(tiny_dataset / "train.csv", tmp_path / "folds.csv", {"n_folds": 3, "seed": 0})
+    again = pd.read_csv(tmp_path / "folds.csv")
+    assert again.equals(folds) and set(again["fold"]) == {0, 1, 2}
+    assert (again.groupby("patient_id")["fold"].nunique() == 1).all()
