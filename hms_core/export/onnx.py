@@ -112,11 +112,32 @@ def _write_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], tmp:
             dynamic_axes={n: {0: "batch"} for n in (*input_names, *output_names)},
             opset_version=opset, do_constant_folding=True, dynamo=False)
     model = onnx.load(str(tmp))
+    _restore_unused_inputs(model, example, input_names)
     for key, value in metadata.items():
         prop = model.metadata_props.add()
         prop.key, prop.value = METADATA_PREFIX + key, json.dumps(value)
     onnx.save(model, str(tmp))
     onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def _restore_unused_inputs(model, example: tuple[torch.Tensor, ...], input_names: Sequence[str]) -> None:
+    """Put back inputs the exporter dropped because no kept member reads them.
+
+    The graph's signature is part of its contract (``ensemble.onnx`` always takes the raw
+    window and the Kaggle spectrogram), whichever members the selection kept.
+    """
+    import onnx
+
+    present = {i.name for i in model.graph.input}
+    for name, tensor in zip(input_names, example):
+        if name not in present:
+            shape = ["batch", *tensor.shape[1:]]
+            model.graph.input.append(onnx.helper.make_tensor_value_info(
+                name, onnx.helper.np_dtype_to_tensor_dtype(tensor.numpy().dtype), shape))
+    order = {n: i for i, n in enumerate(input_names)}
+    inputs = sorted(model.graph.input, key=lambda i: order.get(i.name, len(order)))
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
 
 
 def _parity(module: torch.nn.Module, onnx_path: Path, inputs: Sequence[np.ndarray], *,
