@@ -24,7 +24,7 @@ demo: venv
 	@echo "Results: $(DEMO_DIR)/training_results.json  models: $(DEMO_DIR)/models/onnx/"
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -rs
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -21,6 +21,15 @@ include: "rules/export.smk"
 include: "rules/report.smk"
 
 
+# Cheap steps, or ones that need the internet (the Kaggle download), stay on the head node
+# when an executor plugin (SLURM, ...) sends the rest to the cluster.
+localrules:
+    all,
+    fetch_data,
+    results,
+    report_figures,
+
+
 rule all:
     default_target: True
     input:
