@@ -30,11 +30,22 @@ localrules:
     report_figures,
 
 
+# Every artifact is a target of `all`, so deleting any one of them (a fold's weights, say)
+# makes the next run rebuild it and what depends on it; nothing else.
 rule all:
     default_target: True
     input:
+        rules.validate_data.output,
+        rules.make_folds.output,
+        all_stores(),
+        all_weights(),
+        all_oofs(),
+        rules.ensemble.output,
+        expand("models/onnx/{model}.onnx", model=enabled_models()),
+        rules.export_ensemble.output,
         rules.results.output.results,
         rules.report_figures.output.figures,
+        foundation_targets(),
 
 
 onstart:

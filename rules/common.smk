@@ -47,6 +47,15 @@ def all_oofs():
     return [path for model in enabled_models() for path in model_oofs(model)]
 
 
+def foundation_targets():
+    if not config["pretrain"]["enabled"]:
+        return []
+    targets = [FOUNDATION]
+    if config["transfer"]["enabled"]:
+        targets.append("results/foundation_transfer.json")
+    return targets
+
+
 def uses_foundation(model):
     return bool(config["pretrain"]["enabled"]) and config["models"][model].get("foundation_mode") is not None
 
