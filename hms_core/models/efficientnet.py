@@ -1,9 +1,14 @@
 """``efficientnet``: a timm EfficientNet on one image tiled from three spectrogram sources.
 
 Inside ``forward`` each source (``eeg_spec (B, 4, F, T)``, ``eeg_mel (B, 4, M, T)``,
-``kaggle_spec (B, 4, 100, 300)``, log power) is normalised per window, its four regions
-(LL, RL, LP, RP) are stacked vertically, and it is resized to ``image_size`` high and
-``image_size // 3`` wide; the three are placed side by side. Building the image in the
+``kaggle_spec (B, 4, 100, 300)``, log power) is standardised per window over all four
+regions together (so left/right power differences survive), with cells at the window's
+minimum (the log floor of zero power or filled NaN stretches) left out of the statistics and
+set to 0; its four regions (LL, RL, LP, RP) are stacked vertically, and it is resized to
+``image_size`` high and ``image_size // 3`` wide; the three are placed side by side. Two
+position channels (frequency within a region tile, height in the image) are added because
+a CNN with global pooling cannot otherwise tell low from high frequency or left from right
+tiles. Building the image in the
 model keeps preprocessing identical in training and in the exported ONNX graph.
 Progressive resizing: the trainer changes ``image_size`` between epochs
 (:func:`image_size_for_epoch`).
@@ -22,6 +27,8 @@ from hms_core.errors import ConfigError
 from hms_core.models.registry import register_model
 
 SPEC_FIELDS = ("eeg_spec", "eeg_mel", "kaggle_spec")
+N_POSITION_CHANNELS = 2
+_CLIP_STD = 6.0  # standardised log power beyond +-6 std is an artifact, not brain activity
 
 
 def image_size_for_epoch(epoch: int, epochs: int, sizes: Sequence[int]) -> int:
@@ -32,6 +39,34 @@ def image_size_for_epoch(epoch: int, epochs: int, sizes: Sequence[int]) -> int:
     if not sizes:
         raise ConfigError("models.efficientnet.image_sizes: needs at least one size")
     return int(sizes[min(len(sizes) - 1, epoch * len(sizes) // max(epochs, 1))])
+
+
+def standardise_log_power(spec: torch.Tensor) -> torch.Tensor:
+    """Standardise log power ``(B, 4, F, T)`` per window over all regions, robust to gaps.
+
+    Cells at the window's minimum (the log floor of zero power, filled NaN stretches) are
+    excluded from the mean and std and set to 0; the rest is clipped to +-6 std.
+    A window without such cells loses only its single lowest cell.
+    """
+    dims = (1, 2, 3)
+    valid = (spec > spec.amin(dim=dims, keepdim=True) + 1e-3).to(spec.dtype)
+    count = valid.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (spec * valid).sum(dim=dims, keepdim=True) / count
+    var = ((spec - mean) ** 2 * valid).sum(dim=dims, keepdim=True) / count
+    z = (spec - mean) / (var.sqrt() + 1e-6)
+    return (z * valid).clamp(-_CLIP_STD, _CLIP_STD)
+
+
+def _position_channels(image: torch.Tensor, regions: int) -> torch.Tensor:
+    """``(B, 2, S, W)``: frequency position within each of ``regions`` stacked tiles, and
+    height in the image, each from -1 to 1 (built from shapes, so they export as constants)."""
+    height, width = image.shape[2], image.shape[3]
+    rows = torch.arange(height, dtype=image.dtype, device=image.device)
+    tile = height / regions
+    within = (rows % tile) / max(tile - 1.0, 1.0) * 2.0 - 1.0
+    overall = rows / max(height - 1.0, 1.0) * 2.0 - 1.0
+    ramps = torch.stack([within, overall]).view(1, 2, height, 1)
+    return torch.zeros_like(image[:, :1]) + ramps.expand(1, 2, height, width)
 
 
 class SpectrogramEfficientNet(nn.Module):
@@ -45,7 +80,10 @@ class SpectrogramEfficientNet(nn.Module):
     image_size : int, default 256
         Height of the tiled image in pixels (width ``3 * (image_size // 3)``).
     in_chans : int, default 1
-        Image channels given to the backbone (the grey image is repeated).
+        Copies of the grey image given to the backbone.
+    position_channels : bool, default True
+        Append the two position channels (frequency within each region tile and height in
+        the image, both -1..1) to the image.
     drop_rate : float, default 0.2
         Dropout before the classifier.
     drop_path_rate : float, default 0.0
@@ -55,7 +93,8 @@ class SpectrogramEfficientNet(nn.Module):
     """
 
     def __init__(self, n_outputs: int = contract.N_CLASSES, *, backbone: str = "efficientnet_b0",
-                 image_size: int = 256, in_chans: int = 1, drop_rate: float = 0.2,
+                 image_size: int = 256, in_chans: int = 1, position_channels: bool = True,
+                 drop_rate: float = 0.2,
                  drop_path_rate: float = 0.0, input_fields: Sequence[str] = SPEC_FIELDS):
         super().__init__()
         import timm
@@ -70,7 +109,9 @@ class SpectrogramEfficientNet(nn.Module):
         self.input_fields = tuple(input_fields)
         self.image_size = int(image_size)
         self.in_chans = int(in_chans)
-        self.backbone = timm.create_model(backbone, pretrained=False, in_chans=in_chans,
+        self.position_channels = bool(position_channels)
+        stem_chans = self.in_chans + (N_POSITION_CHANNELS if self.position_channels else 0)
+        self.backbone = timm.create_model(backbone, pretrained=False, in_chans=stem_chans,
                                           num_classes=n_outputs, drop_rate=drop_rate,
                                           drop_path_rate=drop_path_rate)
         self.feature_dim = int(self.backbone.num_features)
@@ -79,21 +120,24 @@ class SpectrogramEfficientNet(nn.Module):
         self.backbone.set_grad_checkpointing(enable)
 
     def build_image(self, *specs: torch.Tensor) -> torch.Tensor:
-        """Tile the sources ``(B, 4, H_i, W_i)`` into one image ``(B, in_chans, S, 3 * (S // 3))``."""
+        """Tile the sources ``(B, 4, H_i, W_i)`` into one image ``(B, C, S, n * (S // n))``.
+
+        ``C`` is ``in_chans`` plus the position channels; ``n`` is the number of sources.
+        """
         height = self.image_size
         width = max(1, height // len(specs))
         tiles = []
         for spec in specs:
             b, regions, h, w = spec.shape
-            x = spec.float().reshape(b, 1, regions * h, w)
-            mean = x.mean(dim=(2, 3), keepdim=True)
-            std = x.std(dim=(2, 3), keepdim=True)
-            x = (x - mean) / (std + 1e-6)
+            x = standardise_log_power(spec.float()).reshape(b, 1, regions * h, w)
             tiles.append(F.interpolate(x, size=(height, width), mode="bilinear",
                                        align_corners=False))
         image = torch.cat(tiles, dim=3)
         if self.in_chans > 1:
             image = image.expand(-1, self.in_chans, -1, -1)
+        if self.position_channels:
+            regions = specs[0].shape[1]
+            image = torch.cat([image, _position_channels(image, regions)], dim=1)
         first_conv = self.backbone.conv_stem.weight
         if first_conv.is_contiguous(memory_format=torch.channels_last) and first_conv.shape[2] > 1:
             image = image.contiguous(memory_format=torch.channels_last)

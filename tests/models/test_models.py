@@ -6,7 +6,8 @@ import torch
 from hms_core import contract
 from hms_core.errors import ConfigError
 from hms_core.models import create_model, list_models
-from hms_core.models.efficientnet import image_size_for_epoch
+from hms_core.models.efficientnet import (N_POSITION_CHANNELS, image_size_for_epoch,
+                                          standardise_log_power)
 
 torch.set_num_threads(1)
 
@@ -106,9 +107,9 @@ def test_resnet_foundation_branch_frozen_and_portable(tmp_path):
 def test_efficientnet_image_and_progressive_sizes():
     model = create_model("efficientnet", **TINY_KWARGS["efficientnet"])
     image = model.build_image(*_inputs(model))
-    assert image.shape == (2, 1, 48, 48)
+    assert image.shape == (2, 1 + N_POSITION_CHANNELS, 48, 48)
     model.image_size = 60
-    assert model.build_image(*_inputs(model)).shape == (2, 1, 60, 60)
+    assert model.build_image(*_inputs(model)).shape == (2, 1 + N_POSITION_CHANNELS, 60, 60)
     assert [image_size_for_epoch(e, 4, (32, 64)) for e in range(4)] == [32, 32, 64, 64]
     with pytest.raises(ConfigError, match="backbone"):
         create_model("efficientnet", backbone="efficientnet_b99")
@@ -127,3 +128,31 @@ def test_resnet_exports_to_onnx_and_matches_torch(tmp_path):
     x3 = torch.cat([x, x[:1]])
     got = sess.run(None, {"chains": x3.numpy()})[0]
     np.testing.assert_allclose(got, model(x3).detach().numpy(), atol=1e-4)
+
+
+def test_efficientnet_standardisation_keeps_left_right_and_ignores_floor():
+    torch.manual_seed(0)
+    spec = torch.randn(2, 4, 10, 20) + 7.0
+    spec[:, 0] += 2.0  # LL louder than RL: must survive (one statistic over all regions)
+    floored = spec.clone()
+    floored[1, :, :, :5] = -9.21  # a zero-power / NaN stretch at the log floor
+    z = standardise_log_power(floored)
+    assert z[:, 0].mean() > z[:, 1].mean() + 1.0
+    assert torch.all(z[1, :, :, :5] == 0)
+    # the stretch does not change the scale of the rest of the window
+    ref = standardise_log_power(spec[1:, :, :, 5:])
+    assert torch.allclose(z[1, :, :, 5:].std(), ref.std(), atol=0.05)
+    assert z.abs().max() <= 6.0
+
+
+def test_efficientnet_position_channels():
+    model = create_model("efficientnet", **TINY_KWARGS["efficientnet"])
+    image = model.build_image(*_inputs(model))
+    within, overall = image[0, 1, :, 0], image[0, 2, :, 0]
+    tile = image.shape[2] // 4
+    assert torch.allclose(within[:tile], within[tile:2 * tile])  # same ramp in every region
+    assert within[0] == -1 and within[tile - 1] == 1
+    assert overall[0] == -1 and overall[-1] == 1 and torch.all(overall.diff() > 0)
+    assert torch.equal(image[0, 1:], image[1, 1:])  # independent of the window
+    plain = create_model("efficientnet", position_channels=False, **TINY_KWARGS["efficientnet"])
+    assert plain.build_image(*_inputs(plain)).shape[1] == 1
