@@ -140,7 +140,9 @@ def collect_results(out_path: str | os.PathLike, *, oofs: Sequence[str | os.Path
             entry["training"] = _training_record(sorted(files["weights"], key=str))
         if name in parity_by_name:
             entry["onnx_parity"] = parity_by_name[name]
-        entry["kept_in_ensemble"] = name in ens.get("selection", {}).get("kept", [])
+        deployed_members = (ens.get("ensemble", {}).get("deployed_members")
+                            or ens.get("selection", {}).get("kept", []))
+        entry["kept_in_ensemble"] = name in deployed_members
         models[name] = entry
 
     ensemble = {k: ens[k] for k in ("ensemble", "calibration", "selection", "bma", "meta_learner") if k in ens}
@@ -223,11 +225,17 @@ def _best(results: Mapping[str, Any]) -> tuple[str, dict] | None:
     for name, m in results.get("models", {}).items():
         if "oof" in m:
             candidates.append((name, m["oof"]))
-    stacked = results.get("ensemble", {}).get("ensemble", {}).get("stacked")
-    if stacked:
-        candidates.append(("ensemble", stacked))
+    deployed = _deployed_scores(results.get("ensemble", {}))
+    if deployed:
+        candidates.append(("ensemble", deployed))
     candidates = [c for c in candidates if isinstance(c[1].get("kl_all"), (int, float))]
     return min(candidates, key=lambda c: c[1]["kl_all"]) if candidates else None
+
+
+def _deployed_scores(ensemble_metrics: Mapping[str, Any]) -> dict | None:
+    """Scores of what ensemble.pth deploys (older metrics only have the stacker's)."""
+    inner = ensemble_metrics.get("ensemble", {})
+    return inner.get("deployed") or inner.get("stacked")
 
 
 def _num(value: Any, spec: str = ".4f") -> str:
@@ -253,15 +261,21 @@ def format_summary(results: Mapping[str, Any]) -> str:
                      + (f", ONNX max|diff| {_num(par, '.1e')}" if par is not None else "")
                      + ("" if m.get("kept_in_ensemble", True) else " (not kept in the ensemble)"))
     ens = results.get("ensemble", {})
-    stacked = ens.get("ensemble", {}).get("stacked")
-    if stacked:
+    deployed = _deployed_scores(ens)
+    if deployed:
         par = ens.get("onnx_parity", {}).get("max_abs_diff")
-        lines.append(f"  ensemble ({len(ens.get('selection', {}).get('kept', []))} members): "
-                     f"KL {_num(stacked.get('kl_all'))}"
+        inner = ens.get("ensemble", {})
+        what = inner.get("deployed_candidate", "stacked")
+        members = inner.get("deployed_members") or ens.get("selection", {}).get("kept", [])
+        lines.append(f"  ensemble (deployed: {what}, {len(members)} members): "
+                     f"KL {_num(deployed.get('kl_all'))}"
                      + (f", ONNX max|diff| {_num(par, '.1e')}" if par is not None else ""))
+        if inner.get("deployed_reason"):
+            lines.append(f"    why: {inner['deployed_reason']}")
     cal = ens.get("calibration")
     if cal:
-        lines.append(f"  calibration: T={_num(cal.get('temperature'), '.3f')}, soft NLL "
+        applied = "" if cal.get("applied", True) else " (not applied: it did not lower held-out NLL)"
+        lines.append(f"  calibration: T={_num(cal.get('fitted_temperature', cal.get('temperature')), '.3f')}{applied}, soft NLL "
                      f"{_num(cal['before'].get('soft_nll'))} -> {_num(cal['after'].get('soft_nll'))}, "
                      f"ECE {_num(cal['before'].get('ece'))} -> {_num(cal['after'].get('ece'))}")
     lines.append(f"  training time (sum over folds): {_num(results.get('training_time_s', 0.0) / 60, '.1f')} min"

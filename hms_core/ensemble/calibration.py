@@ -3,7 +3,9 @@
 ``p = softmax(logits / T)``. T is fitted by L-BFGS on log T, minimising the soft
 cross-entropy (NLL of the vote distributions), on rows whose logits came from a
 meta-learner that never saw them. The before/after figures are cross-fitted: each fold is
-scored with a temperature fitted on the other folds.
+scored with a temperature fitted on the other folds. The temperature is deployed only when
+that cross-fitted soft NLL is lower than without it; otherwise T = 1 is deployed (a fitted T
+that does not help on held-out folds is noise).
 """
 from __future__ import annotations
 
@@ -91,15 +93,19 @@ def calibrate(logits: np.ndarray, votes: np.ndarray, fold: np.ndarray, cfg: Cali
     Returns
     -------
     dict
-        ``temperature`` (fitted on all rows; 1.0 when disabled), ``fold_temperatures``,
-        ``before`` and ``after`` ``{nll, ece}`` where ``after`` scores each fold with the
-        temperature fitted on the other folds, and ``calibrated_probs (n_rows, 6)`` (the
-        cross-fitted calibrated probabilities, for honest OOF scoring).
+        ``temperature`` (the deployed T: fitted on all rows if it helps held-out, else 1.0),
+        ``fitted_temperature``, ``applied`` (bool), ``reason``, ``fold_temperatures``,
+        ``before`` and ``after`` ``{nll, soft_nll, kl, ece}`` where ``after`` scores each
+        fold with the temperature fitted on the other folds, ``deployed`` (the figures of
+        what is deployed: ``after`` if applied, else ``before``), and
+        ``calibrated_probs (n_rows, 6)`` (the deployed cross-fitted probabilities, for honest
+        OOF scoring).
     """
     before = calibration_figures(votes, softmax_np(logits), n_bins=cfg.n_bins)
     if not cfg.enabled:
-        return {"temperature": 1.0, "fold_temperatures": {}, "before": before, "after": before,
-                "calibrated_probs": softmax_np(logits), "enabled": False}
+        return {"temperature": 1.0, "fitted_temperature": None, "applied": False,
+                "reason": "calibration.enabled is false", "fold_temperatures": {}, "before": before,
+                "after": before, "deployed": before, "calibrated_probs": softmax_np(logits), "enabled": False}
     calibrated = np.empty_like(logits, dtype=np.float64)
     fold_t = {}
     folds = np.unique(fold)
@@ -113,8 +119,17 @@ def calibrate(logits: np.ndarray, votes: np.ndarray, fold: np.ndarray, cfg: Cali
         fold_t[int(k)] = t_k
         calibrated[held] = softmax_np(logits[held], t_k)
     after = calibration_figures(votes, calibrated, n_bins=cfg.n_bins)
-    temperature = fit_temperature(logits, votes, max_iter=cfg.max_iter)
-    log.info("temperature %.3f: NLL %.4f -> %.4f, ECE %.4f -> %.4f", temperature,
-             before["nll"], after["nll"], before["ece"], after["ece"])
-    return {"temperature": temperature, "fold_temperatures": fold_t, "before": before, "after": after,
-            "calibrated_probs": calibrated, "enabled": True}
+    fitted = fit_temperature(logits, votes, max_iter=cfg.max_iter)
+    applied = after["soft_nll"] < before["soft_nll"]
+    if applied:
+        reason = (f"cross-fitted temperature lowers held-out soft NLL {before['soft_nll']:.4f} -> "
+                  f"{after['soft_nll']:.4f}: deploying T = {fitted:.3f}")
+    else:
+        reason = (f"cross-fitted temperature does not lower held-out soft NLL ({before['soft_nll']:.4f} -> "
+                  f"{after['soft_nll']:.4f}): deploying T = 1 instead of the fitted {fitted:.3f}")
+        calibrated = softmax_np(logits)
+    log.info("temperature %.3f: soft NLL %.4f -> %.4f, ECE %.4f -> %.4f (%s)", fitted, before["soft_nll"],
+             after["soft_nll"], before["ece"], after["ece"], "applied" if applied else "not applied")
+    return {"temperature": fitted if applied else 1.0, "fitted_temperature": fitted, "applied": applied,
+            "reason": reason, "fold_temperatures": fold_t, "before": before, "after": after,
+            "deployed": after if applied else before, "calibrated_probs": calibrated, "enabled": True}

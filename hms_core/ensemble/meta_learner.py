@@ -47,13 +47,28 @@ class MetaLearner(nn.Module):
         nn.init.zeros_(self.correction[-1].weight)
         nn.init.zeros_(self.correction[-1].bias)
 
-    def forward(self, logp: torch.Tensor, logp_swap: torch.Tensor) -> torch.Tensor:
+    def parts(self, logp: torch.Tensor, logp_swap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(base, correction)``, each ``(B, 6)``: the blend's log-probabilities and the MLP output."""
         w = torch.softmax(self.blend_logits, dim=0).reshape(1, -1, 1)  # (1, M, 1)
         tta = 0.5 * (torch.exp(logp) + torch.exp(logp_swap))  # (B, M, 6)
         base = torch.log((w * tta).sum(dim=1).clamp_min(PROB_FLOOR))  # (B, 6)
         features = torch.cat([logp, logp_swap], dim=1).flatten(1)  # (B, 2 * M * 6)
         features = features.clamp_min(math.log(PROB_FLOOR))
-        return base + self.correction(features)
+        return base, self.correction(features)
+
+    def forward(self, logp: torch.Tensor, logp_swap: torch.Tensor) -> torch.Tensor:
+        base, correction = self.parts(logp, logp_swap)
+        return base + correction
 
     def blend_weights(self) -> torch.Tensor:
         return torch.softmax(self.blend_logits.detach(), dim=0)
+
+    def correction_l2(self) -> torch.Tensor:
+        """Sum of squared weights of the correction MLP (what ``residual_l2`` multiplies)."""
+        return sum(layer.weight.pow(2).sum() for layer in self.correction if isinstance(layer, nn.Linear))
+
+    @torch.no_grad()
+    def shrink_correction(self, factor: float) -> None:
+        """Scale the correction by ``factor`` in [0, 1] (exact: its last layer is linear); 0 is the blend."""
+        self.correction[-1].weight.mul_(float(factor))
+        self.correction[-1].bias.mul_(float(factor))

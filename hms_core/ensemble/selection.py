@@ -1,11 +1,12 @@
 """Diversity-aware member selection: greedy forward selection by penalised out-of-fold KL.
 
 Start from the member with the lowest OOF KL. At each step try every remaining member:
-refit the blend weights with it and score ``KL(blend) + penalty * max_corr``, where
-``max_corr`` is the largest Pearson correlation between the candidate's OOF errors
+refit the blend weights with it and score ``KL(blend) + penalty * max(0, max_corr - threshold)``,
+where ``max_corr`` is the largest Pearson correlation between the candidate's OOF errors
 (probabilities minus vote distributions) and those of a kept member. The best candidate is
 kept when its penalised score beats the current blend's KL by ``min_improvement``; so a
-member that repeats what the ensemble already knows must earn its place.
+member that nearly repeats what the ensemble already knows must earn its place, while the
+ordinary correlation of members trained on the same labels (0.7-0.9) costs nothing.
 """
 from __future__ import annotations
 
@@ -117,8 +118,9 @@ def select_members(members: tuple[str, ...], member_probs: np.ndarray, votes: np
                 w = fit_blend_weights(member_probs[idx], votes)
                 kl = metrics.kaggle_kl(targets, blend(member_probs[idx], w))
                 max_corr = float(max(corr[i, j] for j in kept_idx))
+                penalty = cfg.correlation_penalty * max(0.0, max_corr - cfg.correlation_threshold)
                 candidates.append({"member": members[i], "index": i, "blend_kl": kl, "max_corr": max_corr,
-                                   "score": kl + cfg.correlation_penalty * max_corr})
+                                   "penalty": penalty, "score": kl + penalty})
             if not candidates:
                 break
             best = min(candidates, key=lambda c: c["score"])
@@ -128,13 +130,14 @@ def select_members(members: tuple[str, ...], member_probs: np.ndarray, votes: np
                 kept_idx.append(best["index"])
                 current_kl = best["blend_kl"]
                 record.update(kept=best["member"], reason=(
-                    f"blend KL {best['blend_kl']:.4f} + penalty {cfg.correlation_penalty} x correlation "
-                    f"{best['max_corr']:.3f} beats {record['current_kl']:.4f}"))
+                    f"blend KL {best['blend_kl']:.4f} + correlation penalty {best['penalty']:.4f} "
+                    f"({cfg.correlation_penalty} x max(0, {best['max_corr']:.3f} - "
+                    f"{cfg.correlation_threshold})) beats {record['current_kl']:.4f}"))
                 steps.append(record)
             else:
                 record.update(stopped=True, reason=(
                     f"best candidate {best['member']!r} scores {best['score']:.4f} (KL {best['blend_kl']:.4f}, "
-                    f"correlation {best['max_corr']:.3f}): no gain over {current_kl:.4f} "
+                    f"correlation {best['max_corr']:.3f}, penalty {best['penalty']:.4f}): no gain over {current_kl:.4f} "
                     f"by more than {cfg.min_improvement}"))
                 steps.append(record)
                 break
@@ -144,6 +147,7 @@ def select_members(members: tuple[str, ...], member_probs: np.ndarray, votes: np
     kept = [members[i] for i in kept_idx]
     blend_kl = metrics.kaggle_kl(targets, blend(member_probs[kept_idx], weights))
     log.info("kept %d of %d members (%s); blend OOF KL %.4f", len(kept), len(members), ", ".join(kept), blend_kl)
-    return {"method": cfg.method, "kept": kept, "weights": dict(zip(kept, map(float, weights))),
+    return {"method": cfg.method, "correlation_penalty": cfg.correlation_penalty,
+            "correlation_threshold": cfg.correlation_threshold, "kept": kept, "weights": dict(zip(kept, map(float, weights))),
             "blend_kl": blend_kl, "member_kl": member_kl, "correlation": corr_record, "steps": steps,
             "dropped": [m for m in members if m not in kept]}

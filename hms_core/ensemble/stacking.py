@@ -5,17 +5,24 @@ Steps, all on out-of-fold (OOF) rows and the patient-grouped folds they carry:
 1. score every member (Kaggle KL, >= 10-vote KL and accuracy);
 2. choose members and blend weights (:mod:`hms_core.ensemble.selection`);
 3. Bayesian model averaging weights and per-row uncertainty (:mod:`.averaging`);
-4. nested stacking: for each outer fold k a :class:`~.meta_learner.MetaLearner` is trained
-   with :func:`hms_core.train.engine.fit` (resumable) on the other folds and predicts fold k,
-   so no row is scored by a meta-learner that saw it;
-5. temperature scaling on those nested OOF logits (:mod:`.calibration`).
+4. nested blend: for each outer fold k the blend weights are refitted on the other folds and
+   applied to fold k;
+5. nested stacking: for each outer fold k a :class:`~.meta_learner.MetaLearner` starts from
+   that fold's blend, is trained with :func:`hms_core.train.engine.fit` (resumable) on the
+   other folds (early stopping and shrinkage toward the blend on an inner held-out fold) and
+   predicts fold k, so no row is scored by a meta-learner that saw it;
+6. temperature scaling of both, cross-fitted on held-out folds (:mod:`.calibration`), kept
+   only where it lowers the held-out NLL;
+7. deployment: the single best member, the blend or the stacker, whichever has the lowest
+   nested OOF KL (the choice and its reason are in the metrics).
 
-The deployed stacker averages the logits of the k fold meta-learners, then divides by the
-temperature. ``ensemble.pth`` holds everything needed to rebuild it (:func:`load_ensemble`).
+The deployed head (:class:`StackedHead`) averages the logits of the k fold meta-learners, or
+is a single zero-correction meta-learner carrying the blend weights when the blend is
+deployed, then divides by the temperature. ``ensemble.pth`` holds everything needed to
+rebuild it (:func:`load_ensemble`); its ``deployed`` field says which.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -31,13 +38,10 @@ from hms_core.ensemble.averaging import PROB_FLOOR, blend, bma_summary, bma_weig
 from hms_core.ensemble.calibration import calibrate, softmax_np
 from hms_core.ensemble.config import EnsembleConfig
 from hms_core.ensemble.meta_learner import MetaLearner
-from hms_core.ensemble.oof import OOFSet, load_oof
+from hms_core.ensemble.oof import load_oof
+from hms_core.ensemble.nested import nested_blend, train_meta_learners  # noqa: F401 (public here too)
 from hms_core.ensemble.selection import select_members
 from hms_core.ops.status import update_status
-from hms_core.train.checkpoint import make_run_key
-from hms_core.train.data import ArrayDataset
-from hms_core.train.engine import EngineConfig, fit
-from hms_core.train.losses import kl_loss
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +49,10 @@ ENSEMBLE_FORMAT = 1
 
 
 class StackedHead(nn.Module):
-    """The deployed stacker: mean logits of the fold meta-learners, divided by the temperature.
+    """The deployed head: mean logits of the fold meta-learners, divided by the temperature.
 
-    ``forward(logp (B, M, 6), logp_swap (B, M, 6)) -> calibrated logits (B, 6)``.
+    ``forward(logp (B, M, 6), logp_swap (B, M, 6)) -> calibrated logits (B, 6)``. A deployed
+    blend is one meta-learner whose correction is zero (:meth:`for_blend`).
     """
 
     def __init__(self, meta_learners: Sequence[MetaLearner], temperature: float):
@@ -59,88 +64,31 @@ class StackedHead(nn.Module):
         logits = torch.stack([m(logp, logp_swap) for m in self.meta_learners]).mean(dim=0)
         return logits / self.temperature
 
+    @classmethod
+    def for_blend(cls, weights: Sequence[float], temperature: float) -> "StackedHead":
+        """``log(sum_m w_m (p_m + p_swap_m) / 2) / T``: the weighted blend as a head."""
+        learner = MetaLearner(len(weights), hidden=1, dropout=0.0, init_weights=weights)
+        learner.shrink_correction(0.0)
+        return cls([learner.eval()], temperature)
+
 
 def _score(votes: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     return {k: (float(v) if isinstance(v, (float, np.floating)) else v)
             for k, v in metrics.score_predictions(votes, probs).items()}
 
 
-def _digest(*arrays: np.ndarray) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
+DEPLOY_PREFERENCE = ("best_member", "blend", "stacked")  # simplest first: it wins ties
 
 
-def _engine_config(cfg: EnsembleConfig) -> EngineConfig:
-    m = cfg.meta_learner
-    return EngineConfig.from_dict({
-        "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "weight_decay": m.weight_decay,
-        "seed": m.seed, "device": "cpu", "select_best": False, "grad_clip": 1.0,
-        "warmup_frac": 0.0, "progress": False, "pin_memory": False,
-    })
-
-
-def _kl_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    return kl_loss(model(batch["logp"], batch["logp_swap"]), batch["target"]), {}
-
-
-def train_meta_learners(oof: OOFSet, init_weights: np.ndarray, cfg: EnsembleConfig, *,
-                        checkpoint_dir: str | os.PathLike, status_path: str | os.PathLike | None = None
-                        ) -> tuple[list[MetaLearner], np.ndarray, list[dict]]:
-    """Nested stacking: one meta-learner per outer fold, trained on the other folds.
-
-    Parameters
-    ----------
-    oof : OOFSet
-        The kept members' OOF predictions.
-    init_weights : np.ndarray
-        ``(n_members,)`` starting blend weights.
-    checkpoint_dir : path
-        Resumable state; one sub-folder per fold.
-
-    Returns
-    -------
-    meta_learners : list of MetaLearner
-        One per fold, in the order of ``np.unique(oof.fold)``, eval mode.
-    oof_logits : np.ndarray
-        ``(n_rows, 6)``: row i scored by the meta-learner of its own fold (never trained on it).
-    histories : list of dict
-        Per fold: ``fold, n_train, history`` (the engine's epoch records).
-    """
-    folds = np.unique(oof.fold)
-    logp = np.transpose(oof.logp, (1, 0, 2)).astype(np.float32)  # (n_rows, M, 6)
-    logp_swap = np.transpose(oof.logp_swap, (1, 0, 2)).astype(np.float32)
-    targets = oof.targets.astype(np.float32)
-    engine_cfg = _engine_config(cfg)
-    data_key = _digest(logp, logp_swap, targets, oof.fold, np.asarray(init_weights))
-    oof_logits = np.zeros((len(targets), len(CLASSES)), dtype=np.float64)
-    learners, histories = [], []
-    if len(folds) == 1:
-        log.warning("only one fold in the OOF rows: the meta-learner is trained and scored on the "
-                    "same rows, so the stacked OOF figures are optimistic")
-    for k in folds:
-        train_rows = np.flatnonzero(oof.fold != k) if len(folds) > 1 else np.arange(len(targets))
-        held_rows = np.flatnonzero(oof.fold == k)
-        torch.manual_seed(cfg.meta_learner.seed + int(k))
-        model = MetaLearner(len(oof.members), hidden=cfg.meta_learner.hidden,
-                            dropout=cfg.meta_learner.dropout, init_weights=init_weights)
-        data = ArrayDataset(logp=logp[train_rows], logp_swap=logp_swap[train_rows], target=targets[train_rows])
-        result = fit(model, loss_fn=_kl_loss, train_data=data, cfg=engine_cfg,
-                     checkpoint_dir=Path(checkpoint_dir) / f"fold{int(k)}",
-                     run_key=make_run_key("meta_learner", int(k), data_key, list(oof.members),
-                                          cfg.meta_learner.__dict__),
-                     status_path=status_path, status_job="ensemble",
-                     status_fields={"stage": "ensemble", "meta_fold": int(k)})
-        model = result.model.eval()
-        with torch.no_grad():
-            oof_logits[held_rows] = model(torch.from_numpy(logp[held_rows]),
-                                          torch.from_numpy(logp_swap[held_rows])).double().numpy()
-        learners.append(model)
-        histories.append({"fold": int(k), "n_train": int(len(train_rows)),
-                          "final_train_loss": float(result.history[-1]["train_loss"]) if result.history else None,
-                          "blend_weights": dict(zip(oof.members, map(float, model.blend_weights())))})
-    return learners, oof_logits, histories
+def _choose_deployment(mode: str, candidates: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
+    """Pick the candidate with the lowest nested OOF KL (``mode`` "auto"), or the forced one."""
+    kl = {name: candidates[name]["kl_all"] for name in DEPLOY_PREFERENCE}
+    scores = ", ".join(f"{name} {value:.4f}" for name, value in kl.items())
+    if mode != "auto":
+        return mode, f"meta_learner.deploy = {mode!r} (nested OOF KL: {scores})"
+    chosen = min(DEPLOY_PREFERENCE, key=lambda name: kl[name])  # min keeps the first of equals
+    return chosen, (f"lowest nested OOF KL, all calibrated cross-fitted ({scores}); "
+                    f"meta_learner.deploy = 'auto'")
 
 
 def build_ensemble(oof_paths: Mapping[str, Sequence[str | os.PathLike]], cfg: EnsembleConfig | Mapping | None, *,
@@ -165,9 +113,18 @@ def build_ensemble(oof_paths: Mapping[str, Sequence[str | os.PathLike]], cfg: En
     -------
     dict
         ``members`` (per member: OOF scores plain and with swap TTA), ``ensemble``
-        (``stacked``: nested OOF, calibrated cross-fitted; ``stacked_uncalibrated``;
-        ``blend`` and ``bma``: weights fitted on all OOF rows, so slightly optimistic;
-        ``best_member``), ``calibration``, ``selection``, ``bma``, ``meta_learner``,
+        (``deployed``: nested OOF scores of what ``ensemble.pth`` deploys, calibrated
+        cross-fitted; ``deployed_candidate`` ``"best_member"``, ``"blend"`` or ``"stacked"``;
+        ``deployed_mode`` the head kind, ``"blend"`` or ``"stacked"``; ``deployed_members``;
+        ``deployed_reason``; ``best_member_calibrated``;
+        ``stacked``: nested OOF of the meta-learner, calibrated cross-fitted;
+        ``stacked_uncalibrated``; ``blend_nested``: blend weights fitted per outer fold,
+        calibrated cross-fitted; ``blend_nested_uncalibrated``; ``blend`` and ``bma``:
+        weights fitted on all OOF rows, so slightly optimistic; ``best_member``;
+        ``kl_gain_over_best_member`` of the deployed ensemble), ``calibration`` (of the
+        deployed candidate), ``calibration_candidates`` (``best_member``, ``blend``,
+        ``stacked``),
+        ``selection``, ``bma``, ``meta_learner``, ``deployed``, ``deployed_candidate``,
         ``n_rows``, ``folds``.
     """
     if not isinstance(cfg, EnsembleConfig):
@@ -192,50 +149,84 @@ def build_ensemble(oof_paths: Mapping[str, Sequence[str | os.PathLike]], cfg: En
     bma_w = bma_weights(tta, votes, cfg.bma)
     bma = bma_summary(tta, bma_w)
 
+    blend_oof, blend_fold_weights = nested_blend(tta, votes, oof.fold)
     update_status(status_path, "ensemble", stage="ensemble", step="training meta-learners")
     learners, oof_logits, histories = train_meta_learners(
-        oof, weights, cfg, checkpoint_dir=checkpoint_dir, status_path=status_path)
+        oof, blend_fold_weights, cfg, checkpoint_dir=checkpoint_dir, status_path=status_path)
 
-    cal = calibrate(oof_logits, votes, oof.fold, cfg.calibration)
-    stacked = _score(votes, cal["calibrated_probs"])
+    # The single best member (TTA, as the head computes it) competes too: no weights are
+    # fitted for it, so its OOF score is as out-of-fold as the members' own.
+    single = min(range(len(oof_all.members)), key=lambda i: member_scores[oof_all.members[i]]["tta"]["kl_all"])
+    cals = {
+        "best_member": calibrate(np.log(np.clip(tta_all[single], PROB_FLOOR, 1.0)), votes, oof.fold, cfg.calibration),
+        "blend": calibrate(np.log(np.clip(blend_oof, PROB_FLOOR, 1.0)), votes, oof.fold, cfg.calibration),
+        "stacked": calibrate(oof_logits, votes, oof.fold, cfg.calibration),
+    }
+    candidates = {name: _score(votes, c["calibrated_probs"]) for name, c in cals.items()}
+    choice, reason = _choose_deployment(cfg.meta_learner.deploy, candidates)
+    cal = cals[choice]
+    deployed = "stacked" if choice == "stacked" else "blend"
+    if choice == "best_member":
+        head_members, head_weights = [oof_all.members[single]], np.ones(1)
+        head_bma = np.ones(1)
+    else:
+        head_members, head_weights, head_bma = list(kept), weights, bma_w
     best_member = min(member_scores, key=lambda m: min(member_scores[m]["kl_all"], member_scores[m]["tta"]["kl_all"]))
     best_kl = min(member_scores[best_member]["kl_all"], member_scores[best_member]["tta"]["kl_all"])
     ensemble_scores = {
-        "stacked": stacked,
+        "deployed": candidates[choice],
+        "deployed_candidate": choice,
+        "deployed_mode": deployed,
+        "deployed_members": head_members,
+        "deployed_reason": reason,
+        "best_member_calibrated": candidates["best_member"],
+        "stacked": candidates["stacked"],
         "stacked_uncalibrated": _score(votes, softmax_np(oof_logits)),
+        "blend_nested": candidates["blend"],
+        "blend_nested_uncalibrated": _score(votes, blend_oof),
         "blend": _score(votes, blend(tta, weights)),
         "bma": _score(votes, np.clip(bma["probs"], PROB_FLOOR, 1.0)),
         "best_member": {"name": best_member, "kl_all": best_kl},
-        "kl_gain_over_best_member": float(best_kl - stacked["kl_all"]),
+        "kl_gain_over_best_member": float(best_kl - candidates[choice]["kl_all"]),
     }
-    log.info("stacked OOF KL %.4f (best member %s %.4f)", stacked["kl_all"], best_member, best_kl)
+    log.info("deployed %s: %s", choice, reason)
 
     state = {
         "format": ENSEMBLE_FORMAT,
         "classes": list(CLASSES),
-        "members": list(kept),
+        "members": list(head_members),
         "all_members": list(oof_all.members),
-        "member_weights": [float(w) for w in weights],
-        "bma_weights": [float(w) for w in bma_w],
+        "member_weights": [float(w) for w in head_weights],
+        "bma_weights": [float(w) for w in head_bma],
+        "deployed": deployed,
         "temperature": float(cal["temperature"]),
         "folds": [int(k) for k in np.unique(oof.fold)],
         "meta_learner": {
-            "n_members": len(kept), "hidden": cfg.meta_learner.hidden, "dropout": cfg.meta_learner.dropout,
+            "n_members": len(kept), "members": list(kept), "hidden": cfg.meta_learner.hidden, "dropout": cfg.meta_learner.dropout,
             "state_dicts": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in learners],
         },
     }
     atomic.torch_save(state, out_path)
-    update_status(status_path, "ensemble", stage="ensemble", step="done", kl=stacked["kl_all"])
+    update_status(status_path, "ensemble", stage="ensemble", step="done", kl=candidates[choice]["kl_all"])
+
+    def _cal_record(c: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in c.items() if k != "calibrated_probs"}
+
     return {
         "members": member_scores,
         "ensemble": ensemble_scores,
-        "calibration": {k: v for k, v in cal.items() if k != "calibrated_probs"},
+        "calibration": _cal_record(cal),
+        "calibration_candidates": {name: _cal_record(c) for name, c in cals.items()},
         "selection": selection,
         "bma": {"weights": dict(zip(kept, map(float, bma_w))),
                 "effective_rows": cfg.bma.effective_rows,
                 "mean_entropy": float(bma["entropy"].mean()),
                 "mean_member_spread": float(bma["member_spread"].mean())},
-        "meta_learner": {"config": dict(cfg.meta_learner.__dict__), "folds": histories},
+        "meta_learner": {"config": dict(cfg.meta_learner.__dict__), "folds": histories,
+                         "nested_blend_weights": {int(k): dict(zip(kept, map(float, w)))
+                                                  for k, w in blend_fold_weights.items()}},
+        "deployed": deployed,
+        "deployed_candidate": choice,
         "n_rows": int(len(votes)),
         "folds": state["folds"],
         "ensemble_path": str(out_path),
@@ -248,7 +239,8 @@ def load_ensemble(path: str | os.PathLike) -> dict[str, Any]:
     Returns
     -------
     dict
-        The saved fields plus ``head``: a :class:`StackedHead` in eval mode.
+        The saved fields plus ``head``: a :class:`StackedHead` in eval mode, the stacker or
+        the blend as ``deployed`` says (files without that field hold a stacker).
 
     Raises
     ------
@@ -266,6 +258,11 @@ def load_ensemble(path: str | os.PathLike) -> dict[str, Any]:
         raise DataError(path, f"cannot read the ensemble: {err}") from err
     if not isinstance(state, dict) or state.get("format") != ENSEMBLE_FORMAT:
         raise DataError(path, f"not an ensemble.pth of format {ENSEMBLE_FORMAT}")
+    deployed = state.setdefault("deployed", "stacked")
+    if deployed == "blend":
+        return {**state, "head": StackedHead.for_blend(state["member_weights"], state["temperature"]).eval()}
+    if deployed != "stacked":
+        raise DataError(path, f"unknown deployed head {deployed!r} (expected 'blend' or 'stacked')")
     meta = state["meta_learner"]
     learners = []
     for sd in meta["state_dicts"]:

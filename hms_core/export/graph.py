@@ -63,7 +63,9 @@ class EnsembleGraph(nn.Module):
     members : sequence of FoldAverage
         In the order of the stacker's member axis.
     head : StackedHead
-        Meta-learners and temperature (from ``ensemble.pth``).
+        Meta-learners and temperature (from ``ensemble.pth``); :func:`load_ensemble` builds
+        the stacker or the blend, as the file's ``deployed`` field says, so this graph runs
+        whichever the ensemble stage deployed.
     bma_weights : sequence of float
         Per-member BMA weights, split evenly over each member's folds for the spread.
 
