@@ -1,10 +1,23 @@
+from pathlib import Path
+
+from hms_core.train.distributed import launch_torchrun, visible_gpu_ids
+from hms_core.train.fold_main import fold_args
 from hms_core.train.run import train_fold
 from hms_core.workflow import rule_context
 
 with rule_context(snakemake) as smk:
-    cfg = {"training": smk.params.training, "models": {smk.wildcards.model: smk.params.model}}
-    train_fold(list(smk.input.stores), smk.input.folds, smk.wildcards.model,
-               int(smk.wildcards.fold), cfg, weights_out=smk.output.weights,
-               oof_out=smk.output.oof, checkpoint_dir=smk.params.checkpoint_dir,
-               foundation_path=smk.input.get("foundation"), threads=smk.threads,
+    model, fold = smk.wildcards.model, int(smk.wildcards.fold)
+    cfg = {"training": smk.params.training, "models": {model: smk.params.model}}
+    job = dict(weights_out=smk.output.weights, oof_out=smk.output.oof,
+               checkpoint_dir=smk.params.checkpoint_dir, foundation_path=smk.input.get("foundation"),
                status_path=smk.params.status)
+    n_gpus = int(smk.resources.get("gpu", 0) or 0)
+    if n_gpus > 1:  # one process per GPU; Snakemake assigns no GPU ids, the allocation's env does
+        args = fold_args(list(smk.input.stores), smk.input.folds, model, fold, cfg,
+                         config_path=Path(smk.params.checkpoint_dir) / "fold_cfg.json",
+                         threads=max(1, smk.threads // n_gpus), **job)
+        rc = launch_torchrun(n_gpus, args, gpu_ids=visible_gpu_ids())
+        if rc != 0:
+            raise RuntimeError(f"torchrun exited with status {rc}")
+    else:
+        train_fold(list(smk.input.stores), smk.input.folds, model, fold, cfg, threads=smk.threads, **job)

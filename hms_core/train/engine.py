@@ -40,6 +40,18 @@ the dataset indices eligible in that epoch (two-stage training); default: all.
 
 Signals: SIGTERM/SIGINT finish the current step, write an emergency checkpoint and raise
 :class:`TrainingInterrupted` (a ``SystemExit`` with code 128 + signal number).
+
+Several processes (torchrun, see :mod:`hms_core.train.distributed`): when the process
+group is up (or torchrun's ``WORLD_SIZE`` > 1), ``fit`` wraps the model in
+DistributedDataParallel. Every rank draws the same epoch order and the same global
+batches of ``batch_size``; rank ``r`` trains on its contiguous part of each batch and its
+loss is scaled by ``W * n_local / n_global``, so the all-reduced gradient is that of the
+single-process batch mean. Per-rank randomness (augmentation, dropout) is seeded with
+``seed + rank``, so it differs from a single process; without it results match up to float
+reduction order. Only rank 0 writes checkpoints and status; the checkpoint holds every
+rank's RNG state, every rank resumes from the same file, and a signal on any rank stops
+all ranks after the same step. ``eval_fn`` runs on every rank (it may shard and gather,
+see ``run.train_fold``); rank 0's metrics are used everywhere.
 """
 from __future__ import annotations
 
@@ -62,6 +74,7 @@ from torch.utils.data import DataLoader, default_collate
 from hms_core.errors import ConfigError
 from hms_core.ops.status import flush_status, update_status
 from hms_core.train import checkpoint as ckpt
+from hms_core.train import distributed as dist_utils
 
 logger = logging.getLogger(__name__)
 
@@ -402,6 +415,7 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
     FitResult
     """
     cfg.validate()
+    dinfo = dist_utils.init_from_env(cfg.device)
     device = select_device(cfg.device, expandable_segments=cfg.cuda_expandable_segments)
     key = ckpt.make_run_key(run_key, cfg.result_dict())
     checkpoint_dir = Path(checkpoint_dir)
@@ -438,11 +452,17 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
 
     # -- resume or fresh start ------------------------------------------------------------
     state = ckpt.load_checkpoint(last_path, run_key=key)
+    if dinfo.distributed:  # every rank must resume from the same checkpoint (or none)
+        seen = dist_utils.all_gather_object(None if state is None else int(state["global_step"]))
+        if len(set(seen)) != 1:
+            raise RuntimeError(f"ranks read different checkpoints from {last_path}: global "
+                               f"steps {seen}")
     if state is None:
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
+        rank_seed = cfg.seed + dinfo.rank  # per-rank augmentation/dropout; rank 0 = 1 process
+        torch.manual_seed(rank_seed)
+        np.random.seed(rank_seed % 2**32)
         import random
-        random.seed(cfg.seed)
+        random.seed(rank_seed)
         order_gen.manual_seed(cfg.seed)
         epoch, step_in_epoch, global_step = 0, 0, 0
         history: list[dict[str, Any]] = []
@@ -456,7 +476,7 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
         scaler.load_state_dict(state["scaler"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
-        ckpt.restore_rng_state(state["rng"])
+        _restore_rank_rng(state, dinfo, cfg)
         epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
         global_step = int(state["global_step"])
         history = list(state["history"])
@@ -470,13 +490,32 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
             return _finish(model, ema, cfg, best_path, key, history, best_metric, best_epoch,
                            global_step, resumed_from, device)
 
-    train_model = (torch.compile(model, backend=cfg.compile_backend, mode=cfg.compile_mode)
-                   if cfg.compile else model)
+    train_model = model
+    if dinfo.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
+        comm_device = device if dinfo.backend == "nccl" else torch.device("cpu")
+    if cfg.compile:
+        train_model = torch.compile(train_model, backend=cfg.compile_backend, mode=cfg.compile_mode)
     collate = getattr(train_data, "collate_fn", default_collate)
     kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0") or 0)
     status_fields = dict(status_fields or {})
     t_start, last_status = time.time(), 0.0
     samples_done_here = 0
+
+    def save_last(finished: bool = False, epoch_started: float | None = None) -> None:
+        """Write ``last.pt`` (rank 0; every rank must call it at the same step)."""
+        if not dinfo.distributed:
+            ckpt.save_checkpoint(last_path, make_state(finished, epoch_started))
+            return
+        rng_per_rank = dist_utils.all_gather_object(ckpt.capture_rng_state())
+        if dinfo.is_rank0:
+            ckpt.save_checkpoint(last_path, {**make_state(finished, epoch_started),
+                                             "rng_per_rank": rng_per_rank,
+                                             "world_size": dinfo.world_size})
+        dist_utils.barrier()
 
     def make_state(finished: bool = False, epoch_started: float | None = None) -> dict[str, Any]:
         saved_accum = dict(accum)
@@ -494,7 +533,10 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
             "history": history, "engine_config": dataclasses.asdict(cfg),
         }
 
-    progress = _progress_bar(cfg, total_steps, global_step, status_fields)
+    progress = _progress_bar(cfg, total_steps, global_step, status_fields,
+                             enabled=dinfo.is_rank0)
+    if not dinfo.is_rank0:
+        status_path = None
     with _SignalGuard() as guard:
         while epoch < cfg.epochs:
             if on_epoch_start is not None:
@@ -504,6 +546,9 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
             order_gen.set_state(epoch_order_state)
             batches = _epoch_batches(indices_for(epoch), order_gen, cfg)
             next_epoch_order_state = order_gen.get_state()
+            global_sizes = [len(b) for b in batches][step_in_epoch:]
+            if dinfo.distributed:
+                batches = _shard_batches(batches, dinfo, epoch)
             loader = DataLoader(
                 train_data, batch_sampler=batches[step_in_epoch:], collate_fn=collate,
                 num_workers=cfg.num_workers, pin_memory=cfg.pin_memory and device.type == "cuda",
@@ -511,7 +556,7 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
                 persistent_workers=False)
             model.train()
             t_epoch = time.time()
-            for batch in loader:
+            for batch, n_global in zip(loader, global_sizes):
                 # -- learning rate
                 lr = lr_at(global_step, total_steps, cfg)
                 for group in optimizer.param_groups:
@@ -520,8 +565,12 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
                 batch = move_to_device(batch, device, channels_last=cfg.channels_last)
                 with autocast_context(cfg.precision, device):
                     loss, logs = loss_fn(train_model, batch)
+                n_batch = _batch_size(batch)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                if dinfo.distributed:  # DDP averages over ranks; weight by this shard's rows
+                    scaler.scale(loss * (dinfo.world_size * n_batch / n_global)).backward()
+                else:
+                    scaler.scale(loss).backward()
                 # -- clip, step, EMA
                 if cfg.grad_clip > 0:
                     scaler.unscale_(optimizer)
@@ -531,24 +580,34 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
                 if ema is not None:
                     ema.update(model)
                 # -- bookkeeping
-                n_batch = _batch_size(batch)
-                _accumulate(accum, float(loss.detach()), logs, n_batch)
+                if dinfo.distributed:
+                    loss_value, logs, signum = _reduce_step(loss, logs, n_batch, guard.signum,
+                                                            comm_device)
+                    guard.signum = signum
+                    n_batch = n_global
+                else:
+                    loss_value = float(loss.detach())
+                _accumulate(accum, loss_value, logs, n_batch)
                 global_step += 1
                 step_in_epoch += 1
                 samples_done_here += n_batch
                 progress.update(1)
                 if kill_at and global_step == kill_at:
+                    in_torchrun = bool(os.environ.get("TORCHELASTIC_RUN_ID"))
+                    if dinfo.distributed and dinfo.is_rank0 and in_torchrun:
+                        os.kill(os.getppid(), signal.SIGKILL)  # the torchrun agent: whole job
                     os.kill(os.getpid(), signal.SIGKILL)
                 # -- checkpoint, stop
                 if guard.signum is not None:
-                    ckpt.save_checkpoint(last_path, make_state(epoch_started=t_epoch))
-                    logger.warning("emergency checkpoint written to %s at global step %d",
-                                   last_path, global_step)
+                    save_last(epoch_started=t_epoch)
+                    if dinfo.is_rank0:
+                        logger.warning("emergency checkpoint written to %s at global step %d",
+                                       last_path, global_step)
                     progress.close()
                     flush_status()
                     raise TrainingInterrupted(guard.signum, last_path)
                 if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0:
-                    ckpt.save_checkpoint(last_path, make_state(epoch_started=t_epoch))
+                    save_last(epoch_started=t_epoch)
                 # -- status
                 now = time.time()
                 if status_path is not None and now - last_status >= cfg.status_every_s:
@@ -571,11 +630,13 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
                 with torch.no_grad(), autocast_context(cfg.precision, device):
                     metrics = {k: float(v) for k, v in eval_fn(eval_model).items()}
                 model.train()
+                metrics = dist_utils.broadcast_object(metrics)
             record = {"epoch": epoch, "train_loss": accum["loss_sum"] / max(accum["n"], 1),
                       "lr": lr_at(max(global_step - 1, 0), total_steps, cfg),
                       "seconds": accum["seconds"] + time.time() - t_epoch,
                       **{f"train_{k}": v / max(accum["n"], 1) for k, v in accum["logs"].items()},
                       **metrics}
+            record = dist_utils.broadcast_object(record)  # the same history on every rank
             history.append(record)
             logger.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
                         ", ".join(f"{k}={v:.4g}" for k, v in record.items()
@@ -584,9 +645,10 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
                 value = metrics[cfg.select_metric]
                 if _is_better(value, best_metric, cfg.select_mode):
                     best_metric, best_epoch = value, epoch
-                    ckpt.save_checkpoint(best_path, {"run_key": key, "epoch": epoch,
-                                                     "metric": value,
-                                                     "state_dict": eval_model.state_dict()})
+                    if dinfo.is_rank0:
+                        ckpt.save_checkpoint(best_path, {"run_key": key, "epoch": epoch,
+                                                         "metric": value,
+                                                         "state_dict": eval_model.state_dict()})
             elif eval_fn is not None:
                 raise ConfigError(f"training.select_metric: eval_fn returned no "
                                   f"{cfg.select_metric!r} (got {', '.join(metrics) or 'nothing'})")
@@ -595,7 +657,9 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
             epoch_order_state = next_epoch_order_state
             accum = _new_accum()
             finished = epoch >= cfg.epochs
-            ckpt.save_checkpoint(last_path, make_state(finished=finished))
+            save_last(finished=finished)
+            if dinfo.distributed:  # a signal during evaluation may have reached one rank only
+                guard.signum = _agree_signal(guard.signum, comm_device)
             if guard.signum is not None and not finished:
                 progress.close()
                 raise TrainingInterrupted(guard.signum, last_path)
@@ -626,6 +690,70 @@ def _finish(model, ema, cfg, best_path, key, history, best_metric, best_epoch, g
                      resumed_from_step=resumed_from)
 
 
+def _restore_rank_rng(state: Mapping[str, Any], dinfo: "dist_utils.DistInfo",
+                      cfg: EngineConfig) -> None:
+    """Restore this rank's RNG state from a checkpoint (exact when the world size matches)."""
+    per_rank = state.get("rng_per_rank")
+    if not dinfo.distributed:
+        ckpt.restore_rng_state(state["rng"])  # of a multi-process checkpoint: rank 0's stream
+        if per_rank is not None:
+            logger.warning("checkpoint written by %d processes, resumed by one: the data order "
+                           "is kept, per-rank randomness is not (resume not bit-exact)",
+                           len(per_rank))
+        return
+    if per_rank is not None and len(per_rank) == dinfo.world_size:
+        ckpt.restore_rng_state(per_rank[dinfo.rank])
+        return
+    ckpt.restore_rng_state(state["rng"])
+    if dinfo.rank > 0:
+        seed = cfg.seed + dinfo.rank + 7919 * int(state["global_step"])
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+    logger.warning("checkpoint written by %s process(es), resumed by %d: the data order is "
+                   "kept but per-rank randomness is reseeded (resume not bit-exact)",
+                   len(per_rank) if per_rank is not None else 1, dinfo.world_size)
+
+
+def _shard_batches(batches: list[list[int]], dinfo: "dist_utils.DistInfo", epoch: int
+                   ) -> list[list[int]]:
+    """Rank ``dinfo.rank``'s contiguous part of every global batch."""
+    out = []
+    for b in batches:
+        if len(b) < dinfo.world_size:
+            raise ConfigError(f"training.batch_size: a batch of epoch {epoch} has {len(b)} rows, "
+                              f"fewer than the {dinfo.world_size} processes; use drop_last or "
+                              "a larger batch_size")
+        start, stop = dist_utils.shard_bounds(len(b), dinfo.rank, dinfo.world_size)
+        out.append(b[start:stop])
+    return out
+
+
+def _reduce_step(loss: torch.Tensor, logs: Mapping[str, Any], n_local: int,
+                 signum: int | None, comm_device: torch.device
+                 ) -> tuple[float, dict[str, float], int | None]:
+    """Global batch mean of the loss and logs, and whether any rank got a stop signal."""
+    import torch.distributed as dist
+
+    names = sorted(logs)
+    values = [float(loss.detach()) * n_local, float(n_local),
+              *(float(logs[k]) * n_local for k in names)]
+    sums = torch.tensor(values, dtype=torch.float64, device=comm_device)
+    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+    sums = sums.cpu().tolist()
+    n = sums[1]
+    return (sums[0] / n, {k: v / n for k, v in zip(names, sums[2:])},
+            _agree_signal(signum, comm_device))
+
+
+def _agree_signal(signum: int | None, comm_device: torch.device) -> int | None:
+    """The stop signal if any rank received one (all ranks get the same answer)."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([signum or 0], dtype=torch.int64, device=comm_device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
 def _new_accum() -> dict[str, Any]:
     return {"loss_sum": 0.0, "n": 0, "logs": {}, "seconds": 0.0}
 
@@ -647,9 +775,10 @@ def _batch_size(batch: Any) -> int:
     raise TypeError(f"cannot tell the batch size of {type(batch).__name__}")
 
 
-def _progress_bar(cfg: EngineConfig, total: int, done: int, fields: Mapping[str, Any]):
+def _progress_bar(cfg: EngineConfig, total: int, done: int, fields: Mapping[str, Any], *,
+                  enabled: bool = True):
     from tqdm.auto import tqdm
 
     desc = " ".join(f"{k}={v}" for k, v in fields.items()) or "train"
-    return tqdm(total=total, initial=done, desc=desc, disable=not cfg.progress,
+    return tqdm(total=total, initial=done, desc=desc, disable=not (cfg.progress and enabled),
                 mininterval=2.0, leave=False)

@@ -32,6 +32,7 @@ from hms_core.errors import ConfigError, DataError
 from hms_core.metrics import kaggle_kl, score_predictions
 from hms_core.models.registry import create_model
 from hms_core.train import augment as aug
+from hms_core.train import distributed
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import InMemorySource, WindowDataset, vote_targets
 from hms_core.train.engine import EngineConfig, autocast_context, fit, move_to_device, select_device
@@ -216,6 +217,20 @@ def predict_logp(model: nn.Module, dataset: WindowDataset, *, batch_size: int = 
     return np.concatenate(out) if out else np.zeros((0, contract.N_CLASSES), np.float32)
 
 
+def predict_logp_sharded(model: nn.Module, dataset: WindowDataset, **kwargs: Any) -> np.ndarray:
+    """:func:`predict_logp` with the rows split across the ranks and gathered on every rank.
+
+    One process: exactly :func:`predict_logp`. Under torchrun each rank scores its
+    contiguous share of ``dataset`` and every rank gets all ``(n, 6)`` rows, in order.
+    """
+    info = distributed.current()
+    if not info.distributed:
+        return predict_logp(model, dataset, **kwargs)
+    start, stop = distributed.shard_bounds(len(dataset), info.rank, info.world_size)
+    shard = WindowDataset(dataset.source, dataset.rows[start:stop], dataset.fields)
+    return distributed.gather_rows(predict_logp(model, shard, **kwargs))
+
+
 def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, fold: int,
                cfg: Mapping[str, Any], *, weights_out: str | os.PathLike,
                oof_out: str | os.PathLike, checkpoint_dir: str | os.PathLike,
@@ -256,10 +271,15 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
         n_rows, n_high_vote`` of the OOF predictions, ``kl_all_tta`` (averaged with the
         swapped prediction), ``prior_kl_all`` (train-prior baseline), ``best_epoch``,
         ``seconds``.
+
+    Under torchrun (see :mod:`hms_core.train.fold_main`) every rank calls this; training
+    is data-parallel, validation and OOF prediction are sharded and gathered, only rank 0
+    writes the weights and OOF files, and every rank returns rank 0's metrics.
     """
     t0 = time.time()
     torch.set_num_threads(max(1, int(threads)))
     training, model_kwargs, image_sizes = resolve_model_config(cfg, model_name)
+    dinfo = distributed.init_from_env(training.engine.device)
     if foundation_path is not None and model_kwargs.get("foundation_mode") is not None:
         model_kwargs["foundation_path"] = str(foundation_path)
     torch.manual_seed(training.engine.seed)  # the same initial weights on every (re)start
@@ -316,8 +336,8 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
         train_size = getattr(m, "image_size", None)
         if image_sizes:
             m.image_size = image_sizes[-1]
-        logp = predict_logp(m, val_set, batch_size=training.eval_batch_size, device=device,
-                            precision=engine_cfg.precision)
+        logp = predict_logp_sharded(m, val_set, batch_size=training.eval_batch_size,
+                                    device=device, precision=engine_cfg.precision)
         if image_sizes:
             m.image_size = train_size
         s = score_predictions(val_votes, np.exp(logp))
@@ -340,10 +360,11 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
         model.image_size = image_sizes[-1]
 
     # -- out-of-fold predictions, plain and hemisphere-swapped
-    logp = predict_logp(model, val_set, batch_size=training.eval_batch_size, device=device,
-                        precision=engine_cfg.precision)
-    logp_swap = predict_logp(model, val_set, batch_size=training.eval_batch_size, device=device,
-                             precision=engine_cfg.precision, swap_hemispheres=True)
+    logp = predict_logp_sharded(model, val_set, batch_size=training.eval_batch_size,
+                                device=device, precision=engine_cfg.precision)
+    logp_swap = predict_logp_sharded(model, val_set, batch_size=training.eval_batch_size,
+                                     device=device, precision=engine_cfg.precision,
+                                     swap_hemispheres=True)
     oof = pd.DataFrame({"label_id": index.iloc[val_rows]["label_id"].to_numpy(dtype=np.int64),
                         "fold": np.full(len(val_rows), int(fold), dtype=np.int64)})
     for j, col in enumerate(contract.VOTE_COLUMNS):
@@ -352,7 +373,8 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
         oof[col] = logp[:, j]
     for j, col in enumerate(LOGP_SWAP_COLUMNS):
         oof[col] = logp_swap[:, j]
-    atomic.write_parquet(oof, oof_out)
+    if dinfo.is_rank0:
+        atomic.write_parquet(oof, oof_out)
 
     # -- metrics and weights
     metrics: dict[str, Any] = score_predictions(val_votes, np.exp(logp))
@@ -366,14 +388,18 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
     saved_kwargs = (model.portable_kwargs(model_kwargs) if hasattr(model, "portable_kwargs")
                     else dict(model_kwargs))
     history = [{k: v for k, v in h.items()} for h in result.history]
-    atomic.torch_save({
-        "model_name": model_name, "model_kwargs": saved_kwargs,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metrics": metrics, "input_fields": list(fields), "history": history,
-    }, weights_out)
-    logger.info("%s fold %d: OOF KL %.4f (prior %.4f, TTA %.4f) in %.0f s", model_name, fold,
-                metrics["kl_all"], metrics["prior_kl_all"], metrics["kl_all_tta"],
-                metrics["seconds"])
+    metrics = distributed.broadcast_object(metrics)  # "seconds" differs per rank
+    if dinfo.is_rank0:
+        atomic.torch_save({
+            "model_name": model_name, "model_kwargs": saved_kwargs,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "metrics": metrics, "input_fields": list(fields), "history": history,
+        }, weights_out)
+    distributed.barrier()  # the files exist when any rank returns
+    if dinfo.is_rank0:
+        logger.info("%s fold %d: OOF KL %.4f (prior %.4f, TTA %.4f) in %.0f s", model_name, fold,
+                    metrics["kl_all"], metrics["prior_kl_all"], metrics["kl_all_tta"],
+                    metrics["seconds"])
     return metrics
 
 
