@@ -158,3 +158,11 @@ def test_bad_config_fails_before_any_job(tmp_path: Path):
     assert "floppy" in proc.stderr + proc.stdout
     assert "synthetic" in proc.stderr + proc.stdout
     assert not (tmp_path / "data").exists()
+
+
+def test_report_embeds_the_figures(run_dir: Path):
+    report = run_dir / "report.html"
+    snakemake(run_dir, "--report", str(report))
+    html = report.read_text(errors="replace")
+    for figure in ("learning_curves", "confusion_matrix", "reliability", "per_class_kl", "preprocessing"):
+        assert f"{figure}.png" in html, figure
