@@ -1,6 +1,8 @@
 """Shared fixtures for the whole test suite."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 TINY_PATIENTS = 6
@@ -21,3 +23,18 @@ def tiny_dataset(tmp_path_factory):
     generate_dataset(out, n_patients=TINY_PATIENTS, seed=TINY_SEED, recordings_per_patient=(1, 2),
                      sub_windows=(1, 6), n_test=2, two_eeg_fraction=0.5)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_dataset):
+    """A real tiny run on ``tiny_dataset`` (store, 2 models x 2 folds, ensemble, ONNX), built once."""
+    import importlib.util
+
+    import torch
+
+    loader = importlib.util.spec_from_file_location(
+        "_tiny_run_loader", Path(__file__).parent / "export" / "tiny_run.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    torch.set_num_threads(1)
+    return module.load().build(tmp_path_factory.getbasetemp() / "tiny_run", tiny_dataset)

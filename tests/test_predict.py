@@ -1,35 +1,17 @@
 """``hms predict`` on the synthetic test folder of the tiny run, and its errors on bad input."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from hms_core import cli
 from hms_core.contract import SUBMISSION_COLUMNS, TEST_EEG_DIR, TEST_SPEC_DIR
 from hms_core.errors import DataError
 from hms_core.predict import UNCERTAINTY_COLUMNS, predict
-
-
-def _tiny_run_module():
-    name = "hms_tiny_run"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "export" / "tiny_run.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_dataset):
-    torch.set_num_threads(1)
-    return _tiny_run_module().build(tmp_path_factory.getbasetemp() / "tiny_run", tiny_dataset)
 
 
 def test_predict_writes_a_valid_kaggle_submission(tiny_run, tmp_path):

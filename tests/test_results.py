@@ -2,36 +2,18 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from hms_core import metrics
 from hms_core.contract import VOTE_COLUMNS
 from hms_core.errors import DataError
 from hms_core.export.onnx import export_model
 from hms_core.results import collect_results, format_summary
-
-
-def _tiny_run_module():
-    name = "hms_tiny_run"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "export" / "tiny_run.py")
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_dataset):
-    torch.set_num_threads(1)
-    return _tiny_run_module().build(tmp_path_factory.getbasetemp() / "tiny_run", tiny_dataset)
 
 
 def test_collect_results_writes_measured_figures_and_hashes(tiny_run, tmp_path):
