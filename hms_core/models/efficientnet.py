@@ -1,7 +1,10 @@
 """``efficientnet``: a timm EfficientNet on one image tiled from three spectrogram sources.
 
 Inside ``forward`` each source (``eeg_spec (B, 4, F, T)``, ``eeg_mel (B, 4, M, T)``,
-``kaggle_spec (B, 4, 100, 300)``, log power) is standardised per window over all four
+``kaggle_spec (B, 4, 100, 300)``, log power) is optionally cut to its central ``crop_s``
+seconds (the experts labelled the central 10 s; the 10-minute spectrogram mostly shows other
+moments), optionally averaged down to ``time_bins`` columns (cells at the log floor left
+out), standardised per window over all four
 regions together (so left/right power differences survive), with cells at the window's
 minimum (the log floor of zero power or filled NaN stretches) left out of the statistics and
 set to 0; its four regions (LL, RL, LP, RP) are stacked vertically, and it is resized to
@@ -16,7 +19,7 @@ Progressive resizing: the trainer changes ``image_size`` between epochs
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,8 @@ from hms_core.errors import ConfigError
 from hms_core.models.registry import register_model
 
 SPEC_FIELDS = ("eeg_spec", "eeg_mel", "kaggle_spec")
+SOURCE_SPAN_S = {"eeg_spec": float(contract.WINDOW_S), "eeg_mel": float(contract.WINDOW_S),
+                 "kaggle_spec": float(contract.SPEC_WINDOW_S)}
 N_POSITION_CHANNELS = 2
 _CLIP_STD = 6.0  # standardised log power beyond +-6 std is an artifact, not brain activity
 
@@ -57,6 +62,37 @@ def standardise_log_power(spec: torch.Tensor) -> torch.Tensor:
     return (z * valid).clamp(-_CLIP_STD, _CLIP_STD)
 
 
+def central_crop(spec: torch.Tensor, keep_s: float, span_s: float) -> torch.Tensor:
+    """The central ``keep_s`` seconds of ``spec (..., T)`` whose time axis spans ``span_s`` s.
+
+    At least one column is kept; ``keep_s >= span_s`` returns ``spec`` unchanged.
+    """
+    n_cols = spec.shape[-1]
+    keep = min(n_cols, max(1, int(round(n_cols * keep_s / span_s))))
+    start = (n_cols - keep) // 2
+    return spec[..., start:start + keep]
+
+
+def pool_time(spec: torch.Tensor, bins: int, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Average ``spec (B, R, F, T)`` into ``bins`` equal time columns (``T // bins`` each,
+    the remainder at the end dropped).
+
+    ``valid`` (same shape, bool) restricts each mean to the valid cells; a column without
+    any takes the window's minimum, so it still reads as a gap. Reshapes and sums only,
+    so it exports to any ONNX opset.
+    """
+    b, r, f, t = spec.shape
+    bins = min(int(bins), t)
+    width = t // bins
+    cols = spec[..., :bins * width].reshape(b, r, f, bins, width)
+    if valid is None:
+        return cols.mean(dim=-1)
+    w = valid[..., :bins * width].reshape(b, r, f, bins, width).to(spec.dtype)
+    count = w.sum(dim=-1)
+    floor = spec.amin(dim=(1, 2, 3), keepdim=True)
+    return torch.where(count > 0, (cols * w).sum(dim=-1) / count.clamp_min(1.0), floor)
+
+
 def _position_channels(image: torch.Tensor, regions: int) -> torch.Tensor:
     """``(B, 2, S, W)``: frequency position within each of ``regions`` stacked tiles, and
     height in the image, each from -1 to 1 (built from shapes, so they export as constants)."""
@@ -84,6 +120,13 @@ class SpectrogramEfficientNet(nn.Module):
     position_channels : bool, default True
         Append the two position channels (frequency within each region tile and height in
         the image, both -1..1) to the image.
+    crop_s : dict of str to float, optional
+        Seconds kept around the centre of each named source (``{"kaggle_spec": 60}`` keeps
+        the central minute of the 10-minute spectrogram); unnamed sources are kept whole.
+    time_bins : int, default 0
+        Average each source's time axis into this many columns before resizing; 0 keeps
+        every column. Few bins give a model that sees spectra, not their time course:
+        on small data sets it memorises recordings less.
     drop_rate : float, default 0.2
         Dropout before the classifier.
     drop_path_rate : float, default 0.0
@@ -94,6 +137,7 @@ class SpectrogramEfficientNet(nn.Module):
 
     def __init__(self, n_outputs: int = contract.N_CLASSES, *, backbone: str = "efficientnet_b0",
                  image_size: int = 256, in_chans: int = 1, position_channels: bool = True,
+                 crop_s: Mapping[str, float] | None = None, time_bins: int = 0,
                  drop_rate: float = 0.2,
                  drop_path_rate: float = 0.0, input_fields: Sequence[str] = SPEC_FIELDS):
         super().__init__()
@@ -106,6 +150,16 @@ class SpectrogramEfficientNet(nn.Module):
         if not timm.is_model(backbone):
             raise ConfigError(f"models.efficientnet.backbone: {backbone!r} is not a timm model "
                               "(e.g. efficientnet_b0, efficientnet_b5, test_efficientnet)")
+        crop_s = dict(crop_s or {})
+        bad = [f"{k}={v!r}" for k, v in crop_s.items()
+               if k not in input_fields or not isinstance(v, (int, float)) or v <= 0]
+        if bad:
+            raise ConfigError(f"models.efficientnet.crop_s: {', '.join(bad)}; keys must be input "
+                              f"fields ({', '.join(input_fields)}) and values seconds > 0")
+        if int(time_bins) < 0:
+            raise ConfigError(f"models.efficientnet.time_bins: {time_bins} must be >= 0")
+        self.crop_s = {k: float(v) for k, v in crop_s.items()}
+        self.time_bins = int(time_bins)
         self.input_fields = tuple(input_fields)
         self.image_size = int(image_size)
         self.in_chans = int(in_chans)
@@ -127,9 +181,15 @@ class SpectrogramEfficientNet(nn.Module):
         height = self.image_size
         width = max(1, height // len(specs))
         tiles = []
-        for spec in specs:
-            b, regions, h, w = spec.shape
-            x = standardise_log_power(spec.float()).reshape(b, 1, regions * h, w)
+        for field, spec in zip(self.input_fields, specs):
+            if field in self.crop_s:
+                spec = central_crop(spec, self.crop_s[field], SOURCE_SPAN_S[field])
+            x = spec.float()
+            if self.time_bins:  # before standardising, so the scale is that of the spectra
+                x = pool_time(x, self.time_bins, valid=x > x.amin(dim=(1, 2, 3), keepdim=True) + 1e-3)
+            x = standardise_log_power(x)
+            b, regions, h, w = x.shape
+            x = x.reshape(b, 1, regions * h, w)
             tiles.append(F.interpolate(x, size=(height, width), mode="bilinear",
                                        align_corners=False))
         image = torch.cat(tiles, dim=3)

@@ -27,7 +27,8 @@ MODELS = {
     "resnet1d_gru": {"stem_width": 8, "widths": [8, 8], "strides": [4, 4], "gru_hidden": 8,
                      "input_downsample": 4, "dropout": 0.0},
     "efficientnet": {"backbone": "test_efficientnet", "image_size": 48,
-                     "input_fields": ["eeg_spec", "kaggle_spec"], "drop_rate": 0.0},
+                     "input_fields": ["eeg_spec", "kaggle_spec"], "drop_rate": 0.0,
+                     "crop_s": {"kaggle_spec": 120}, "time_bins": 4},
 }
 TRAINING = {"epochs": 1, "batch_size": 8, "device": "cpu", "progress": False, "num_workers": 0,
             "two_stage": {"enabled": False}, "eval_batch_size": 16}

@@ -6,8 +6,8 @@ import torch
 from hms_core import contract
 from hms_core.errors import ConfigError
 from hms_core.models import create_model, list_models
-from hms_core.models.efficientnet import (N_POSITION_CHANNELS, image_size_for_epoch,
-                                          standardise_log_power)
+from hms_core.models.efficientnet import (N_POSITION_CHANNELS, central_crop, image_size_for_epoch,
+                                          pool_time, standardise_log_power)
 
 torch.set_num_threads(1)
 
@@ -156,3 +156,44 @@ def test_efficientnet_position_channels():
     assert torch.equal(image[0, 1:], image[1, 1:])  # independent of the window
     plain = create_model("efficientnet", position_channels=False, **TINY_KWARGS["efficientnet"])
     assert plain.build_image(*_inputs(plain)).shape[1] == 1
+
+
+def test_central_crop_keeps_the_labelled_centre_and_pool_time_averages():
+    spec = torch.arange(300, dtype=torch.float32).expand(2, 4, 3, 300)  # column index as value
+    mid = central_crop(spec, 60.0, 600.0)  # 60 s of a 600 s spectrogram: 30 columns
+    assert mid.shape[-1] == 30 and mid[0, 0, 0, 0] == 135 and mid[0, 0, 0, -1] == 164
+    assert central_crop(spec, 900.0, 600.0).shape[-1] == 300
+    assert central_crop(spec, 0.1, 600.0).shape[-1] == 1
+    pooled = pool_time(mid, 3)
+    assert pooled.shape == (2, 4, 3, 3)
+    assert torch.allclose(pooled[0, 0, 0], torch.tensor([139.5, 149.5, 159.5]))
+    assert torch.allclose(pool_time(mid, 1)[..., 0], mid.mean(dim=-1))
+    # Gap cells are left out of the means; a column that is all gap stays at the floor.
+    gappy = torch.full((1, 4, 2, 6), 3.0)
+    gappy[..., :2] = -9.0
+    gappy[..., 2] = -9.0 * torch.tensor([1.0, 0.0]).view(1, 1, 2)  # one gap cell, one 0
+    pooled = pool_time(gappy, 2, valid=gappy > -8.0)
+    assert torch.equal(pooled[0, 0, :, 0], torch.tensor([-9.0, 0.0]))
+    assert torch.equal(pooled[0, 0, :, 1], torch.tensor([3.0, 3.0]))
+
+
+def test_efficientnet_crop_and_time_bins_change_what_the_image_shows():
+    kw = dict(TINY_KWARGS["efficientnet"], crop_s={"kaggle_spec": 60.0}, time_bins=1)
+    model = create_model("efficientnet", **kw)
+    inputs = _inputs(model)
+    image = model.build_image(*inputs)
+    assert image.shape == (2, 1 + N_POSITION_CHANNELS, 48, 48)
+    # One time bin: every column of a source's tile is the same.
+    tile = image[:, 0, :, :16]
+    assert torch.allclose(tile, tile[..., :1].expand_as(tile), atol=1e-5)
+    # Outside the central minute, the 10-minute spectrogram no longer matters.
+    edited = [x.clone() for x in inputs]
+    k = model.input_fields.index("kaggle_spec")
+    edited[k][..., :100] += 5.0 * torch.randn_like(edited[k][..., :100])
+    assert torch.equal(model.build_image(*edited), image)
+    edited[k][..., 150] += 50.0
+    assert not torch.equal(model.build_image(*edited), image)
+    with pytest.raises(ConfigError, match="crop_s"):
+        create_model("efficientnet", crop_s={"chains": 10}, **TINY_KWARGS["efficientnet"])
+    with pytest.raises(ConfigError, match="time_bins"):
+        create_model("efficientnet", time_bins=-1, **TINY_KWARGS["efficientnet"])
