@@ -6,6 +6,7 @@ Uses the same schema and the same default filling as the Snakefile's
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +18,37 @@ from hms_core.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "config"
 SCHEMA_PATH = CONFIG_DIR / "schema.yaml"
+
+
+def dataclass_from_dict(cls, d: Mapping[str, Any] | None, *, section: str,
+                        nested: Mapping[str, type] | None = None):
+    """Build dataclass ``cls`` from the config mapping ``d``; unknown keys raise ConfigError.
+
+    Parameters
+    ----------
+    cls : type
+        A dataclass.
+    d : Mapping or None
+        The config section; None or {} gives the defaults.
+    section : str
+        Dotted name of the section, used in error messages (``"training.augment"``).
+    nested : Mapping or None
+        ``{key: sub_dataclass}`` for keys that are sections of their own; each is built with
+        the sub-dataclass's ``from_dict``.
+    """
+    if d is not None and not isinstance(d, Mapping):
+        raise ConfigError(f"{section}: expected a mapping, got {d!r}")
+    d = dict(d or {})
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{section}: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
+    for key, sub in (nested or {}).items():
+        if key in d:
+            if d[key] is not None and not isinstance(d[key], Mapping):
+                raise ConfigError(f"{section}.{key}: expected a mapping, got {d[key]!r}")
+            d[key] = sub.from_dict(d[key])
+    return cls(**d)
 
 
 def deep_update(base: dict, override: Mapping) -> dict:

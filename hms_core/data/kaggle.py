@@ -8,7 +8,6 @@ inside. A call that finds the marker does nothing.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Mapping
 
 from hms_core import atomic
 from hms_core.contract import TEST_EEG_DIR, TEST_SPEC_DIR, TRAIN_EEG_DIR, TRAIN_SPEC_DIR
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,7 @@ class KaggleConfig:
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "KaggleConfig":
         """Build from a config mapping; unknown keys raise ConfigError naming the key."""
-        d = dict(d or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                raise ConfigError(f"data.kaggle: unknown key {key!r}; allowed: {names}")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, section="data.kaggle")
         if not isinstance(cfg.competition, str) or not _SLUG.match(cfg.competition):
             raise ConfigError(f"data.kaggle.competition: {cfg.competition!r} is not a competition slug "
                               f"like {DEFAULT_COMPETITION!r}")

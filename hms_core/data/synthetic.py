@@ -24,7 +24,6 @@ the larger latent probability.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -69,6 +68,7 @@ from hms_core.contract import (
     WINDOW_S,
     WINDOW_SAMPLES,
 )
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
 from hms_core.ops.status import update_status
 
@@ -529,12 +529,7 @@ class SyntheticConfig:
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "SyntheticConfig":
         """Build from a config mapping; unknown keys raise ConfigError naming the key."""
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in names:
-                raise ConfigError(f"data.synthetic: unknown key {key!r}; allowed: {sorted(names)}")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, section="data.synthetic")
         cfg.recordings_per_patient = _int_range("recordings_per_patient", cfg.recordings_per_patient, 1)
         cfg.sub_windows = _int_range("sub_windows", cfg.sub_windows, 1)
         for key in ("patients", "n_test"):

@@ -7,7 +7,6 @@ for every labelled window that points into it.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -35,6 +34,7 @@ from hms_core.contract import (
     WINDOW_SAMPLES,
 )
 from hms_core.data import io
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
 from hms_core.ops.status import update_status
 
@@ -69,12 +69,7 @@ class ValidationConfig:
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "ValidationConfig":
         """Build from a config mapping; unknown keys or values raise ConfigError."""
-        d = dict(d or {})
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                raise ConfigError(f"data.validation: unknown key {key!r}; allowed: {names}")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, section="data.validation")
         if cfg.on_bad not in ON_BAD_CHOICES:
             raise ConfigError(f"data.validation.on_bad: {cfg.on_bad!r} is not one of {list(ON_BAD_CHOICES)}")
         if not isinstance(cfg.deep, bool):

@@ -4,45 +4,14 @@ The Snakemake config section ``ensemble`` is passed to :meth:`EnsembleConfig.fro
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError
 
 SELECTION_METHODS = ("greedy", "all")
 DEPLOY_MODES = ("auto", "best_member", "blend", "stacked")
-
-
-def config_from_dict(cls, d: Mapping[str, Any] | None, *, section: str, nested: Mapping[str, Any] | None = None):
-    """Build dataclass ``cls`` from ``d``, rejecting unknown keys with a ConfigError.
-
-    Parameters
-    ----------
-    cls : type
-        A dataclass.
-    d : Mapping or None
-        The config section; None or {} gives the defaults.
-    section : str
-        Dotted name of the section, used in error messages.
-    nested : Mapping or None
-        ``{key: sub_dataclass}`` for keys that are sections of their own.
-    """
-    d = dict(d or {})
-    nested = dict(nested or {})
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{section}: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
-    kwargs = {}
-    for key, value in d.items():
-        if key in nested:
-            if value is not None and not isinstance(value, Mapping):
-                raise ConfigError(f"{section}.{key}: expected a mapping, got {value!r}")
-            kwargs[key] = nested[key].from_dict(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
 
 
 def _check_positive(section: str, **values: float) -> None:
@@ -109,7 +78,7 @@ class MetaLearnerConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "MetaLearnerConfig":
-        return config_from_dict(cls, d, section="ensemble.meta_learner")
+        return dataclass_from_dict(cls, d, section="ensemble.meta_learner")
 
 
 @dataclass
@@ -153,7 +122,7 @@ class SelectionConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "SelectionConfig":
-        return config_from_dict(cls, d, section="ensemble.selection")
+        return dataclass_from_dict(cls, d, section="ensemble.selection")
 
 
 @dataclass
@@ -176,7 +145,7 @@ class BMAConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "BMAConfig":
-        return config_from_dict(cls, d, section="ensemble.bma")
+        return dataclass_from_dict(cls, d, section="ensemble.bma")
 
 
 @dataclass
@@ -203,7 +172,7 @@ class CalibrationConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "CalibrationConfig":
-        return config_from_dict(cls, d, section="ensemble.calibration")
+        return dataclass_from_dict(cls, d, section="ensemble.calibration")
 
 
 @dataclass
@@ -217,7 +186,7 @@ class EnsembleConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "EnsembleConfig":
-        return config_from_dict(cls, d, section="ensemble", nested={
+        return dataclass_from_dict(cls, d, section="ensemble", nested={
             "meta_learner": MetaLearnerConfig, "selection": SelectionConfig,
             "bma": BMAConfig, "calibration": CalibrationConfig,
         })

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from hms_core.ensemble.config import config_from_dict
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError
 
 MIN_OPSET = 17
@@ -51,4 +51,4 @@ class ExportConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "ExportConfig":
-        return config_from_dict(cls, d, section="export")
+        return dataclass_from_dict(cls, d, section="export")

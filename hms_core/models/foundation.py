@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hms_core import atomic, contract
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
 from hms_core.models.registry import register_model
 
@@ -36,19 +37,6 @@ logger = logging.getLogger(__name__)
 
 FOUNDATION_FORMAT = "hms_eeg_foundation"
 FOUNDATION_VERSION = 1
-
-
-def _from_dict(cls, d: Mapping | None, section: str):
-    """Build dataclass ``cls`` from ``d``, rejecting unknown keys with a ConfigError."""
-    if d is None:
-        return cls()
-    if not isinstance(d, Mapping):
-        raise ConfigError(f"{section}: expected a mapping, got {type(d).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"{section}: unknown key(s) {unknown}; allowed: {sorted(names)}")
-    return cls(**dict(d))
 
 
 @dataclass
@@ -87,7 +75,7 @@ class FoundationModelConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "FoundationModelConfig":
-        cfg = _from_dict(cls, d, "pretrain.model")
+        cfg = dataclass_from_dict(cls, d, section="pretrain.model")
         cfg.validate()
         return cfg
 

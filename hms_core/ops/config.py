@@ -4,26 +4,11 @@ The Snakemake config section ``ops`` is passed to :meth:`OpsConfig.from_dict`.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError
-
-
-def _from_dict(cls, d: Mapping[str, Any] | None, section: str,
-               nested: Mapping[str, type] | None = None):
-    if d is not None and not isinstance(d, Mapping):
-        raise ConfigError(f"{section}: expected a mapping, got {d!r}")
-    d = dict(d or {})
-    allowed = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(d) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{section}: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
-    for key, sub in (nested or {}).items():
-        if key in d:
-            d[key] = sub.from_dict(d[key])
-    return cls(**d)
 
 
 def _check_number(section: str, key: str, value: Any, *, minimum: float, strict: bool) -> None:
@@ -61,7 +46,7 @@ class BackupConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "BackupConfig":
-        return _from_dict(cls, d, "ops.backup")
+        return dataclass_from_dict(cls, d, section="ops.backup")
 
 
 @dataclass
@@ -98,4 +83,4 @@ class OpsConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "OpsConfig":
-        return _from_dict(cls, d, "ops", nested={"backup": BackupConfig})
+        return dataclass_from_dict(cls, d, section="ops", nested={"backup": BackupConfig})

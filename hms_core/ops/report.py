@@ -69,7 +69,8 @@ def plot_learning_curves(weights_paths: Sequence[str | os.PathLike], out_png: st
     ----------
     weights_paths : sequence of path-like
         ``models/final/<model>_fold<k>.pth`` files whose ``history`` lists per-epoch dicts
-        (``epoch``, ``train_loss``, ``val_kl``).
+        (``epoch``, ``train_loss``, ``val_kl`` on the inner split that picks the epoch,
+        ``oof_kl`` on the held-out fold).
     out_png : path-like
         Figure to write.
     """
@@ -90,7 +91,7 @@ def plot_learning_curves(weights_paths: Sequence[str | os.PathLike], out_png: st
         for i, (fold, history) in enumerate(sorted(runs, key=lambda r: (r[0] is None, r[0]))):
             color = f"C{i % 10}"
             epochs = [h.get("epoch", j) for j, h in enumerate(history)]
-            for key, style in (("train_loss", "-"), ("val_kl", "--")):
+            for key, style in (("train_loss", "-"), ("val_kl", "--"), ("oof_kl", ":")):
                 values = [h.get(key, np.nan) for h in history]
                 if not np.all(np.isnan(values)):
                     ax.plot(epochs, values, style, color=color, marker=".",
@@ -98,7 +99,8 @@ def plot_learning_curves(weights_paths: Sequence[str | os.PathLike], out_png: st
         ax.set(title=model, xlabel="epoch", ylabel="KL divergence (nats)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Learning curves (solid: training loss, dashed: validation KL)")
+    fig.suptitle("Learning curves (solid: training loss, dashed: inner-validation KL, "
+                 "dotted: held-out fold KL)", fontsize=9)
     return _save(fig, out_png)
 
 

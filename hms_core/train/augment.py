@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import torch
 
 from hms_core import contract
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError
 
 _REGION_MIRROR = {"LL": "RL", "RL": "LL", "LP": "RP", "RP": "LP"}
@@ -59,13 +60,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "AugmentConfig":
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ConfigError(f"training.augment.{key}: unknown key; allowed: "
-                                  f"{', '.join(sorted(known))}")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, section="training.augment")
         for f in dataclasses.fields(cls):
             if float(getattr(cfg, f.name)) < 0:
                 raise ConfigError(f"training.augment.{f.name}: must be >= 0")

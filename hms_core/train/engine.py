@@ -649,7 +649,7 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
                         ckpt.save_checkpoint(best_path, {"run_key": key, "epoch": epoch,
                                                          "metric": value,
                                                          "state_dict": eval_model.state_dict()})
-            elif eval_fn is not None:
+            elif eval_fn is not None and cfg.select_best:
                 raise ConfigError(f"training.select_metric: eval_fn returned no "
                                   f"{cfg.select_metric!r} (got {', '.join(metrics) or 'nothing'})")
             epoch += 1

@@ -10,6 +10,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from hms_core import atomic, contract
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError
 
 FOLD_COLUMNS = ("label_id", "eeg_id", "patient_id", "fold")
@@ -30,11 +31,7 @@ class FoldsConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "FoldsConfig":
-        d = dict(d or {})
-        for key in d:
-            if key not in ("n_folds", "seed"):
-                raise ConfigError(f"folds.{key}: unknown key; allowed: n_folds, seed")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, section="folds")
         if int(cfg.n_folds) < 2:
             raise ConfigError(f"folds.n_folds: must be >= 2, got {cfg.n_folds!r}")
         return cfg
@@ -93,3 +90,34 @@ def write_folds(train_csv: str | os.PathLike, folds_out: str | os.PathLike,
     with atomic.atomic_path(folds_out) as tmp:
         folds.to_csv(tmp, index=False)
     return folds
+
+
+def inner_validation_mask(patient_ids: np.ndarray, frac: float, seed: int) -> np.ndarray:
+    """Hold out whole patients, about ``frac`` of the windows, to pick the best epoch.
+
+    Patients are taken in a seeded random order until their windows reach ``frac`` of
+    all; at least one patient is held out and at least one kept.
+
+    Parameters
+    ----------
+    patient_ids : ndarray (n,)
+        ``patient_id`` of each training window.
+    frac : float
+        Target fraction of windows held out, in (0, 1).
+    seed : int
+
+    Returns
+    -------
+    ndarray of bool (n,)
+        True for the held-out (inner validation) windows.
+    """
+    patient_ids = np.asarray(patient_ids)
+    patients, counts = np.unique(patient_ids, return_counts=True)
+    if len(patients) < 2:
+        raise ConfigError(f"training.inner_val_frac: the inner validation split needs at least "
+                          f"2 training patients, the fold has {len(patients)}; set "
+                          "select_best: false to train on the last epoch instead")
+    order = np.random.default_rng(seed).permutation(len(patients))
+    taken = np.cumsum(counts[order]) <= frac * len(patient_ids)
+    n_take = min(max(int(taken.sum()), 1), len(patients) - 1)
+    return np.isin(patient_ids, patients[order[:n_take]])

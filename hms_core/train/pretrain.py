@@ -40,10 +40,10 @@ from torch import nn
 
 from hms_core import contract
 from hms_core.errors import ConfigError
+from hms_core.config import dataclass_from_dict
 from hms_core.models.foundation import (
     EEGFoundationEncoder,
     FoundationModelConfig,
-    _from_dict,
     n_parameters,
     save_foundation,
 )
@@ -168,9 +168,9 @@ class ObjectivesConfig:
         if unknown:
             raise ConfigError(f"pretrain.objectives: unknown key(s) {unknown}; allowed: ['contrastive', 'masked', 'temporal']")
         cfg = cls(
-            masked=_from_dict(MaskedConfig, d.get("masked"), "pretrain.objectives.masked"),
-            contrastive=_from_dict(ContrastiveConfig, d.get("contrastive"), "pretrain.objectives.contrastive"),
-            temporal=_from_dict(TemporalConfig, d.get("temporal"), "pretrain.objectives.temporal"),
+            masked=dataclass_from_dict(MaskedConfig, d.get("masked"), section="pretrain.objectives.masked"),
+            contrastive=dataclass_from_dict(ContrastiveConfig, d.get("contrastive"), section="pretrain.objectives.contrastive"),
+            temporal=dataclass_from_dict(TemporalConfig, d.get("temporal"), section="pretrain.objectives.temporal"),
         )
         cfg.validate()
         return cfg

@@ -18,7 +18,6 @@ import hashlib
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -28,12 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from hms_core import atomic, contract
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
 from hms_core.metrics import kaggle_kl, score_predictions
 from hms_core.models.registry import create_model
 from hms_core.train import augment as aug
 from hms_core.train import distributed
 from hms_core.train.checkpoint import make_run_key
+from hms_core.train.folds import inner_validation_mask
 from hms_core.train.data import InMemorySource, WindowDataset, vote_targets
 from hms_core.train.engine import EngineConfig, autocast_context, fit, move_to_device, select_device
 from hms_core.train.losses import kl_loss, vote_weights
@@ -57,7 +58,7 @@ class TwoStageConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "TwoStageConfig":
-        return _strict(cls, d, "training.two_stage")
+        return dataclass_from_dict(cls, d, section="training.two_stage")
 
 
 @dataclasses.dataclass
@@ -72,6 +73,12 @@ class TrainingConfig:
     augment : AugmentConfig
     vote_weighting : bool, default False
         Weight each window's loss by ``min(n_votes / two_stage.min_votes, 1)``.
+    inner_val_frac : float, default 0.15
+        With ``select_best`` (an engine key), this fraction of the training windows, whole
+        patients, is held out of training to pick the best epoch (``val_*`` in the history).
+        The held-out fold is scored every epoch (``oof_*``) but never chooses weights, so
+        out-of-fold figures stay honest. With ``select_best: false`` the last epoch is kept
+        and every training window is trained on.
     eval_batch_size : int, default 64
     cache_max_mb : float, default 2048
         Load the fold's windows into memory (float16) when they fit in this many MiB.
@@ -81,6 +88,7 @@ class TrainingConfig:
     two_stage: TwoStageConfig = dataclasses.field(default_factory=TwoStageConfig)
     augment: aug.AugmentConfig = dataclasses.field(default_factory=aug.AugmentConfig)
     vote_weighting: bool = False
+    inner_val_frac: float = 0.15
     eval_batch_size: int = 64
     cache_max_mb: float = 2048.0
 
@@ -88,25 +96,21 @@ class TrainingConfig:
     def from_dict(cls, d: Mapping[str, Any] | None) -> "TrainingConfig":
         d = dict(d or {})
         own = {}
-        for key in ("vote_weighting", "eval_batch_size", "cache_max_mb"):
+        for key in ("vote_weighting", "inner_val_frac", "eval_batch_size", "cache_max_mb"):
             if key in d:
                 own[key] = d.pop(key)
         two_stage = TwoStageConfig.from_dict(d.pop("two_stage", None))
         augment = aug.AugmentConfig.from_dict(d.pop("augment", None))
         engine = EngineConfig.from_dict(d)
-        return cls(engine=engine, two_stage=two_stage, augment=augment, **own)
+        cfg = cls(engine=engine, two_stage=two_stage, augment=augment, **own)
+        if engine.select_best and not 0.0 < float(cfg.inner_val_frac) < 1.0:
+            raise ConfigError(f"training.inner_val_frac: {cfg.inner_val_frac!r} must be in (0, 1) "
+                              "when select_best is true (the best epoch is picked on held-out "
+                              "training patients, never on the validation fold)")
+        return cfg
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _strict(cls, d, section):
-    d = dict(d or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    for key in d:
-        if key not in known:
-            raise ConfigError(f"{section}.{key}: unknown key; allowed: {', '.join(sorted(known))}")
-    return cls(**d)
 
 
 def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -294,12 +298,23 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
     if len(val_rows) == 0 or len(train_rows) == 0:
         raise DataError(folds_csv, f"fold {fold} leaves {len(train_rows)} training and "
                                    f"{len(val_rows)} validation windows; both must be > 0")
+    prior_rows = train_rows
+    inner_rows = np.zeros(0, dtype=np.int64)
+    if training.engine.select_best:
+        inner = inner_validation_mask(index["patient_id"].to_numpy()[train_rows],
+                                      training.inner_val_frac, training.engine.seed + int(fold))
+        train_rows, inner_rows = train_rows[~inner], train_rows[inner]
 
     train_src, train_pos = _maybe_cache(source, train_rows, fields, training.cache_max_mb)
     val_src, val_pos = _maybe_cache(source, val_rows, fields, training.cache_max_mb)
     train_set = WindowDataset(train_src, train_pos, fields)
     val_set = WindowDataset(val_src, val_pos, fields)
     val_votes = index.iloc[val_rows][list(contract.VOTE_COLUMNS)].to_numpy(dtype=np.float64)
+    inner_set = None
+    if len(inner_rows):
+        inner_src, inner_pos = _maybe_cache(source, inner_rows, fields, training.cache_max_mb)
+        inner_set = WindowDataset(inner_src, inner_pos, fields)
+        inner_votes = index.iloc[inner_rows][list(contract.VOTE_COLUMNS)].to_numpy(dtype=np.float64)
 
     stage1 = training.engine.epochs
     two = training.two_stage
@@ -331,22 +346,28 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
 
     device = select_device(engine_cfg.device)
 
+    def scores(m: nn.Module, dataset: WindowDataset, votes: np.ndarray, prefix: str) -> dict:
+        logp = predict_logp_sharded(m, dataset, batch_size=training.eval_batch_size,
+                                    device=device, precision=engine_cfg.precision)
+        s = score_predictions(votes, np.exp(logp))
+        return {f"{prefix}_kl": s["kl_all"], f"{prefix}_kl_high_vote": s["kl_high_vote"],
+                f"{prefix}_acc_high_vote": s["acc_high_vote"]}
+
     def eval_fn(m: nn.Module) -> dict[str, float]:
-        # Always validate at the final image size: the one the saved model predicts at.
+        # Always evaluate at the final image size: the one the saved model predicts at.
+        # val_*: the inner split that picks the epoch; oof_*: the held-out fold, watched only.
         train_size = getattr(m, "image_size", None)
         if image_sizes:
             m.image_size = image_sizes[-1]
-        logp = predict_logp_sharded(m, val_set, batch_size=training.eval_batch_size,
-                                    device=device, precision=engine_cfg.precision)
+        out = scores(m, inner_set, inner_votes, "val") if inner_set is not None else {}
+        out.update(scores(m, val_set, val_votes, "oof"))
         if image_sizes:
             m.image_size = train_size
-        s = score_predictions(val_votes, np.exp(logp))
-        return {"val_kl": s["kl_all"], "val_kl_high_vote": s["kl_high_vote"],
-                "val_acc_high_vote": s["acc_high_vote"]}
+        return out
 
     # The engine adds its own result-relevant settings; speed-only ones stay out of the key.
     recipe = {"two_stage": dataclasses.asdict(two), "augment": dataclasses.asdict(training.augment),
-              "vote_weighting": training.vote_weighting}
+              "vote_weighting": training.vote_weighting, "inner_val_frac": training.inner_val_frac}
     run_key = make_run_key("train_fold", model_name, model_kwargs, int(fold), recipe,
                            image_sizes, _file_digest(folds_csv), _index_digest(index),
                            _file_digest(model_kwargs.get("foundation_path")))
@@ -380,10 +401,11 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
     metrics: dict[str, Any] = score_predictions(val_votes, np.exp(logp))
     tta = 0.5 * (np.exp(logp) + np.exp(logp_swap))
     metrics["kl_all_tta"] = score_predictions(val_votes, tta)["kl_all"]
-    prior = vote_targets(index.iloc[train_rows]).mean(axis=0, dtype=np.float64)
+    prior = vote_targets(index.iloc[prior_rows]).mean(axis=0, dtype=np.float64)
     metrics["prior_kl_all"] = kaggle_kl(contract.votes_to_targets(val_votes),
                                         np.broadcast_to(prior, val_votes.shape))
     metrics["best_epoch"] = result.best_epoch
+    metrics["n_train"], metrics["n_inner_val"] = len(train_rows), len(inner_rows)
     metrics["seconds"] = time.time() - t0
     saved_kwargs = (model.portable_kwargs(model_kwargs) if hasattr(model, "portable_kwargs")
                     else dict(model_kwargs))

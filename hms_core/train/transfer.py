@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from hms_core import atomic, contract
+from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
 from hms_core.metrics import kaggle_kl, score_predictions
 from hms_core.models.foundation import EEGFoundationEncoder, FoundationClassifier, load_foundation
@@ -108,12 +109,7 @@ class TransferConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping | None) -> "TransferConfig":
-        d = dict(d or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"transfer: unknown key(s) {unknown}; allowed: {sorted(names)}")
-        cfg = cls(**d)
+        cfg = dataclass_from_dict(cls, d, section="transfer")
         cfg.validate()
         return cfg
 

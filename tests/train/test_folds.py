@@ -40,7 +40,7 @@ def test_seed_changes_assignment_and_is_reproducible():
 def test_too_few_patients_and_unknown_keys_are_config_errors():
     with pytest.raises(ConfigError, match="at least 5 patients"):
         make_folds(_train_df(n_patients=3), n_folds=5, seed=0)
-    with pytest.raises(ConfigError, match="folds.k"):
+    with pytest.raises(ConfigError, match="folds: unknown key .k."):
         FoldsConfig.from_dict({"k": 3})
 
 
@@ -51,3 +51,18 @@ def test_write_folds_from_train_csv(tiny_dataset, tmp_path):
     again = pd.read_csv(tmp_path / "folds.csv")
     assert again.equals(folds) and set(again["fold"]) == {0, 1, 2}
     assert (again.groupby("patient_id")["fold"].nunique() == 1).all()
+
+
+def test_inner_validation_holds_out_whole_patients():
+    from hms_core.train.folds import inner_validation_mask
+
+    patients = np.repeat(np.arange(20), np.arange(1, 21))  # 210 windows, uneven patients
+    inner = inner_validation_mask(patients, 0.15, seed=1)
+    assert set(patients[inner]).isdisjoint(patients[~inner])
+    assert 0 < inner.sum() <= 0.15 * len(patients)
+    assert np.array_equal(inner, inner_validation_mask(patients, 0.15, seed=1))
+    assert not np.array_equal(inner, inner_validation_mask(patients, 0.15, seed=2))
+    two = inner_validation_mask(np.array([5, 5, 7]), 0.01, seed=0)  # always one patient each side
+    assert two.any() and not two.all()
+    with pytest.raises(ConfigError, match="at least 2 training patients"):
+        inner_validation_mask(np.array([3, 3, 3]), 0.15, seed=0)

@@ -17,9 +17,12 @@ SHAPES = {"chains": (contract.N_CHAINS, contract.WINDOW_SAMPLES), "eeg_spec": (4
 N_WINDOWS = 30
 
 
-def _write_store(path, n=N_WINDOWS, seed=0):
+def _write_store(path, n=N_WINDOWS, seed=0, relabel_fold=None):
     rng = np.random.default_rng(seed)
     votes = np.stack([rng.multinomial(int(k), np.ones(6) / 6) for k in rng.integers(3, 16, n)])
+    if relabel_fold is not None:  # other expert votes for that fold's windows only
+        hit = (np.arange(n) // 6) % 3 == relabel_fold
+        votes[hit] = np.roll(votes[hit], 1, axis=1) + 1
     index = pd.DataFrame({"label_id": np.arange(n) + 100, "eeg_id": np.arange(n) // 3,
                           "patient_id": np.arange(n) // 6,
                           "eeg_label_offset_seconds": 0.0, "spectrogram_id": np.arange(n) // 3,
@@ -74,7 +77,7 @@ def test_train_fold_writes_valid_weights_and_oof(store, tmp_path, model_name):
         np.testing.assert_allclose(lse, 0.0, atol=1e-5)
     payload = torch.load(tmp_path / "w.pth", weights_only=True)
     assert set(WEIGHTS_KEYS) <= set(payload)
-    assert all({"lr", "seconds", "train_loss", "val_kl"} <= set(h) for h in payload["history"])
+    assert all({"lr", "seconds", "train_loss", "val_kl", "oof_kl"} <= set(h) for h in payload["history"])
     assert len(payload["history"]) == 2  # one epoch on all rows, one on the high-vote rows
     assert {"kl_all", "kl_high_vote", "acc_high_vote", "n_rows", "n_high_vote", "kl_all_tta",
             "prior_kl_all"} <= set(metrics)
@@ -97,11 +100,38 @@ def test_train_fold_writes_valid_weights_and_oof(store, tmp_path, model_name):
         assert torch.load(tmp_path / "w2.pth", weights_only=True)["history"] == payload["history"]
 
 
+def test_held_out_fold_labels_never_shape_the_weights(store, tmp_path):
+    """The best epoch is picked on held-out training patients: changing the votes of the
+    validation fold changes its OOF scores but not one weight."""
+    d, _ = store
+    other = tmp_path / "relabelled"
+    other.mkdir()
+    _write_store(other / "batch_0000.zarr", relabel_fold=1)
+    cfg = {**CFG, "training": {**CFG["training"], "epochs": 3, "two_stage": {"enabled": False}}}
+    runs = []
+    for root in (d, other):
+        out = tmp_path / root.name
+        metrics = train_fold([root / "batch_0000.zarr"], d / "folds.csv", "resnet1d_gru", 1, cfg,
+                             weights_out=out / "w.pth", oof_out=out / "oof.parquet",
+                             checkpoint_dir=out / "ckpt")
+        runs.append((metrics, torch.load(out / "w.pth", weights_only=True)))
+    (m_a, w_a), (m_b, w_b) = runs
+    assert m_a["n_inner_val"] > 0 and m_a["n_train"] + m_a["n_inner_val"] == 18
+    assert m_a["kl_all"] != m_b["kl_all"]
+    assert [h["val_kl"] for h in w_a["history"]] == [h["val_kl"] for h in w_b["history"]]
+    assert all(torch.equal(w_a["state_dict"][k], w_b["state_dict"][k]) for k in w_a["state_dict"])
+    with pytest.raises(ConfigError, match="inner_val_frac"):
+        resolve_model_config({**CFG, "training": {"inner_val_frac": 0.0}}, "resnet1d_gru")
+    last = resolve_model_config({**CFG, "training": {"inner_val_frac": 0.0, "select_best": False}},
+                                "resnet1d_gru")[0]
+    assert not last.engine.select_best
+
+
 def test_config_and_data_errors(store, tmp_path):
     d, _ = store
     with pytest.raises(ConfigError, match="models.vit"):
         resolve_model_config(CFG, "vit")
-    with pytest.raises(ConfigError, match="training.augment.flip"):
+    with pytest.raises(ConfigError, match="training.augment: unknown key .flip."):
         resolve_model_config({**CFG, "training": {"augment": {"flip": 1}}}, "resnet1d_gru")
     pd.DataFrame({"label_id": [100], "fold": [0]}).to_csv(tmp_path / "short.csv", index=False)
     with pytest.raises(DataError, match="windows have no fold"):
