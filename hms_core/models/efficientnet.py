@@ -67,7 +67,7 @@ def central_crop(spec: torch.Tensor, keep_s: float, span_s: float) -> torch.Tens
 
     At least one column is kept; ``keep_s >= span_s`` returns ``spec`` unchanged.
     """
-    n_cols = spec.shape[-1]
+    n_cols = int(spec.shape[-1])  # a fixed size, also while tracing for ONNX
     keep = min(n_cols, max(1, int(round(n_cols * keep_s / span_s))))
     start = (n_cols - keep) // 2
     return spec[..., start:start + keep]
@@ -81,13 +81,14 @@ def pool_time(spec: torch.Tensor, bins: int, valid: torch.Tensor | None = None) 
     any takes the window's minimum, so it still reads as a gap. Reshapes and sums only,
     so it exports to any ONNX opset.
     """
-    b, r, f, t = spec.shape
-    bins = min(int(bins), t)
-    width = t // bins
-    cols = spec[..., :bins * width].reshape(b, r, f, bins, width)
+    # Fixed sizes as ints and -1 for the batch, so a traced ONNX graph keeps a dynamic batch.
+    regions, freqs, n_cols = (int(n) for n in spec.shape[1:])
+    bins = min(int(bins), n_cols)
+    width = n_cols // bins
+    cols = spec[..., :bins * width].reshape(-1, regions, freqs, bins, width)
     if valid is None:
         return cols.mean(dim=-1)
-    w = valid[..., :bins * width].reshape(b, r, f, bins, width).to(spec.dtype)
+    w = valid[..., :bins * width].reshape(-1, regions, freqs, bins, width).to(spec.dtype)
     count = w.sum(dim=-1)
     floor = spec.amin(dim=(1, 2, 3), keepdim=True)
     return torch.where(count > 0, (cols * w).sum(dim=-1) / count.clamp_min(1.0), floor)
@@ -188,8 +189,8 @@ class SpectrogramEfficientNet(nn.Module):
             if self.time_bins:  # before standardising, so the scale is that of the spectra
                 x = pool_time(x, self.time_bins, valid=x > x.amin(dim=(1, 2, 3), keepdim=True) + 1e-3)
             x = standardise_log_power(x)
-            b, regions, h, w = x.shape
-            x = x.reshape(b, 1, regions * h, w)
+            regions, h, w = x.shape[1:]
+            x = x.reshape(-1, 1, regions * h, w)
             tiles.append(F.interpolate(x, size=(height, width), mode="bilinear",
                                        align_corners=False))
         image = torch.cat(tiles, dim=3)
