@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from hms_core.data.synthetic import generate_dataset
     from hms_core.export.onnx import export_ensemble_graph
-    from hms_core.predict import cleaning_config, predict, read_test_window
+    from hms_core.inference.predict import cleaning_config, predict, read_test_window
 
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)

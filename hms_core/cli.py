@@ -20,7 +20,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from hms_core import predict
+    from hms_core.inference import predict
 
     predict.main(data_dir=args.data, out_csv=args.out, model_path=args.model,
                  uncertainty=args.uncertainty)

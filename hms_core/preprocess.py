@@ -21,7 +21,7 @@ import torch
 from hms_core import atomic
 from hms_core.contract import EEG_CHANNELS, SAMPLING_RATE_HZ, SPEC_WINDOW_ROWS, VOTE_COLUMNS
 from hms_core.errors import ConfigError, DataError
-from hms_core.ops.status import update_status
+from hms_core.status import update_status
 from hms_core.signal.filters import FilterConfig, check_keys
 from hms_core.signal.frontend import FrontendConfig, WindowFrontend, kaggle_spec_image, window_shapes
 from hms_core.signal.ica import IcaConfig, clean_recording

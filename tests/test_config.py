@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hms_core import config_schema
+from hms_core.config import schema as config_schema
 from hms_core.config import load_config
 from hms_core.errors import ConfigError
 
@@ -20,7 +20,7 @@ CONFIGS = {
 
 def test_schema_file_is_generated_from_the_dataclasses():
     assert (REPO / "config/schema.yaml").read_text() == config_schema.render(), (
-        "config/schema.yaml is stale: run python -m hms_core.config_schema")
+        "config/schema.yaml is stale: run python -m hms_core.config.schema")
 
 
 def _check_schema_level(schema: dict, where: str) -> None:

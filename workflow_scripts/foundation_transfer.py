@@ -1,4 +1,4 @@
-from hms_core.train.transfer import transfer_study
+from hms_core.foundation.transfer import transfer_study
 from hms_core.workflow import rule_context
 
 with rule_context(snakemake) as smk:

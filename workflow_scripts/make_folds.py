@@ -1,6 +1,6 @@
 from hms_core import atomic
 from hms_core.data.io import read_train_csv
-from hms_core.train.folds import make_folds
+from hms_core.data.folds import make_folds
 from hms_core.workflow import data_dir, rule_context
 
 with rule_context(snakemake) as smk:

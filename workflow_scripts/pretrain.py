@@ -1,4 +1,4 @@
-from hms_core.train.pretrain import pretrain
+from hms_core.foundation.pretrain import pretrain
 from hms_core.workflow import rule_context
 
 with rule_context(snakemake) as smk:

@@ -1,4 +1,4 @@
-from hms_core.ops.report import make_report_figures
+from hms_core.report import make_report_figures
 from hms_core.workflow import rule_context
 
 with rule_context(snakemake) as smk:

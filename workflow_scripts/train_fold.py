@@ -2,7 +2,7 @@ from pathlib import Path
 
 from hms_core.train.distributed import launch_torchrun, visible_gpu_ids
 from hms_core.train.fold_main import fold_args
-from hms_core.train.run import train_fold
+from hms_core.train.fold import train_fold
 from hms_core.workflow import rule_context
 
 with rule_context(snakemake) as smk:

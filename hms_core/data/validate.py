@@ -36,7 +36,7 @@ from hms_core.contract import (
 from hms_core.data import io
 from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
-from hms_core.ops.status import update_status
+from hms_core.status import update_status
 
 logger = logging.getLogger(__name__)
 

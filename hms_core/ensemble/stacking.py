@@ -41,7 +41,7 @@ from hms_core.ensemble.meta_learner import MetaLearner
 from hms_core.ensemble.oof import load_oof
 from hms_core.ensemble.nested import nested_blend, train_meta_learners  # noqa: F401 (public here too)
 from hms_core.ensemble.selection import select_members
-from hms_core.ops.status import update_status
+from hms_core.status import update_status
 
 log = logging.getLogger(__name__)
 

@@ -80,7 +80,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_fold_models(weight_paths: Sequence[str | os.PathLike]) -> FoldAverage:
     """Rebuild one model's fold networks (``train_fold`` weights files) as a :class:`FoldAverage`."""
-    from hms_core.train.run import load_trained
+    from hms_core.train.fold import load_trained
 
     if not weight_paths:
         raise DataError("weights", "no weights files given")
@@ -345,7 +345,7 @@ def export_ensemble(member_weights: Mapping[str, Sequence[str | os.PathLike]], e
         if data_dir is None:
             raise DataError(out_onnx, "ensemble export needs raw_windows/spec_windows or data_dir "
                                       "for the parity check")
-        from hms_core.predict import train_windows
+        from hms_core.inference.predict import train_windows
 
         raw_windows, spec_windows = train_windows(data_dir, store_paths, n=cfg.n_parity_windows,
                                                   preprocessing=preprocessing)

@@ -259,7 +259,7 @@ def main(workdir: str | os.PathLike, action: str, name: str | None, *, keep: int
 
 
 def _recorded_keep(workdir: Path) -> int:
-    from hms_core.ops.status import STATUS_FILE, read_status
+    from hms_core.status import STATUS_FILE, read_status
 
     return int(read_status(workdir / STATUS_FILE).get("run", {}).get("backup_keep", 5))
 

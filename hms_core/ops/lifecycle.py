@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from hms_core.ops import backup, status
+from hms_core import status
+from hms_core.ops import backup
 from hms_core.ops.config import OpsConfig
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hms_core.ops import ssh
-from hms_core.ops.resume import PROJECT_DIR
+from hms_core.paths import REPO_ROOT as PROJECT_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -19,12 +19,13 @@ from typing import Sequence
 from hms_core import atomic
 from hms_core.errors import HMSError
 from hms_core.ops.processes import snakemake_processes
+from hms_core.paths import REPO_ROOT
 
 logger = logging.getLogger(__name__)
 
 LAUNCH_FILE = Path("status", "launch.json")
 PROFILE = Path("profiles", "default")
-PROJECT_DIR = Path(__file__).resolve().parents[2]  # the checkout that holds the Snakefile
+PROJECT_DIR = REPO_ROOT  # the checkout that holds the Snakefile
 _SNAKEFILES = ("Snakefile", "workflow/Snakefile", "snakefile")
 
 

@@ -72,7 +72,7 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
 from hms_core.errors import ConfigError
-from hms_core.ops.status import flush_status, update_status
+from hms_core.status import flush_status, update_status
 from hms_core.train import checkpoint as ckpt
 from hms_core.train import distributed as dist_utils
 
@@ -406,7 +406,7 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
         ``on_epoch_start(epoch, model)`` before each epoch (e.g. progressive resizing);
         must be deterministic in ``epoch``.
     status_path, status_job : optional
-        Status file and job name for :func:`hms_core.ops.status.update_status`.
+        Status file and job name for :func:`hms_core.status.update_status`.
     status_fields : mapping, optional
         Extra fixed fields for the status entry (e.g. ``model``, ``fold``).
 

@@ -35,7 +35,7 @@ def fold_args(store_paths: Sequence[str | os.PathLike], folds_csv: str | os.Path
               status_path: str | os.PathLike | None = None) -> list[str]:
     """Write ``cfg`` to ``config_path`` (JSON, atomic) and return this module's arguments.
 
-    The parameters are those of :func:`hms_core.train.run.train_fold`; ``threads`` is per rank.
+    The parameters are those of :func:`hms_core.train.fold.train_fold`; ``threads`` is per rank.
     """
     atomic.write_json(config_path, dict(cfg))
     args = ["--config", str(config_path), "--stores", *[str(p) for p in store_paths],
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = os.environ.get("RANK", "0")
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
-    from hms_core.train.run import train_fold
+    from hms_core.train.fold import train_fold
 
     try:
         cfg = _read_config(args.config)

@@ -14,7 +14,7 @@ from hms_core.errors import ConfigError, DataError
 from hms_core.export.config import ExportConfig
 from hms_core.export.onnx import (ParityError, build_ensemble_graph, export_model, ort_session,
                                   read_metadata)
-from hms_core.predict import cleaning_config, read_test_window
+from hms_core.inference.predict import cleaning_config, read_test_window
 
 
 @pytest.mark.parametrize("model", ["resnet1d_gru", "efficientnet"])

@@ -20,7 +20,7 @@ import torch
 from hms_core.data import io
 from hms_core.preprocess import preprocess_batch
 from hms_core.store import WindowStore
-from hms_core.train.folds import make_folds
+from hms_core.data.folds import make_folds
 
 PREPROCESSING = {"ica": {"enabled": False}, "n_batches": 1}
 MODELS = {
@@ -39,7 +39,7 @@ def build(root: Path, data_dir: Path) -> dict:
     """Build the run on ``data_dir`` under ``root`` (or reuse a finished one); return its files."""
     from hms_core.ensemble.stacking import build_ensemble
     from hms_core.export.onnx import export_ensemble
-    from hms_core.train.run import train_fold
+    from hms_core.train.fold import train_fold
 
     done = root / "done.json"
     store = root / "batch_0000.zarr"

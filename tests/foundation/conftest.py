@@ -21,7 +21,7 @@ def tiny_store(tmp_path_factory, tiny_dataset):
     """
     from hms_core.data.io import read_train_csv
     from hms_core.preprocess import preprocess_batch
-    from hms_core.train.folds import make_folds
+    from hms_core.data.folds import make_folds
 
     out = tmp_path_factory.mktemp("foundation_store")
     train = read_train_csv(tiny_dataset / "train.csv")

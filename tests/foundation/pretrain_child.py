@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from hms_core.train.pretrain import pretrain
+from hms_core.foundation.pretrain import pretrain
 
 if __name__ == "__main__":
     torch.set_num_threads(1)

@@ -6,8 +6,8 @@ import torch
 
 from hms_core import contract
 from hms_core.errors import ConfigError
-from hms_core.models.foundation import EEGFoundationEncoder
-from hms_core.train.pretrain import (
+from hms_core.foundation.encoder import EEGFoundationEncoder
+from hms_core.foundation.pretrain import (
     ContrastiveConfig,
     ObjectivesConfig,
     PretrainModel,

@@ -5,7 +5,8 @@ import json
 import subprocess
 import sys
 
-from hms_core.ops import backup, lifecycle, status
+from hms_core import status
+from hms_core.ops import backup, lifecycle
 
 
 def test_on_start_and_on_end(workdir):

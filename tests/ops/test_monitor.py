@@ -11,7 +11,8 @@ from rich.console import Console
 
 from hms_core.cli import main as hms
 from hms_core.errors import ConfigError
-from hms_core.ops import logs, monitor, status
+from hms_core import status
+from hms_core.ops import logs, monitor
 from tests.ops.conftest import SNAKEMAKE_LOG_RUNNING, write_snakemake_log
 
 

@@ -96,7 +96,7 @@ rule work:
     log: "logs/work/all.log"
     shell:
         "echo working on it > {{log}}; "
-        "{python} -c 'from hms_core.ops.status import update_status; "
+        "{python} -c 'from hms_core.status import update_status; "
         "update_status(\\"status/run.json\\", \\"work\\", stage=\\"demo\\", epoch=2, epochs=2, state=\\"done\\")'; "
         "echo ok > {{output}}"
 """

@@ -11,7 +11,7 @@ import torch
 
 from hms_core.contract import CLASSES, VOTE_COLUMNS, votes_to_targets
 from hms_core.metrics import kaggle_kl
-from hms_core.ops import report
+from hms_core import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 torch.set_num_threads(1)

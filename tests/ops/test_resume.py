@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from hms_core.errors import HMSError
-from hms_core.ops import resume, status
+from hms_core import status
+from hms_core.ops import resume
 from hms_core.ops.processes import snakemake_processes
 
 # The job leaves a partial output and a "checkpoint", then runs long; a second attempt

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from hms_core.errors import ConfigError, DataError
-from hms_core.ops import gpu, snakemake_log, status
+from hms_core import status
+from hms_core.ops import gpu, snakemake_log
 from hms_core.ops.config import OpsConfig
 from tests.ops.conftest import SNAKEMAKE_LOG_FAILED, SNAKEMAKE_LOG_RUNNING, write_snakemake_log
 

@@ -34,7 +34,7 @@ from hms_core.models.registry import create_model
 from hms_core.train import augment as aug
 from hms_core.train import distributed
 from hms_core.train.checkpoint import make_run_key
-from hms_core.train.folds import inner_validation_mask
+from hms_core.data.folds import inner_validation_mask
 from hms_core.train.data import InMemorySource, WindowDataset, vote_targets
 from hms_core.train.engine import EngineConfig, autocast_context, fit, move_to_device, select_device
 from hms_core.train.losses import kl_loss, vote_weights

@@ -14,10 +14,8 @@ from typing import Any, Mapping
 import yaml
 
 from hms_core.errors import ConfigError
+from hms_core.paths import CONFIG_DIR, REPO_ROOT, SCHEMA_PATH  # noqa: F401  (re-exported)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "config"
-SCHEMA_PATH = CONFIG_DIR / "schema.yaml"
 
 
 def dataclass_from_dict(cls, d: Mapping[str, Any] | None, *, section: str,

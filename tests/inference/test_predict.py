@@ -11,7 +11,7 @@ import pytest
 from hms_core import cli
 from hms_core.contract import SUBMISSION_COLUMNS, TEST_EEG_DIR, TEST_SPEC_DIR
 from hms_core.errors import DataError
-from hms_core.predict import UNCERTAINTY_COLUMNS, predict
+from hms_core.inference.predict import UNCERTAINTY_COLUMNS, predict
 
 
 def test_predict_writes_a_valid_kaggle_submission(tiny_run, tmp_path):

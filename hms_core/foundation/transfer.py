@@ -32,13 +32,13 @@ from hms_core import atomic, contract
 from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
 from hms_core.metrics import kaggle_kl, score_predictions
-from hms_core.models.foundation import EEGFoundationEncoder, FoundationClassifier, load_foundation
-from hms_core.ops.status import update_status
+from hms_core.foundation.encoder import EEGFoundationEncoder, FoundationClassifier, load_foundation
+from hms_core.status import update_status
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import ArrayDataset, WindowDataset, vote_targets
 from hms_core.train.engine import EngineConfig, fit, select_device
 from hms_core.train.losses import kl_loss
-from hms_core.train.pretrain import open_source, source_fingerprint
+from hms_core.foundation.pretrain import open_source, source_fingerprint
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ import pytest
 
 from hms_core import contract
 from hms_core.errors import ConfigError
-from hms_core.train.folds import FoldsConfig, make_folds
+from hms_core.data.folds import FoldsConfig, make_folds
 
 
 def _train_df(n_rows=300, n_patients=40, seed=0):
@@ -45,7 +45,7 @@ def test_too_few_patients_and_unknown_keys_are_config_errors():
 
 
 def test_write_folds_from_train_csv(tiny_dataset, tmp_path):
-    from hms_core.train.folds import write_folds
+    from hms_core.data.folds import write_folds
 
     folds = write_folds(tiny_dataset / "train.csv", tmp_path / "folds.csv", {"n_folds": 3, "seed": 0})
     again = pd.read_csv(tmp_path / "folds.csv")
@@ -54,7 +54,7 @@ def test_write_folds_from_train_csv(tiny_dataset, tmp_path):
 
 
 def test_inner_validation_holds_out_whole_patients():
-    from hms_core.train.folds import inner_validation_mask
+    from hms_core.data.folds import inner_validation_mask
 
     patients = np.repeat(np.arange(20), np.arange(1, 21))  # 210 windows, uneven patients
     inner = inner_validation_mask(patients, 0.15, seed=1)
