@@ -41,7 +41,7 @@ from torch import nn
 from hms_core import contract
 from hms_core.errors import ConfigError
 from hms_core.config import dataclass_from_dict
-from hms_core.foundation.encoder import (
+from hms_core.models.foundation import (
     EEGFoundationEncoder,
     FoundationModelConfig,
     n_parameters,
@@ -514,7 +514,7 @@ def pretrain(
         The ``pretrain`` config section.
     out_path : path
         ``models/final/eeg_foundation_pretrained.pth``, written atomically by
-        :func:`hms_core.foundation.encoder.save_foundation` (encoder ``state_dict``, its
+        :func:`hms_core.models.foundation.save_foundation` (encoder ``state_dict``, its
         kwargs, the objectives and these metrics); ``load_foundation`` rebuilds it.
     checkpoint_dir : path
         Resumable engine state (``models/checkpoints/pretrain``).

@@ -32,7 +32,7 @@ from hms_core import atomic, contract
 from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
 from hms_core.metrics import kaggle_kl, score_predictions
-from hms_core.foundation.encoder import EEGFoundationEncoder, FoundationClassifier, load_foundation
+from hms_core.models.foundation import EEGFoundationEncoder, FoundationClassifier, load_foundation
 from hms_core.status import update_status
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import ArrayDataset, WindowDataset, vote_targets

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _BUILTIN_MODULES = ("hms_core.models.resnet1d_gru", "hms_core.models.efficientnet",
-                    "hms_core.foundation.encoder")
+                    "hms_core.models.foundation")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -4,7 +4,7 @@ The chains (uV) are scaled, average-pooled by ``input_downsample``, and passed t
 strided stem and residual stages that shorten time (each stage by its stride) while
 widening channels; a bidirectional GRU reads the remaining sequence; mean- and max-pooled
 GRU outputs form the feature vector. An optional pretrained foundation encoder
-(``hms_core.foundation.encoder``) contributes its window features, concatenated before
+(``hms_core.models.foundation``) contributes its window features, concatenated before
 the head.
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ class ResNet1dGRU(nn.Module):
         self.foundation = None
         foundation_dim = 0
         if foundation_mode is not None:
-            from hms_core.foundation import encoder as foundation_module
+            from hms_core.models import foundation as foundation_module
 
             if foundation_kwargs is not None:
                 self.foundation = foundation_module.EEGFoundationEncoder(**foundation_kwargs)

@@ -6,7 +6,7 @@ import torch
 
 from hms_core import contract
 from hms_core.errors import ConfigError, DataError
-from hms_core.foundation.encoder import (
+from hms_core.models.foundation import (
     EEGFoundationEncoder,
     FoundationClassifier,
     FoundationModelConfig,

@@ -6,7 +6,7 @@ import torch
 
 from hms_core import contract
 from hms_core.errors import ConfigError
-from hms_core.foundation.encoder import EEGFoundationEncoder
+from hms_core.models.foundation import EEGFoundationEncoder
 from hms_core.foundation.pretrain import (
     ContrastiveConfig,
     ObjectivesConfig,

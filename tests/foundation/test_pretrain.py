@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hms_core.errors import ConfigError
-from hms_core.foundation.encoder import load_foundation
+from hms_core.models.foundation import load_foundation
 from hms_core.foundation.pretrain import PretrainConfig, pretrain
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hms_core.errors import ConfigError, DataError
-from hms_core.foundation.encoder import FoundationClassifier, load_foundation
+from hms_core.models.foundation import FoundationClassifier, load_foundation
 from hms_core.models.registry import create_model
 from hms_core.foundation.pretrain import pretrain
 from hms_core.foundation.transfer import TransferConfig, patient_subset, transfer_study

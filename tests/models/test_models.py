@@ -83,7 +83,7 @@ def test_resnet_grad_checkpointing_gives_the_same_gradients():
 
 
 def test_resnet_foundation_branch_frozen_and_portable(tmp_path):
-    foundation = pytest.importorskip("hms_core.foundation.encoder")
+    foundation = pytest.importorskip("hms_core.models.foundation")
     enc = foundation.EEGFoundationEncoder(dim=16, depth=1, heads=2, max_patches=4)
     path = tmp_path / "enc.pth"
     foundation.save_foundation(enc, path)
