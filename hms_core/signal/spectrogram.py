@@ -1,4 +1,11 @@
-"""Log-power STFT and mel spectrograms of the chains, averaged per region (pure torch).
+"""Spectrograms of the chains, averaged per region: the Kaggle-style one and the model inputs.
+
+:func:`kaggle_spectrogram` (numpy) is the one implementation of the spectrogram files of
+the Kaggle layout (``*_spectrograms/<id>.parquet``: 400 columns of power, one row every
+2 s); the synthetic data set writes its files with it.
+
+:class:`RegionSpectrogram` (pure torch) gives the log-power STFT and mel spectrograms
+that the models read.
 
 The STFT is a strided convolution with fixed windowed-DFT kernels, so it exports to ONNX
 as a plain Conv. The strided 1-channel convolution is computed in *folded* form: the
@@ -20,11 +27,21 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+import scipy.fft
 import torch
 import torch.nn.functional as F
 from scipy import signal as sp_signal
 
-from hms_core.contract import REGION_CHAIN_ROWS, SAMPLING_RATE_HZ, SPEC_REGIONS, WINDOW_SAMPLES
+from hms_core.contract import (
+    CHAINS,
+    CHANNEL_INDEX,
+    REGION_CHAIN_ROWS,
+    SAMPLING_RATE_HZ,
+    SPEC_FREQS_HZ,
+    SPEC_REGIONS,
+    SPEC_STEP_S,
+    WINDOW_SAMPLES,
+)
 from hms_core.errors import ConfigError
 from hms_core.signal.filters import check_keys
 
@@ -184,3 +201,45 @@ class RegionSpectrogram(torch.nn.Module):
         mel_power = torch.einsum("mf,brft->brmt", self.mel, region_power)
         floor = self.log_floor
         return torch.log(torch.clamp(region_power, min=floor)), torch.log(torch.clamp(mel_power, min=floor))
+
+
+# ------------------------------------------------------------------ Kaggle-style spectrogram
+# Spectrogram frames: a 1024-sample Hann window (5.12 s) centred on each row time; its
+# bins 3..102 are exactly SPEC_FREQS_HZ (k * 200/1024 Hz).
+SPEC_NFFT = 1024
+_SPEC_BINS = np.rint(SPEC_FREQS_HZ * SPEC_NFFT / SAMPLING_RATE_HZ).astype(int)
+_REGION_PAIRS = [(CHANNEL_INDEX[a], CHANNEL_INDEX[b]) for r in SPEC_REGIONS for a, b in CHAINS[r]]
+_HANN = sp_signal.get_window("hann", SPEC_NFFT).astype(np.float32)
+
+
+def kaggle_spectrogram(raw_uv: np.ndarray, n_rows: int) -> np.ndarray:
+    """Kaggle-style spectrogram of a recording, as the contract's chains define it.
+
+    Row ``k`` (time ``2k+1`` s) is the Hann-windowed (1024 samples, centred on that time,
+    mean removed) power spectral density of each of a region's 4 bipolar chains,
+    averaged over them, at ``SPEC_FREQS_HZ``. A frame touching NaN gives a NaN row.
+
+    Parameters
+    ----------
+    raw_uv : numpy.ndarray
+        ``(n_samples, 20)`` in ``RAW_CHANNELS`` order, uV, 200 Hz, starting at time 0.
+    n_rows : int
+        Number of rows (one every 2 s).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(n_rows, 400)`` in ``SPEC_COLUMNS`` order, uV^2/Hz.
+    """
+    channels = np.asarray(raw_uv, dtype=np.float32).T  # (20, n)
+    chains = np.stack([channels[a] - channels[b] for a, b in _REGION_PAIRS])  # (16, n)
+    half = SPEC_NFFT // 2
+    padded = np.pad(chains, ((0, 0), (half, half)), mode="reflect")
+    centres = (np.arange(n_rows) * SPEC_STEP_S + SPEC_STEP_S // 2) * SAMPLING_RATE_HZ
+    frames = np.lib.stride_tricks.sliding_window_view(padded, SPEC_NFFT, axis=-1)[:, centres]  # (16, r, nfft)
+    frames = frames - frames.mean(axis=-1, keepdims=True)
+    frames *= _HANN
+    spectrum = scipy.fft.rfft(frames, axis=-1)[..., _SPEC_BINS]
+    psd = 2 * (spectrum.real**2 + spectrum.imag**2) / np.float32(SAMPLING_RATE_HZ * float((_HANN**2).sum()))
+    regions = psd.reshape(len(SPEC_REGIONS), 4, n_rows, len(_SPEC_BINS)).mean(axis=1)  # (4, r, 100)
+    return np.ascontiguousarray(regions.transpose(1, 0, 2).reshape(n_rows, -1), dtype=np.float32)

@@ -1,0 +1,56 @@
+"""The answer key of a synthetic data set: the latent class vectors and the KL noise floor."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hms_core.contract import CLASSES, VOTE_COLUMNS
+from hms_core.errors import DataError
+
+ANSWER_KEY_DIR = "answer_key"
+LATENT_FILE = "latent.parquet"
+TEST_LATENT_FILE = "test_latent.parquet"
+LATENT_COLUMNS = tuple(f"p_{c.lower()}" for c in CLASSES)
+
+
+def best_achievable_kl(data_dir: str | os.PathLike, *, min_votes: int = 1) -> float:
+    """Kaggle KL of the latent vectors against the vote distributions (the noise floor).
+
+    No model can expect to beat it: the votes are multinomial draws from the latent
+    vectors, and the latent vector minimises the expected KL.
+
+    Parameters
+    ----------
+    data_dir : path-like
+        A synthetic data set (with ``answer_key/latent.parquet``).
+    min_votes : int
+        Only rows with at least this many votes (10 for the high-vote figure).
+
+    Returns
+    -------
+    float
+        Mean over rows of ``sum y * log(y / p)``.
+    """
+    from hms_core.data.io import read_train_csv
+    from hms_core.metrics import kaggle_kl
+
+    data_dir = Path(data_dir)
+    train = read_train_csv(data_dir / "train.csv")
+    key_path = data_dir / ANSWER_KEY_DIR / LATENT_FILE
+    if not key_path.is_file():
+        raise DataError(key_path, "no answer key: only synthetic data sets have latent vectors")
+    key = pd.read_parquet(key_path)
+    merged = train.merge(key, on="label_id", how="left", validate="one_to_one")
+    if merged[list(LATENT_COLUMNS)].isna().any().any():
+        raise DataError(key_path, "answer key lacks latent vectors for some label_id of train.csv")
+    votes = merged[list(VOTE_COLUMNS)].to_numpy(dtype=np.float64)
+    keep = votes.sum(axis=1) >= min_votes
+    if not keep.any():
+        raise DataError(data_dir / "train.csv", f"no rows with at least {min_votes} votes")
+    return kaggle_kl(votes[keep] / votes[keep].sum(axis=1, keepdims=True),
+                     merged.loc[keep, list(LATENT_COLUMNS)].to_numpy(dtype=np.float64))
+
+

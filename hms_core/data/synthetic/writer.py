@@ -1,0 +1,259 @@
+"""Write a synthetic data set in the exact Kaggle layout, one session at a time.
+
+Each session (one spectrogram) is a continuous multichannel EEG of at least 600 s
+(:func:`hms_core.data.synthetic.signals.synthesize_recording`); its EEG files and their
+labelled sub-windows come from :mod:`hms_core.data.synthetic.plan`. The expert votes of a
+sub-window are multinomial draws from the latent vector of its central 10 s, and the
+Kaggle spectrogram is computed from the same signal along the contract's chains.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hms_core import atomic
+from hms_core.contract import (
+    CLASSES,
+    N_CLASSES,
+    N_RAW_CHANNELS,
+    RAW_CHANNELS,
+    SAMPLING_RATE_HZ,
+    SPEC_COLUMNS,
+    SPEC_STEP_S,
+    SPEC_TIME_COLUMN,
+    SPEC_WINDOW_S,
+    SUBMISSION_COLUMNS,
+    TEST_COLUMNS,
+    TEST_EEG_DIR,
+    TEST_SPEC_DIR,
+    TRAIN_COLUMNS,
+    TRAIN_EEG_DIR,
+    TRAIN_SPEC_DIR,
+    VOTE_COLUMNS,
+    WINDOW_SAMPLES,
+)
+from hms_core.data.synthetic.answer_key import (
+    ANSWER_KEY_DIR,
+    LATENT_COLUMNS,
+    LATENT_FILE,
+    TEST_LATENT_FILE,
+)
+from hms_core.data.synthetic.config import SyntheticConfig
+from hms_core.data.synthetic.plan import (
+    MAX_VOTES,
+    SPEC_LEAD_S,
+    Ids,
+    SessionPlan,
+    draw_votes,
+    lay_out_session,
+    plan_sessions,
+    session_anchors,
+    session_rng,
+    window_latent,
+)
+from hms_core.data.synthetic.signals import add_nan_stretches, synthesize_recording
+from hms_core.errors import DataError
+from hms_core.signal.spectrogram import kaggle_spectrogram
+from hms_core.status import update_status
+
+logger = logging.getLogger(__name__)
+FS = SAMPLING_RATE_HZ
+
+
+def _write_eeg(path: Path, raw_uv: np.ndarray) -> None:
+    channels = raw_uv.T  # (20, n): contiguous per channel for the recordings built here
+    arrays = [pa.array(np.ascontiguousarray(channels[j]), type=pa.float32()) for j in range(N_RAW_CHANNELS)]
+    pq.write_table(pa.Table.from_arrays(arrays, names=list(RAW_CHANNELS)), path, use_dictionary=False,
+                   write_page_checksum=True)
+
+
+def _write_spectrogram(path: Path, power: np.ndarray) -> None:
+    time_s = np.arange(power.shape[0], dtype=np.int64) * SPEC_STEP_S + SPEC_STEP_S // 2
+    arrays = [pa.array(time_s)] + [pa.array(np.ascontiguousarray(power[:, j]), type=pa.float32())
+                                   for j in range(power.shape[1])]
+    pq.write_table(pa.Table.from_arrays(arrays, names=[SPEC_TIME_COLUMN, *SPEC_COLUMNS]), path,
+                   use_dictionary=False, write_page_checksum=True)
+
+
+def _generate_train_session(out: Path, session: SessionPlan, rng: np.random.Generator,
+                            *, nan_fraction: float) -> tuple[list[dict], list[dict]]:
+    n = lay_out_session(session, rng)
+    anchors, times = session_anchors(rng, session.main_class, n / FS)
+    rec = synthesize_recording(n, anchors, rng, anchor_times_s=times, nan_stretches=False)
+    for eeg in session.eegs:  # NaN stretches where they matter: inside the EEG files
+        if rng.random() < nan_fraction:
+            start = int(round(eeg.start_s * FS))
+            add_nan_stretches(rec.raw_uv.T, rec.nan_mask, start, start + eeg.length_samples, rng)
+    power = kaggle_spectrogram(rec.raw_uv, n // (SPEC_STEP_S * FS))
+    _write_spectrogram(out / TRAIN_SPEC_DIR / f"{session.spectrogram_id}.parquet", power)
+    rows, latents = [], []
+    for eeg in session.eegs:
+        start = int(round(eeg.start_s * FS))
+        _write_eeg(out / TRAIN_EEG_DIR / f"{eeg.eeg_id}.parquet",
+                   rec.raw_uv[start:start + eeg.length_samples])
+        for sub_id, offset_s in enumerate(eeg.offsets_s):
+            latent = window_latent(rec.class_weights, start + int(round(offset_s * FS)))
+            n_votes = eeg.n_votes  # mostly the same annotators for a whole recording
+            if rng.random() < 0.2:
+                n_votes = int(np.clip(n_votes + rng.integers(-2, 3), 1, MAX_VOTES))
+            votes, consensus = draw_votes(rng, latent, n_votes)
+            rows.append({"eeg_id": eeg.eeg_id, "eeg_sub_id": sub_id,
+                         "eeg_label_offset_seconds": float(offset_s),
+                         "spectrogram_id": session.spectrogram_id, "spectrogram_sub_id": len(rows),
+                         "spectrogram_label_offset_seconds": float(eeg.start_s + offset_s - SPEC_LEAD_S),
+                         "label_id": 0, "patient_id": session.patient_id,
+                         "expert_consensus": consensus, **dict(zip(VOTE_COLUMNS, votes.tolist()))})
+            latents.append(dict(zip(LATENT_COLUMNS, latent.tolist())))
+    return rows, latents
+
+
+def _generate_test_recording(out: Path, rng: np.random.Generator, *, eeg_id: int, spectrogram_id: int,
+                             nan_fraction: float) -> np.ndarray:
+    n = SPEC_WINDOW_S * FS
+    anchors, times = session_anchors(rng, int(rng.integers(N_CLASSES)), SPEC_WINDOW_S)
+    rec = synthesize_recording(n, anchors, rng, anchor_times_s=times, nan_stretches=False)
+    start = int(SPEC_LEAD_S * FS)
+    if rng.random() < nan_fraction:
+        add_nan_stretches(rec.raw_uv.T, rec.nan_mask, start, start + WINDOW_SAMPLES, rng)
+    power = kaggle_spectrogram(rec.raw_uv, SPEC_WINDOW_S // SPEC_STEP_S)
+    _write_spectrogram(out / TEST_SPEC_DIR / f"{spectrogram_id}.parquet", power)
+    _write_eeg(out / TEST_EEG_DIR / f"{eeg_id}.parquet", rec.raw_uv[start:start + WINDOW_SAMPLES])
+    return window_latent(rec.class_weights, start)
+
+
+def generate_dataset(out_dir: str | os.PathLike, *, n_patients: int, seed: int = 0,
+                     recordings_per_patient: tuple[int, int] = (1, 3), n_test: int = 4,
+                     save_answer_key: bool = True, sub_windows: tuple[int, int] = (1, 11),
+                     two_eeg_fraction: float = 0.3, nan_fraction: float = 0.35,
+                     status_path=None) -> dict:
+    """Write a synthetic data set in the Kaggle layout to ``out_dir``.
+
+    Generates and writes one session at a time (memory does not grow with the size);
+    the whole folder appears atomically at the end. ``out_dir`` must be absent, empty,
+    or a previous data set (it has a ``train.csv``), which is replaced.
+
+    Parameters
+    ----------
+    out_dir : path-like
+        Folder to write (``train.csv``, ``train_eegs/``, ..., ``answer_key/``).
+    n_patients : int
+        Number of training patients.
+    seed : int
+        The same seed gives byte-identical files.
+    recordings_per_patient : (int, int)
+        Inclusive range of EEG files per patient.
+    n_test : int
+        Number of test recordings (each its own patient).
+    save_answer_key : bool
+        Write ``answer_key/latent.parquet`` (label_id + ``p_<class>``) and
+        ``answer_key/test_latent.parquet`` (eeg_id + ``p_<class>``).
+    sub_windows : (int, int)
+        Inclusive range of labelled sub-windows per EEG file.
+    two_eeg_fraction : float
+        Fraction of sessions whose spectrogram serves two EEG files.
+    nan_fraction : float
+        Fraction of EEG files with NaN stretches.
+    status_path : path-like, optional
+        ``status/run.json`` to update with progress.
+
+    Returns
+    -------
+    dict
+        Summary: ``out_dir``, counts of patients, recordings, spectrograms, rows and
+        test recordings, ``class_counts``, vote statistics and ``seconds``.
+    """
+    cfg = SyntheticConfig.from_dict({"patients": n_patients, "seed": seed, "n_test": n_test,
+                                     "recordings_per_patient": recordings_per_patient,
+                                     "sub_windows": sub_windows, "two_eeg_fraction": two_eeg_fraction,
+                                     "nan_fraction": nan_fraction, "save_answer_key": save_answer_key})
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "train.csv").exists():
+        raise DataError(out_dir, "refusing to replace a non-empty folder that is not a data set "
+                                 "(no train.csv); choose an empty or new folder")
+    started = time.perf_counter()
+    plan_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
+    ids = Ids(np.random.default_rng(np.random.SeedSequence([cfg.seed, 1])))
+    sessions = plan_sessions(plan_rng, ids, n_patients=cfg.patients,
+                              recordings_per_patient=cfg.recordings_per_patient,
+                              sub_windows=cfg.sub_windows, two_eeg_fraction=cfg.two_eeg_fraction)
+    with atomic.atomic_path(out_dir) as tmp:
+        for sub in (TRAIN_EEG_DIR, TRAIN_SPEC_DIR, TEST_EEG_DIR, TEST_SPEC_DIR):
+            (tmp / sub).mkdir(parents=True)
+        rows, latents = _generate_train(tmp, sessions, cfg, status_path)
+        train = pd.DataFrame(rows, columns=list(TRAIN_COLUMNS))
+        train["label_id"] = [ids.draw("label", 100_000, 4_294_967_295) for _ in range(len(train))]
+        latent = pd.DataFrame(latents, columns=list(LATENT_COLUMNS))
+        latent.insert(0, "label_id", train["label_id"].to_numpy())
+        order = np.lexsort((train["eeg_sub_id"].to_numpy(), train["eeg_id"].to_numpy()))
+        train = train.iloc[order].reset_index(drop=True)
+        latent = latent.iloc[order].reset_index(drop=True)
+        train.to_csv(tmp / "train.csv", index=False)
+
+        test_rows, test_latents = [], []
+        for i in range(cfg.n_test):
+            eeg_id = ids.draw("eeg", 500_000, 4_294_967_295)
+            spectrogram_id = ids.draw("spectrogram", 300_000, 2_147_483_647)
+            patient_id = ids.draw("patient", 10_000, 65_536)
+            p = _generate_test_recording(tmp, session_rng(cfg.seed, 3, i), eeg_id=eeg_id,
+                                         spectrogram_id=spectrogram_id, nan_fraction=cfg.nan_fraction)
+            test_rows.append({"spectrogram_id": spectrogram_id, "eeg_id": eeg_id, "patient_id": patient_id})
+            test_latents.append({"eeg_id": eeg_id, **dict(zip(LATENT_COLUMNS, p.tolist()))})
+        test = pd.DataFrame(test_rows, columns=list(TEST_COLUMNS)).astype("int64")
+        test.to_csv(tmp / "test.csv", index=False)
+        submission = pd.DataFrame({"eeg_id": test["eeg_id"],
+                                   **{c: np.full(len(test), 1 / N_CLASSES) for c in VOTE_COLUMNS}})
+        submission[list(SUBMISSION_COLUMNS)].to_csv(tmp / "sample_submission.csv", index=False)
+        if cfg.save_answer_key:
+            (tmp / ANSWER_KEY_DIR).mkdir()
+            pq.write_table(pa.Table.from_pandas(latent, preserve_index=False),
+                           tmp / ANSWER_KEY_DIR / LATENT_FILE)
+            test_latent = pd.DataFrame(test_latents, columns=["eeg_id", *LATENT_COLUMNS])
+            pq.write_table(pa.Table.from_pandas(test_latent, preserve_index=False),
+                           tmp / ANSWER_KEY_DIR / TEST_LATENT_FILE)
+    summary = _summary(out_dir, train, test, time.perf_counter() - started)
+    logger.info("wrote synthetic data set to %s: %d patients, %d recordings, %d spectrograms, "
+                "%d labelled rows, %d test recordings in %.1f s", out_dir, summary["n_patients"],
+                summary["n_recordings"], summary["n_spectrograms"], summary["n_rows"],
+                summary["n_test"], summary["seconds"])
+    return summary
+
+
+def _generate_train(out: Path, sessions: list[SessionPlan], cfg: SyntheticConfig, status_path):
+    from tqdm import tqdm
+
+    rows, latents = [], []
+    for i, session in enumerate(tqdm(sessions, desc="synthetic sessions", unit="session",
+                                     disable=None, leave=False)):
+        session_rows, session_latents = _generate_train_session(
+            out, session, session_rng(cfg.seed, 2, i), nan_fraction=cfg.nan_fraction)
+        rows += session_rows
+        latents += session_latents
+        if status_path is not None and (i % 20 == 0 or i == len(sessions) - 1):
+            update_status(status_path, "synthetic_data", done=i + 1, total=len(sessions),
+                          unit="sessions")
+    return rows, latents
+
+
+def _summary(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, seconds: float) -> dict:
+    totals = train[list(VOTE_COLUMNS)].sum(axis=1)
+    return {
+        "out_dir": str(out_dir),
+        "n_patients": int(train["patient_id"].nunique()),
+        "n_recordings": int(train["eeg_id"].nunique()),
+        "n_spectrograms": int(train["spectrogram_id"].nunique()),
+        "n_rows": int(len(train)),
+        "n_test": int(len(test)),
+        "class_counts": {c: int((train["expert_consensus"] == c).sum()) for c in CLASSES},
+        "votes_min": int(totals.min()), "votes_max": int(totals.max()),
+        "fraction_below_10_votes": float((totals < 10).mean()),
+        "seconds": round(seconds, 2),
+    }
+
+
