@@ -7,10 +7,10 @@ import torch
 from hms_core import contract
 from hms_core.errors import ConfigError
 from hms_core.models.foundation import EEGFoundationEncoder
-from hms_core.foundation.pretrain import (
+from hms_core.foundation.head import PretrainModel
+from hms_core.foundation.objectives import (
     ContrastiveConfig,
     ObjectivesConfig,
-    PretrainModel,
     augment_view,
     info_nce,
     masked_reconstruction_loss,
