@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hms_core.contract import CLASSES, VOTE_COLUMNS
 from hms_core.errors import DataError
@@ -14,6 +16,27 @@ ANSWER_KEY_DIR = "answer_key"
 LATENT_FILE = "latent.parquet"
 TEST_LATENT_FILE = "test_latent.parquet"
 LATENT_COLUMNS = tuple(f"p_{c.lower()}" for c in CLASSES)
+
+
+def write_answer_key(data_dir: Path, latent: pd.DataFrame, test_latent: pd.DataFrame) -> None:
+    """Write ``answer_key/`` into the data set folder ``data_dir``.
+
+    Parameters
+    ----------
+    data_dir : Path
+        The data set folder (``answer_key/`` must not exist yet).
+    latent : pandas.DataFrame
+        ``label_id`` and ``LATENT_COLUMNS``, in ``train.csv`` row order
+        (``answer_key/latent.parquet``).
+    test_latent : pandas.DataFrame
+        ``eeg_id`` and ``LATENT_COLUMNS``, in ``test.csv`` row order
+        (``answer_key/test_latent.parquet``).
+    """
+    (data_dir / ANSWER_KEY_DIR).mkdir()
+    pq.write_table(pa.Table.from_pandas(latent, preserve_index=False),
+                   data_dir / ANSWER_KEY_DIR / LATENT_FILE)
+    pq.write_table(pa.Table.from_pandas(test_latent, preserve_index=False),
+                   data_dir / ANSWER_KEY_DIR / TEST_LATENT_FILE)
 
 
 def best_achievable_kl(data_dir: str | os.PathLike, *, min_votes: int = 1) -> float:
@@ -52,5 +75,3 @@ def best_achievable_kl(data_dir: str | os.PathLike, *, min_votes: int = 1) -> fl
         raise DataError(data_dir / "train.csv", f"no rows with at least {min_votes} votes")
     return kaggle_kl(votes[keep] / votes[keep].sum(axis=1, keepdims=True),
                      merged.loc[keep, list(LATENT_COLUMNS)].to_numpy(dtype=np.float64))
-
-

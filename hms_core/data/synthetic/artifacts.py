@@ -1,7 +1,8 @@
 """Additive artifacts of the synthetic EEG: eye blinks, EKG (and its leak), muscle, pops.
 
-Each maker returns a channel-major ``(20, n)`` float32 array in uV; blink, muscle and pop
-rates grow with the latent weight of the Other class (``w_other``).
+Each artifact maker returns a channel-major ``(20, n)`` float32 array in uV (``ekg_trace``
+returns the EKG itself, ``(n,)``); blink, muscle and pop rates (events/s) grow with the
+latent weight of the Other class (``w_other``, ``(n,)``) and scale with ``rate``.
 """
 from __future__ import annotations
 
@@ -28,12 +29,13 @@ def _event_onsets(rate_per_s: np.ndarray, rng: np.random.Generator, *, step: int
 
 
 def blink_artifact(n: int, w_other: np.ndarray, rng: np.random.Generator, rate: float) -> np.ndarray:
+    """Eye blinks: 80-300 uV Gaussian bumps (sigma 70-110 ms) with a frontal field."""
     source = np.zeros(n, dtype=np.float32)
     onsets = _event_onsets(rate * (0.04 + 0.3 * w_other), rng)
     sigma = rng.uniform(0.07, 0.11)
     tau = np.arange(int(0.6 * FS)) / FS
     add_events(source, onsets, rng.uniform(80, 300, onsets.size),
-                np.exp(-0.5 * ((tau - 0.3) / sigma) ** 2))
+               np.exp(-0.5 * ((tau - 0.3) / sigma) ** 2))
     return to_channels(source, scalp_field((rng.uniform(-0.08, 0.08), 1.25), 0.45))
 
 
@@ -53,7 +55,10 @@ def ekg_trace(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def ekg_leak(ekg: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    # Strongest over the left temporal/posterior electrodes, as in referential recordings.
+    """The EKG ``(n,)`` leaking into the EEG channels at about 0.2-4 % of its amplitude.
+
+    Strongest over the left temporal/posterior electrodes, as in referential recordings.
+    """
     spatial = 0.004 + 0.02 * scalp_field((-0.7, -0.6), 0.6)
     spatial *= rng.uniform(0.5, 1.5) * rng.normal(1, 0.2, N_EEG)
     return to_channels(ekg, spatial)
@@ -77,13 +82,12 @@ def muscle_artifact(n: int, w_other: np.ndarray, rng: np.random.Generator, rate:
 
 
 def pop_artifact(n: int, w_other: np.ndarray, rng: np.random.Generator, rate: float) -> np.ndarray:
+    """Electrode pops: 200-3000 uV steps decaying in 0.1-0.4 s, on one loose electrode."""
     source = np.zeros(n, dtype=np.float32)
     onsets = _event_onsets(rate * (0.003 + 0.02 * w_other), rng)
     decay = np.exp(-np.arange(int(1.5 * FS)) / (rng.uniform(0.1, 0.4) * FS))
     add_events(source, onsets, rng.choice((-1, 1), onsets.size) * rng.uniform(200, 3000, onsets.size),
-                decay)
+               decay)
     spatial = np.zeros(N_EEG)
     spatial[rng.integers(N_EEG)] = 1.0  # one loose electrode per recording
     return to_channels(source, spatial)
-
-

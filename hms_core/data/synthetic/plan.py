@@ -1,8 +1,10 @@
 """The plan of a synthetic data set: ids, sessions, EEG files, latent anchors and votes.
 
 A session is one spectrogram; one or two EEG files are cut from it, each with
-overlapping labelled sub-windows. Planning draws from its own random streams, so the
-plan does not depend on how the signals are generated.
+overlapping labelled sub-windows. :func:`plan_sessions` draws every session's patient,
+class, ids, sub-window offsets and vote count up front from its own random streams; the
+rest (timeline, latent anchors, votes) is drawn per session from :func:`session_rng`,
+interleaved with the session's signal.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class Ids:
         self._used: dict[str, set[int]] = {}
 
     def draw(self, kind: str, low: int, high: int) -> int:
+        """A ``kind`` id in ``[low, high)`` not drawn before for that kind."""
         used = self._used.setdefault(kind, set())
         while True:
             value = int(self._rng.integers(low, high))
@@ -46,6 +49,8 @@ class Ids:
 
 @dataclass
 class EegPlan:
+    """One EEG file: its labelled sub-window offsets (s from the file start) and length."""
+
     offsets_s: np.ndarray
     length_samples: int
     start_s: float = 0.0  # position in the session
@@ -55,6 +60,8 @@ class EegPlan:
 
 @dataclass
 class SessionPlan:
+    """One session (one spectrogram) of a patient, with its EEG files in time order."""
+
     patient_id: int
     main_class: int
     eegs: list[EegPlan] = field(default_factory=list)
@@ -69,8 +76,9 @@ def _draw_vote_count(rng: np.random.Generator) -> int:
 
 
 def plan_sessions(rng: np.random.Generator, ids: Ids, *, n_patients: int,
-                   recordings_per_patient: tuple[int, int], sub_windows: tuple[int, int],
-                   two_eeg_fraction: float) -> list[SessionPlan]:
+                  recordings_per_patient: tuple[int, int], sub_windows: tuple[int, int],
+                  two_eeg_fraction: float) -> list[SessionPlan]:
+    """Sessions of ``n_patients`` patients; each patient has a preferred class (60% of sessions)."""
     sessions = []
     for _ in range(n_patients):
         patient_id = ids.draw("patient", 10_000, 65_536)
@@ -81,21 +89,26 @@ def plan_sessions(rng: np.random.Generator, ids: Ids, *, n_patients: int,
             remaining -= n_eegs
             main = patient_class if rng.random() < 0.6 else int(rng.integers(N_CLASSES))
             session = SessionPlan(patient_id=patient_id, main_class=main,
-                                   spectrogram_id=ids.draw("spectrogram", 300_000, 2_147_483_647))
+                                  spectrogram_id=ids.draw("spectrogram", 300_000, 2_147_483_647))
             for _ in range(n_eegs):
                 n_sub = int(rng.integers(sub_windows[0], sub_windows[1] + 1))
                 steps = rng.integers(1, 11, n_sub - 1) * 2.0 + (rng.random(n_sub - 1) < 0.15) * 0.5
                 offsets = np.concatenate([[0.0], np.cumsum(steps)])
                 length_s = offsets[-1] + WINDOW_S + float(rng.integers(0, 3))
                 session.eegs.append(EegPlan(offsets_s=offsets, length_samples=int(round(length_s * FS)),
-                                             eeg_id=ids.draw("eeg", 500_000, 4_294_967_295),
-                                             n_votes=_draw_vote_count(rng)))
+                                            eeg_id=ids.draw("eeg", 500_000, 4_294_967_295),
+                                            n_votes=_draw_vote_count(rng)))
             sessions.append(session)
     return sessions
 
 
-def session_anchors(rng: np.random.Generator, main_class: int, duration_s: float):
-    """Latent class vectors at anchors every ~40 s; the dominant class sometimes switches."""
+def session_anchors(rng: np.random.Generator, main_class: int,
+                    duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """Latent class vectors at anchors every ~40 s; the dominant class sometimes switches.
+
+    Returns ``(probs (k, 6), times_s (k,))``, the ``class_probs`` and ``anchor_times_s`` of
+    :func:`~hms_core.data.synthetic.signals.synthesize_recording`.
+    """
     times = np.arange(0, duration_s + 40, 40.0)
     times[1:-1] += rng.uniform(-10, 10, max(times.size - 2, 0))
     times[-1] = max(times[-1], duration_s)
@@ -122,6 +135,7 @@ def window_latent(weights: np.ndarray, start_sample: int) -> np.ndarray:
 
 
 def draw_votes(rng: np.random.Generator, latent: np.ndarray, n_votes: int) -> tuple[np.ndarray, str]:
+    """Multinomial votes ``(6,)`` from ``latent`` and the consensus (ties: larger latent wins)."""
     votes = rng.multinomial(n_votes, latent)
     tied = np.flatnonzero(votes == votes.max())
     winner = tied[np.argmax(latent[tied])]
@@ -129,6 +143,7 @@ def draw_votes(rng: np.random.Generator, latent: np.ndarray, n_votes: int) -> tu
 
 
 def session_rng(seed: int, kind: int, index: int) -> np.random.Generator:
+    """The random stream of one session (``kind`` 2: training, 3: test recording)."""
     return np.random.default_rng(np.random.SeedSequence([seed, kind, index]))
 
 
@@ -142,5 +157,3 @@ def lay_out_session(session: SessionPlan, rng: np.random.Generator) -> int:
     end_s += float(rng.integers(0, 20))
     rows = max(math.ceil(end_s / SPEC_STEP_S), SPEC_WINDOW_S // SPEC_STEP_S)
     return rows * SPEC_STEP_S * FS
-
-

@@ -62,7 +62,6 @@ class SyntheticRecording:
     nan_mask: np.ndarray
 
 
-# ------------------------------------------------------------------------- one recording
 def _weights_over_time(n: int, class_probs, anchor_times_s) -> np.ndarray:
     """Class weights ``(6, n)`` (channel-major, like the signals)."""
     probs = np.asarray(class_probs, dtype=np.float64)
@@ -144,7 +143,8 @@ def synthesize_recording(n_samples: int, class_probs, rng: np.random.Generator, 
 
     ekg = ekg_trace(n, rng).astype(np.float32)
     clean[_EKG_COL] = ekg
-    makers = {"blink": lambda: blink_artifact(n, w_other, rng, artifact_rate), "ekg": lambda: ekg_leak(ekg, rng),
+    makers = {"blink": lambda: blink_artifact(n, w_other, rng, artifact_rate),
+              "ekg": lambda: ekg_leak(ekg, rng),
               "muscle": lambda: muscle_artifact(n, w_other, rng, artifact_rate),
               "pop": lambda: pop_artifact(n, w_other, rng, artifact_rate)}
     artifacts_cm = {name: makers[name]() for name in ARTIFACT_TYPES if name in artifacts}
@@ -163,12 +163,13 @@ def synthesize_recording(n_samples: int, class_probs, rng: np.random.Generator, 
 
 
 def add_nan_stretches(raw_cm: np.ndarray, nan_mask: np.ndarray, lo: int, hi: int,
-                       rng: np.random.Generator) -> None:
-    """Blank 1-3 stretches of 0.5-8 s (all channels) between samples ``lo`` and ``hi``."""
+                      rng: np.random.Generator) -> None:
+    """Blank 1-3 stretches of 0.5-8 s (all channels) between samples ``lo`` and ``hi``, in place.
+
+    ``raw_cm`` is channel-major ``(20, n)``; ``nan_mask`` ``(n,)`` marks the blanked samples.
+    """
     for _ in range(rng.integers(1, 4)):
         length = int(rng.uniform(0.5, 8.0) * FS)
         start = lo + int(rng.integers(0, max(hi - lo - length, 1)))
         nan_mask[start:start + length] = True
     raw_cm[:, nan_mask] = np.nan
-
-

@@ -33,6 +33,7 @@ _POSITIONS = {
 }
 _XY = np.array([_POSITIONS[c] for c in EEG_CHANNELS])  # (19, 2)
 
+
 # ------------------------------------------------------------------------- spatial fields
 def scalp_field(focus: tuple[float, float], spread: float) -> np.ndarray:
     """Gaussian scalp field (19,) around ``focus``: how strongly each electrode sees a source."""
@@ -106,7 +107,12 @@ def _rhythmic_delta(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def class_sources(n: int, rng: np.random.Generator):
-    """Yield (class index, waveform (n,), amplitude uV, field (19,), delays (19,)) for 5 patterns."""
+    """The five class patterns (all but Other) of one recording, in ``CLASSES`` order.
+
+    Yields ``(class index, make_wave, amplitude_uv, field (19,), delays (19,))``, where
+    ``make_wave()`` returns the unit waveform ``(n,)``; it draws from ``rng`` only when
+    called, so a pattern whose weight is zero costs no waveform draws.
+    """
     lpd_focus, lrda_focus = _lateral_focus(rng), _lateral_focus(rng)
     gpd_focus, grda_focus = _general_focus(rng), _general_focus(rng)
     sz_focus = (rng.uniform(-0.6, 0.6), rng.uniform(-0.5, 0.6))
@@ -133,7 +139,7 @@ def shaped_noise(n: int, spectra: np.ndarray, rng: np.random.Generator) -> np.nd
     Each row has unit expected RMS. Random coefficients are drawn only up to the last
     bin where some spectrum is non-negligible (low-pass sources are cheap).
     """
-    k, n_f = spectra.shape
+    k, _ = spectra.shape
     spectra = spectra.astype(np.float32, copy=False)
     hi = int(np.flatnonzero(spectra.max(axis=0) > 1e-3 * spectra.max())[-1]) + 1
     # Parseval: a one-sided spectrum S with unit complex-normal coefficients gives
@@ -150,6 +156,7 @@ def shaped_noise(n: int, spectra: np.ndarray, rng: np.random.Generator) -> np.nd
 
 
 def rfft_freqs(n: int) -> np.ndarray:
+    """Frequencies (Hz) of the ``n // 2 + 1`` bins of a real FFT of ``n`` samples at 200 Hz."""
     return np.fft.rfftfreq(n, d=1 / FS)
 
 
@@ -159,6 +166,7 @@ def bandpass_spectrum(freqs: np.ndarray, lo_hz: float, hi_hz: float) -> np.ndarr
 
 
 def add_events(out: np.ndarray, onsets: np.ndarray, gains: np.ndarray, template: np.ndarray) -> None:
+    """Add ``gain * template`` at each onset (sample index) to ``out`` (n,), in place, clipped at the ends."""
     n, m = out.shape[0], template.shape[0]
     for onset, gain in zip(onsets, gains):
         if onset >= n or onset + m <= 0:
@@ -172,5 +180,3 @@ def to_channels(source: np.ndarray, spatial: np.ndarray) -> np.ndarray:
     out = np.zeros((N_RAW_CHANNELS, source.shape[0]), dtype=np.float32)
     np.multiply(spatial.astype(np.float32)[:, None], source.astype(np.float32)[None, :], out=out[:N_EEG])
     return out
-
-

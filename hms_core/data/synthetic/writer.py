@@ -39,12 +39,7 @@ from hms_core.contract import (
     VOTE_COLUMNS,
     WINDOW_SAMPLES,
 )
-from hms_core.data.synthetic.answer_key import (
-    ANSWER_KEY_DIR,
-    LATENT_COLUMNS,
-    LATENT_FILE,
-    TEST_LATENT_FILE,
-)
+from hms_core.data.synthetic.answer_key import LATENT_COLUMNS, write_answer_key
 from hms_core.data.synthetic.config import SyntheticConfig
 from hms_core.data.synthetic.plan import (
     MAX_VOTES,
@@ -68,6 +63,7 @@ FS = SAMPLING_RATE_HZ
 
 
 def _write_eeg(path: Path, raw_uv: np.ndarray) -> None:
+    """An EEG parquet: ``raw_uv`` ``(n, 20)`` as one float32 column per ``RAW_CHANNELS`` name (uV)."""
     channels = raw_uv.T  # (20, n): contiguous per channel for the recordings built here
     arrays = [pa.array(np.ascontiguousarray(channels[j]), type=pa.float32()) for j in range(N_RAW_CHANNELS)]
     pq.write_table(pa.Table.from_arrays(arrays, names=list(RAW_CHANNELS)), path, use_dictionary=False,
@@ -75,6 +71,7 @@ def _write_eeg(path: Path, raw_uv: np.ndarray) -> None:
 
 
 def _write_spectrogram(path: Path, power: np.ndarray) -> None:
+    """A spectrogram parquet: the ``time`` column (s) and ``power`` ``(rows, 400)`` in uV^2/Hz."""
     time_s = np.arange(power.shape[0], dtype=np.int64) * SPEC_STEP_S + SPEC_STEP_S // 2
     arrays = [pa.array(time_s)] + [pa.array(np.ascontiguousarray(power[:, j]), type=pa.float32())
                                    for j in range(power.shape[1])]
@@ -84,6 +81,7 @@ def _write_spectrogram(path: Path, power: np.ndarray) -> None:
 
 def _generate_train_session(out: Path, session: SessionPlan, rng: np.random.Generator,
                             *, nan_fraction: float) -> tuple[list[dict], list[dict]]:
+    """Write one session's spectrogram and EEG files; return its train.csv rows and latents."""
     n = lay_out_session(session, rng)
     anchors, times = session_anchors(rng, session.main_class, n / FS)
     rec = synthesize_recording(n, anchors, rng, anchor_times_s=times, nan_stretches=False)
@@ -116,6 +114,7 @@ def _generate_train_session(out: Path, session: SessionPlan, rng: np.random.Gene
 
 def _generate_test_recording(out: Path, rng: np.random.Generator, *, eeg_id: int, spectrogram_id: int,
                              nan_fraction: float) -> np.ndarray:
+    """Write one test recording (600 s spectrogram, central 50 s EEG); return its latent (6,)."""
     n = SPEC_WINDOW_S * FS
     anchors, times = session_anchors(rng, int(rng.integers(N_CLASSES)), SPEC_WINDOW_S)
     rec = synthesize_recording(n, anchors, rng, anchor_times_s=times, nan_stretches=False)
@@ -181,8 +180,8 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_patients: int, seed: int =
     plan_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
     ids = Ids(np.random.default_rng(np.random.SeedSequence([cfg.seed, 1])))
     sessions = plan_sessions(plan_rng, ids, n_patients=cfg.patients,
-                              recordings_per_patient=cfg.recordings_per_patient,
-                              sub_windows=cfg.sub_windows, two_eeg_fraction=cfg.two_eeg_fraction)
+                             recordings_per_patient=cfg.recordings_per_patient,
+                             sub_windows=cfg.sub_windows, two_eeg_fraction=cfg.two_eeg_fraction)
     with atomic.atomic_path(out_dir) as tmp:
         for sub in (TRAIN_EEG_DIR, TRAIN_SPEC_DIR, TEST_EEG_DIR, TEST_SPEC_DIR):
             (tmp / sub).mkdir(parents=True)
@@ -211,12 +210,7 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_patients: int, seed: int =
                                    **{c: np.full(len(test), 1 / N_CLASSES) for c in VOTE_COLUMNS}})
         submission[list(SUBMISSION_COLUMNS)].to_csv(tmp / "sample_submission.csv", index=False)
         if cfg.save_answer_key:
-            (tmp / ANSWER_KEY_DIR).mkdir()
-            pq.write_table(pa.Table.from_pandas(latent, preserve_index=False),
-                           tmp / ANSWER_KEY_DIR / LATENT_FILE)
-            test_latent = pd.DataFrame(test_latents, columns=["eeg_id", *LATENT_COLUMNS])
-            pq.write_table(pa.Table.from_pandas(test_latent, preserve_index=False),
-                           tmp / ANSWER_KEY_DIR / TEST_LATENT_FILE)
+            write_answer_key(tmp, latent, pd.DataFrame(test_latents, columns=["eeg_id", *LATENT_COLUMNS]))
     summary = _summary(out_dir, train, test, time.perf_counter() - started)
     logger.info("wrote synthetic data set to %s: %d patients, %d recordings, %d spectrograms, "
                 "%d labelled rows, %d test recordings in %.1f s", out_dir, summary["n_patients"],
@@ -255,5 +249,3 @@ def _summary(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, seconds: fl
         "fraction_below_10_votes": float((totals < 10).mean()),
         "seconds": round(seconds, 2),
     }
-
-
