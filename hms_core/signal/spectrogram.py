@@ -217,7 +217,8 @@ def kaggle_spectrogram(raw_uv: np.ndarray, n_rows: int) -> np.ndarray:
 
     Row ``k`` (time ``2k+1`` s) is the Hann-windowed (1024 samples, centred on that time,
     mean removed) power spectral density of each of a region's 4 bipolar chains,
-    averaged over them, at ``SPEC_FREQS_HZ``. A frame touching NaN gives a NaN row.
+    averaged over them, at ``SPEC_FREQS_HZ``. A frame touching NaN in a region's chains
+    gives NaN in that region's 100 columns (the whole row when all channels are NaN).
 
     Parameters
     ----------

@@ -2,9 +2,14 @@ import numpy as np
 import torch
 from scipy import signal as sp_signal
 
-from hms_core.contract import REGION_CHAIN_ROWS, SPEC_COLUMNS
+from hms_core.contract import (
+    CHANNEL_INDEX, RAW_CHANNELS, REGION_CHAIN_ROWS, SAMPLING_RATE_HZ, SPEC_COLUMNS, SPEC_FREQS_HZ,
+    SPEC_REGIONS,
+)
 from hms_core.signal.frontend import kaggle_spec_image
-from hms_core.signal.spectrogram import RegionSpectrogram, SpectrogramConfig, mel_filterbank
+from hms_core.signal.spectrogram import (
+    RegionSpectrogram, SpectrogramConfig, kaggle_spectrogram, mel_filterbank,
+)
 
 torch.set_num_threads(1)
 
@@ -69,3 +74,22 @@ def test_kaggle_spec_image_layout_log_and_nan():
     assert np.isclose(image[0, 0, 0, 0], 8.0)
     assert np.isclose(image[0, 3, 7, 123], np.log(power[0, 123, 307]))
     assert np.isclose(image[1, 1, 99, 299], np.log(power[1, 299, 199]))
+
+
+def test_kaggle_spectrogram_puts_a_sine_in_its_region_and_bin_and_nan_in_its_rows():
+    n_rows, fs = 30, SAMPLING_RATE_HZ  # 60 s, one row every 2 s
+    t = np.arange(n_rows * 2 * fs) / fs
+    raw = np.zeros((t.size, len(RAW_CHANNELS)), dtype=np.float32)
+    raw[:, CHANNEL_INDEX["T5"]] = 50 * np.sin(2 * np.pi * SPEC_FREQS_HZ[47] * t)  # T5: left temporal only
+    power = kaggle_spectrogram(raw, n_rows)
+    assert power.shape == (n_rows, len(SPEC_COLUMNS)) and power.dtype == np.float32
+    regions = power.reshape(n_rows, len(SPEC_REGIONS), len(SPEC_FREQS_HZ))
+    assert (regions[:, 0].argmax(axis=1) == 47).all()
+    assert (regions[:, 1:] == 0).all()
+    raw[5000, CHANNEL_INDEX["Fp2"]] = np.nan  # 25 s: inside the 5.12 s frames of rows 11-13 only
+    regions = kaggle_spectrogram(raw, n_rows).reshape(n_rows, len(SPEC_REGIONS), len(SPEC_FREQS_HZ))
+    nan_rows = np.flatnonzero(np.isnan(regions).any(axis=(1, 2)))
+    assert nan_rows.tolist() == [11, 12, 13]
+    right = [SPEC_REGIONS.index("RL"), SPEC_REGIONS.index("RP")]
+    assert np.isnan(regions[nan_rows][:, right]).all()
+    assert np.isfinite(np.delete(regions[nan_rows], right, axis=1)).all()
