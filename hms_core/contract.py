@@ -1,9 +1,15 @@
 """The HMS data contract in one place: channels, chains, classes, columns and sizes.
 
-Every other module imports these names instead of repeating literals. See
-``shared/hms-format.md`` for the public facts they encode.
+Every other module imports these names instead of repeating literals. The facts they
+encode are the public ones of the Kaggle competition's data description
+(https://www.kaggle.com/competitions/hms-harmful-brain-activity-classification/data); the
+out-of-fold columns and the ``<model>_fold<k>`` file names are this pipeline's own.
 """
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -50,8 +56,7 @@ def _mirror(name: str) -> str:
     return _MIRROR.get(name, name)
 
 
-# Index permutations that swap the hemispheres (labels are unchanged by the swap).
-RAW_HEMISPHERE_SWAP = tuple(CHANNEL_INDEX[_mirror(c)] for c in RAW_CHANNELS)
+# Chain permutation that swaps the hemispheres (labels are unchanged by the swap).
 CHAIN_HEMISPHERE_SWAP = tuple(
     BIPOLAR_PAIRS.index((_mirror(a), _mirror(b))) for a, b in BIPOLAR_PAIRS
 )
@@ -75,6 +80,12 @@ TRAIN_DTYPES = {
 TEST_COLUMNS = ("spectrogram_id", "eeg_id", "patient_id")
 SUBMISSION_COLUMNS = ("eeg_id", *VOTE_COLUMNS)
 
+# Out-of-fold predictions (oof/<model>_fold<k>.parquet): natural-log probabilities of each
+# class, for the window as is and hemisphere-swapped (test-time augmentation).
+LOGP_COLUMNS = tuple(f"logp_{c.lower()}" for c in CLASSES)
+LOGP_SWAP_COLUMNS = tuple(f"logp_swap_{c.lower()}" for c in CLASSES)
+OOF_COLUMNS = ("label_id", "fold", *VOTE_COLUMNS, *LOGP_COLUMNS, *LOGP_SWAP_COLUMNS)
+
 # Kaggle-provided spectrograms: one row every 2 s, 4 regions x 100 frequency bins.
 SPEC_STEP_S = 2
 SPEC_WINDOW_S = 600
@@ -94,3 +105,28 @@ def votes_to_targets(votes: np.ndarray) -> np.ndarray:
     """Turn vote counts ``(n_rows, 6)`` into vote distributions (rows sum to 1)."""
     votes = np.asarray(votes, dtype=np.float64)
     return votes / votes.sum(axis=1, keepdims=True)
+
+
+def parse_fold_name(path: str | os.PathLike) -> tuple[str, int | None]:
+    """Model and fold of a per-fold artifact named ``<model>_fold<k>``.
+
+    ``models/final/resnet1d_gru_fold3.pth`` -> ``("resnet1d_gru", 3)``. A stem without a
+    ``_fold<digits>`` suffix is returned whole, with fold None.
+    """
+    stem = Path(path).stem
+    model, sep, fold = stem.rpartition("_fold")
+    if sep and fold.isdigit():
+        return model, int(fold)
+    return stem, None
+
+
+def group_by_model(paths: Iterable[str | os.PathLike]) -> dict[str, list]:
+    """Per-fold artifact paths grouped by the model their file name names.
+
+    Models appear in the order of their first path, and each model's paths keep their input
+    order, so grouping the inputs of a rule gives the same lists as the config's model order.
+    """
+    groups: dict[str, list] = {}
+    for path in paths:
+        groups.setdefault(parse_fold_name(path)[0], []).append(path)
+    return groups

@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from hms_core import atomic  # noqa: E402
-from hms_core.contract import CLASSES, HIGH_VOTE_THRESHOLD, VOTE_COLUMNS, votes_to_targets  # noqa: E402
-from hms_core.ensemble.oof import LOGP_COLUMNS, LOGP_SWAP_COLUMNS  # noqa: E402
+from hms_core.contract import (CLASSES, HIGH_VOTE_THRESHOLD, LOGP_COLUMNS, LOGP_SWAP_COLUMNS,  # noqa: E402
+                               VOTE_COLUMNS, parse_fold_name, votes_to_targets)
 from hms_core.errors import DataError  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -33,15 +33,6 @@ def _save(fig: plt.Figure, out_png: str | os.PathLike) -> Path:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return Path(out_png)
-
-
-def _model_fold(path: Path) -> tuple[str, int | None]:
-    stem = path.stem
-    if "_fold" in stem:
-        model, _, fold = stem.rpartition("_fold")
-        if fold.isdigit():
-            return model, int(fold)
-    return stem, None
 
 
 def read_oof(oof_paths: Sequence[str | os.PathLike]) -> dict[str, pd.DataFrame]:
@@ -58,7 +49,7 @@ def read_oof(oof_paths: Sequence[str | os.PathLike]) -> dict[str, pd.DataFrame]:
         missing = [c for c in (*VOTE_COLUMNS, *LOGP_COLUMNS) if c not in df.columns]
         if missing:
             raise DataError(path, f"out-of-fold file lacks columns {missing}")
-        frames.setdefault(_model_fold(path)[0], []).append(df)
+        frames.setdefault(parse_fold_name(path)[0], []).append(df)
     return {model: pd.concat(dfs, ignore_index=True) for model, dfs in sorted(frames.items())}
 
 
@@ -82,8 +73,8 @@ def plot_learning_curves(weights_paths: Sequence[str | os.PathLike], out_png: st
         history = state.get("history") if isinstance(state, dict) else None
         if not history:
             raise DataError(path, "weights file has no training history")
-        model = state.get("model_name") or _model_fold(path)[0]
-        curves.setdefault(model, []).append((_model_fold(path)[1], history))
+        model = state.get("model_name") or parse_fold_name(path)[0]
+        curves.setdefault(model, []).append((parse_fold_name(path)[1], history))
     if not curves:
         raise DataError(out_png, "no weights files given for the learning curves")
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)

@@ -5,7 +5,6 @@ metrics, the ONNX parity reports, the foundation transfer study); nothing is est
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -17,20 +16,13 @@ import numpy as np
 import torch
 
 from hms_core import atomic, metrics
+from hms_core.contract import LOGP_COLUMNS, LOGP_SWAP_COLUMNS, VOTE_COLUMNS, group_by_model, parse_fold_name
 from hms_core.errors import DataError
+from hms_core.hashing import sha256_file
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 RESULTS_FORMAT = 1
-
-
-def sha256_file(path: str | os.PathLike, *, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_json(path: str | os.PathLike) -> dict:
@@ -43,23 +35,10 @@ def _read_json(path: str | os.PathLike) -> dict:
         raise DataError(path, f"not valid JSON: {err}") from err
 
 
-def _model_of(path: str | os.PathLike) -> str:
-    """``models/final/resnet1d_gru_fold3.pth`` -> ``resnet1d_gru``."""
-    stem = Path(path).stem
-    return stem.rsplit("_fold", 1)[0] if "_fold" in stem else stem
-
-
-def _fold_of(path: str | os.PathLike) -> int | None:
-    stem = Path(path).stem
-    tail = stem.rsplit("_fold", 1)[-1] if "_fold" in stem else ""
-    return int(tail) if tail.isdigit() else None
-
-
 def _score_oofs(paths: Sequence[str | os.PathLike]) -> dict[str, Any]:
-    from hms_core.ensemble.oof import read_member_oof, LOGP_COLUMNS, LOGP_SWAP_COLUMNS
-    from hms_core.contract import VOTE_COLUMNS
+    from hms_core.ensemble.oof import read_member_oof
 
-    oof = read_member_oof(paths, member=_model_of(paths[0]))
+    oof = read_member_oof(paths, member=parse_fold_name(paths[0])[0])
     votes = oof[list(VOTE_COLUMNS)].to_numpy(np.float64)
     probs = np.exp(oof[list(LOGP_COLUMNS)].to_numpy(np.float64))
     tta = 0.5 * (probs + np.exp(oof[list(LOGP_SWAP_COLUMNS)].to_numpy(np.float64)))
@@ -75,7 +54,7 @@ def _training_record(weight_paths: Sequence[str | os.PathLike]) -> dict[str, Any
     for path in weight_paths:
         state = torch.load(path, map_location="cpu", weights_only=True)
         fold_metrics = dict(state.get("metrics") or {})
-        folds[str(_fold_of(path))] = fold_metrics
+        folds[str(parse_fold_name(path)[1])] = fold_metrics
         for key in ("seconds", "train_time_s"):
             if isinstance(fold_metrics.get(key), (int, float)):
                 total_s += float(fold_metrics[key])
@@ -98,7 +77,7 @@ def collect_results(out_path: str | os.PathLike, *, oofs: Sequence[str | os.Path
     oofs, weights : sequences of paths
         ``oof/{model}_fold{k}.parquet`` and ``models/final/{model}_fold{k}.pth`` of every model.
     ensemble_metrics : path
-        JSON written from :func:`hms_core.ensemble.stacking.build_ensemble`'s return value.
+        JSON written from :func:`hms_core.ensemble.build.build_ensemble`'s return value.
     parity : sequence of paths
         One JSON per ONNX file (from :mod:`hms_core.export.onnx`).
     artifacts : iterable of paths
@@ -121,11 +100,9 @@ def collect_results(out_path: str | os.PathLike, *, oofs: Sequence[str | os.Path
         What was written.
     """
     ens = _read_json(ensemble_metrics)
-    by_model: dict[str, dict[str, list]] = {}
-    for p in oofs:
-        by_model.setdefault(_model_of(p), {"oofs": [], "weights": []})["oofs"].append(p)
-    for p in weights:
-        by_model.setdefault(_model_of(p), {"oofs": [], "weights": []})["weights"].append(p)
+    oofs_by_model, weights_by_model = group_by_model(oofs), group_by_model(weights)
+    by_model = {name: {"oofs": oofs_by_model.get(name, []), "weights": weights_by_model.get(name, [])}
+                for name in {**oofs_by_model, **weights_by_model}}
     parity_by_name = {}
     for p in parity:
         rec = _read_json(p)
@@ -181,7 +158,7 @@ def collect_results(out_path: str | os.PathLike, *, oofs: Sequence[str | os.Path
     results.update(extra or {})
     results = _finite(results)
     atomic.write_json(out_path, results)
-    log.info("wrote %s", out_path)
+    logger.info("wrote %s", out_path)
     return results
 
 

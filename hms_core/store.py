@@ -132,6 +132,17 @@ def read_store_attributes(path) -> dict[str, Any]:
     return json.loads(meta.read_text()).get("attributes", {})
 
 
+def open_window_source(store_paths: Any) -> Any:
+    """A :class:`WindowStore` over ``store_paths`` (one path or several).
+
+    Anything that already is a window source (has ``index`` and ``read``, e.g. a
+    ``WindowStore`` or an in-memory source) is returned as is.
+    """
+    if hasattr(store_paths, "index") and hasattr(store_paths, "read"):
+        return store_paths
+    return WindowStore([store_paths] if isinstance(store_paths, (str, os.PathLike)) else list(store_paths))
+
+
 class WindowStore:
     """Random access to the windows of several batch stores.
 

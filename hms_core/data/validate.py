@@ -7,7 +7,6 @@ for every labelled window that points into it.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -36,6 +35,7 @@ from hms_core.contract import (
 from hms_core.data import io
 from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
+from hms_core.hashing import sha256_file
 from hms_core.status import update_status
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ logger = logging.getLogger(__name__)
 ON_BAD_CHOICES = ("error", "report")
 _EEG_COLUMNS = tuple(RAW_CHANNELS)
 _SPEC_FILE_COLUMNS = (SPEC_TIME_COLUMN, *SPEC_COLUMNS)
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -304,7 +303,7 @@ def write_manifest(data_dir: str | os.PathLike, manifest_out: str | os.PathLike,
     files = sorted((p for p in _walk_files(root) if p.resolve() not in skip),
                    key=lambda p: p.relative_to(root).as_posix())
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        digests = list(tqdm(pool.map(_sha256, files), total=len(files), desc="sha256", unit="file",
+        digests = list(tqdm(pool.map(sha256_file, files), total=len(files), desc="sha256", unit="file",
                             disable=None, leave=False))
     lines = [f"{digest}  {path.relative_to(root).as_posix()}\n" for path, digest in zip(files, digests)]
     atomic.write_text(manifest_out, "".join(lines))
@@ -317,13 +316,6 @@ def _walk_files(root: Path):
         for name in names:
             yield Path(folder) / name
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------- summary

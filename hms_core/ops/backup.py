@@ -24,6 +24,7 @@ from typing import Any, Iterator
 
 from hms_core import atomic
 from hms_core.errors import ConfigError, DataError, HMSError
+from hms_core.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def verify_backup(backup: str | os.PathLike) -> dict[str, str]:
         path = backup / rel
         if not path.is_file():
             raise DataError(path, "listed in the backup manifest but missing")
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != digest:
             raise DataError(path, f"checksum mismatch (manifest {digest[:12]}..., file {actual[:12]}...): "
                                   "the backup is corrupted; nothing was restored")
@@ -309,12 +310,4 @@ def _copy_with_hash(src: Path, dest: Path) -> str:
             digest.update(chunk)
             fout.write(chunk)
     shutil.copystat(src, dest)
-    return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
     return digest.hexdigest()

@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from hms_core.contract import CLASSES, VOTE_COLUMNS
-from hms_core.ensemble.oof import LOGP_COLUMNS, LOGP_SWAP_COLUMNS
+from hms_core.contract import CLASSES, LOGP_COLUMNS, LOGP_SWAP_COLUMNS, VOTE_COLUMNS
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

@@ -173,7 +173,8 @@ def test_fold_main_under_torchrun_writes_the_single_process_outputs(tmp_path):
     from test_run import CFG, _write_store
 
     from hms_core.train import fold_main
-    from hms_core.train.fold import LOGP_COLUMNS, train_fold
+    from hms_core.contract import LOGP_COLUMNS
+    from hms_core.train.fold import train_fold
 
     _, folds = _write_store(tmp_path / "batch_0000.zarr")
     folds.to_csv(tmp_path / "folds.csv", index=False)

@@ -7,8 +7,8 @@ import torch
 from hms_core import contract
 from hms_core.errors import ConfigError, DataError
 from hms_core.store import StoreWriter, WindowStore
-from hms_core.train.fold import (LOGP_COLUMNS, LOGP_SWAP_COLUMNS, WEIGHTS_KEYS, load_trained,
-                                predict_logp, resolve_model_config, train_fold)
+from hms_core.contract import LOGP_COLUMNS, LOGP_SWAP_COLUMNS
+from hms_core.train.fold import WEIGHTS_KEYS, load_trained, predict_logp, resolve_model_config, train_fold
 from hms_core.train.data import WindowDataset
 
 torch.set_num_threads(1)
