@@ -78,7 +78,7 @@ def _child(engine: str, work: str, threads: int, batch_size: int, repeats: int, 
     with np.load(Path(work) / "windows.npz") as npz:
         raw, spec = npz["raw"], npz["spec"]
     if engine == "onnx":
-        from hms_core.export.onnx import ort_session
+        from hms_core.export.runtime import ort_session
 
         session = ort_session(Path(work) / "ensemble.onnx", provider="cpu", threads=threads)
 

@@ -9,8 +9,6 @@ rule ensemble:
         metrics="results/ensemble_metrics.json",
     params:
         ensemble=config["ensemble"],
-        models=enabled_models(),
-        n_folds=config["folds"]["n_folds"],
         checkpoint_dir=checkpoint_dir("ensemble"),
         status=STATUS,
     threads: config["compute"]["train_threads"]

@@ -31,8 +31,6 @@ rule export_ensemble:
     params:
         export=config["export"],
         preprocessing=config["preprocessing"],
-        models=enabled_models(),
-        n_folds=config["folds"]["n_folds"],
     threads: config["compute"]["train_threads"]
     conda:
         "../envs/export.yaml"

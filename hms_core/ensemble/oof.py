@@ -14,12 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from hms_core.contract import CLASSES, VOTE_COLUMNS
+from hms_core.contract import LOGP_COLUMNS, LOGP_SWAP_COLUMNS, OOF_COLUMNS, VOTE_COLUMNS
 from hms_core.errors import DataError
-
-LOGP_COLUMNS = tuple(f"logp_{c.lower()}" for c in CLASSES)
-LOGP_SWAP_COLUMNS = tuple(f"logp_swap_{c.lower()}" for c in CLASSES)
-OOF_COLUMNS = ("label_id", "fold", *VOTE_COLUMNS, *LOGP_COLUMNS, *LOGP_SWAP_COLUMNS)
 
 
 @dataclass

@@ -3,16 +3,15 @@
 Each export traces the torch module with ``torch.onnx.export(..., dynamo=False)`` (the
 TorchScript exporter: no onnxscript, seconds for a GRU), writes preprocessing and member
 facts into the model's ``metadata_props``, runs ``onnx.checker.check_model(full_check=True)``
-and compares ONNX Runtime with PyTorch on real windows. The file only appears (atomically)
-when the largest probability difference is within ``export.parity_atol``; otherwise
-:class:`ParityError` is raised.
+and compares ONNX Runtime with PyTorch on real windows (:mod:`hms_core.export.parity`). The file
+only appears (atomically) when the largest probability difference is within
+``export.parity_atol``; otherwise :class:`~hms_core.export.parity.ParityError` is raised.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
-import time
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -21,61 +20,18 @@ import numpy as np
 import torch
 
 from hms_core import atomic
+from hms_core.config import from_mapping
 from hms_core.contract import CLASSES, RAW_CHANNELS, SPEC_COLUMNS
-from hms_core.errors import DataError, HMSError
+from hms_core.errors import DataError
 from hms_core.export.config import ExportConfig
 from hms_core.export.graph import ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS, EnsembleGraph, FoldAverage
+from hms_core.export.parity import check_parity, parity_report, parity_rows, train_windows
+from hms_core.export.runtime import METADATA_PREFIX
+from hms_core.store import open_window_source
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-METADATA_PREFIX = "hms."
 EXPORT_FORMAT = 1
-
-
-class ParityError(HMSError):
-    """ONNX Runtime and PyTorch disagree by more than ``export.parity_atol``."""
-
-
-def ort_providers(provider: str = "auto") -> list[str]:
-    """ONNX Runtime execution providers: CUDA when available (``auto``/``cuda``), else CPU."""
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if provider in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if provider == "cuda":
-        log.warning("CUDAExecutionProvider not available (have %s); using the CPU", ", ".join(available))
-    return ["CPUExecutionProvider"]
-
-
-def ort_session(path: str | os.PathLike, *, provider: str = "auto", threads: int | None = None):
-    """An ``onnxruntime.InferenceSession`` on ``path`` (``threads``: intra-op CPU threads)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=ort_providers(provider))
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``hms.*`` metadata of an exported file, JSON values decoded (without loading weights)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "ONNX model not found")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:
-        raise DataError(path, f"not a readable ONNX model: {err}") from err
-    meta = {}
-    for prop in model.metadata_props:
-        if prop.key.startswith(METADATA_PREFIX):
-            meta[prop.key[len(METADATA_PREFIX):]] = json.loads(prop.value)
-    return meta
 
 
 def load_fold_models(weight_paths: Sequence[str | os.PathLike]) -> FoldAverage:
@@ -140,57 +96,6 @@ def _restore_unused_inputs(model, example: tuple[torch.Tensor, ...], input_names
     model.graph.input.extend(inputs)
 
 
-def _parity(module: torch.nn.Module, onnx_path: Path, inputs: Sequence[np.ndarray], *,
-            input_names: Sequence[str], output_names: Sequence[str], cfg: ExportConfig) -> dict[str, Any]:
-    """Largest |ONNX Runtime - PyTorch| per output over all ``inputs`` (batched)."""
-    session = ort_session(onnx_path, provider=cfg.provider)
-    n = len(inputs[0])
-    worst = {name: 0.0 for name in output_names}
-    t_torch = t_ort = 0.0
-    # Batches of export.batch_size (the traced size) plus one single window: the graph must
-    # not depend on the batch size it was traced with.
-    spans = [(s, s + cfg.batch_size) for s in range(0, n, cfg.batch_size)] + [(0, 1)]
-    for start, stop in spans:
-        batch = [np.ascontiguousarray(x[start:stop], dtype=np.float32) for x in inputs]
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            expected = module(*[torch.from_numpy(b) for b in batch])
-        t1 = time.perf_counter()
-        got = session.run(list(output_names), dict(zip(input_names, batch)))
-        t2 = time.perf_counter()
-        t_torch, t_ort = t_torch + t1 - t0, t_ort + t2 - t1
-        expected = expected if isinstance(expected, (tuple, list)) else (expected,)
-        for name, e, g in zip(output_names, expected, got):
-            if not np.isfinite(g).all():
-                raise ParityError(f"{onnx_path}: ONNX output {name!r} is not finite")
-            worst[name] = max(worst[name], float(np.abs(e.numpy() - g).max()))
-    return {"n_windows": int(n), "max_abs_diff": worst[output_names[0]],
-            "max_abs_diff_by_output": worst, "atol": cfg.parity_atol,
-            "passed": worst[output_names[0]] <= cfg.parity_atol,
-            "provider": session.get_providers()[0], "opset": cfg.opset,
-            "torch_s": t_torch, "onnxruntime_s": t_ort}
-
-
-def _check_parity(parity: dict[str, Any], out_onnx: Path) -> None:
-    if not parity["passed"]:
-        raise ParityError(f"{out_onnx}: ONNX Runtime differs from PyTorch by up to "
-                          f"{parity['max_abs_diff']:.3g} in a probability (allowed {parity['atol']:.1g}) "
-                          f"on {parity['n_windows']} windows; the file was not written")
-
-
-def open_window_source(store_paths: Any) -> Any:
-    """A ``WindowStore`` over ``store_paths`` (one path or several); a window source passes through."""
-    if hasattr(store_paths, "index") and hasattr(store_paths, "read"):
-        return store_paths
-    from hms_core.store import WindowStore
-
-    return WindowStore([store_paths] if isinstance(store_paths, (str, os.PathLike)) else list(store_paths))
-
-
-def _parity_rows(n_rows: int, n: int) -> np.ndarray:
-    return np.unique(np.linspace(0, n_rows - 1, num=min(n, n_rows)).round().astype(np.int64))
-
-
 def export_model(weight_paths: Sequence[str | os.PathLike], out_onnx: str | os.PathLike, *,
                  store_paths: Any = None, parity_inputs: Mapping[str, np.ndarray] | None = None,
                  cfg: ExportConfig | Mapping | None = None, parity_out: str | os.PathLike | None = None,
@@ -226,7 +131,7 @@ def export_model(weight_paths: Sequence[str | os.PathLike], out_onnx: str | os.P
     ParityError
         The largest probability difference exceeds ``export.parity_atol`` (nothing written).
     """
-    cfg = cfg if isinstance(cfg, ExportConfig) else ExportConfig.from_dict(cfg)
+    cfg = cfg if isinstance(cfg, ExportConfig) else from_mapping(ExportConfig, cfg, "export")
     out_onnx = Path(out_onnx)
     name = name or out_onnx.stem
     module = load_fold_models(weight_paths)
@@ -235,7 +140,7 @@ def export_model(weight_paths: Sequence[str | os.PathLike], out_onnx: str | os.P
         if store_paths is None:
             raise DataError(out_onnx, "export needs store_paths or parity_inputs for the parity check")
         source = open_window_source(store_paths)
-        rows = _parity_rows(len(source.index), cfg.n_parity_windows)
+        rows = parity_rows(len(source.index), cfg.n_parity_windows)
         parity_inputs = source.read(rows, fields)
     inputs = [np.asarray(parity_inputs[f], dtype=np.float32) for f in fields]
     example = tuple(torch.from_numpy(x[:cfg.batch_size].copy()) for x in inputs)
@@ -244,11 +149,11 @@ def export_model(weight_paths: Sequence[str | os.PathLike], out_onnx: str | os.P
     with atomic.atomic_path(out_onnx) as tmp:
         _write_onnx(module, example, tmp, input_names=fields, output_names=["probs"], opset=cfg.opset,
                     metadata=metadata)
-        parity = _parity(module, tmp, inputs, input_names=fields, output_names=["probs"], cfg=cfg)
-        _check_parity(parity, out_onnx)
+        parity = parity_report(module, tmp, inputs, input_names=fields, output_names=["probs"], cfg=cfg)
+        check_parity(parity, out_onnx)
     report = {"model": name, "onnx": str(out_onnx), **parity, "n_folds": len(module.folds),
               "input_fields": fields, "checker": "onnx.checker full_check passed"}
-    log.info("%s: ONNX parity max |diff| %.2e on %d windows (%s)", name, parity["max_abs_diff"],
+    logger.info("%s: ONNX parity max |diff| %.2e on %d windows (%s)", name, parity["max_abs_diff"],
              parity["n_windows"], parity["provider"])
     if parity_out is not None:
         atomic.write_json(parity_out, report)
@@ -283,9 +188,9 @@ def build_ensemble_graph(member_weights: Mapping[str, Sequence[str | os.PathLike
         raise DataError(ensemble_path, f"ensemble members {missing} have no weights files "
                                        f"(given: {sorted(member_weights)})")
     if frontend_cfg is None:
-        frontend_cfg = PreprocessConfig.from_dict(preprocessing).frontend
+        frontend_cfg = from_mapping(PreprocessConfig, preprocessing, "preprocessing").frontend
     elif not isinstance(frontend_cfg, FrontendConfig):
-        frontend_cfg = FrontendConfig.from_dict(frontend_cfg)
+        frontend_cfg = from_mapping(FrontendConfig, frontend_cfg, "preprocessing")
     members = [load_fold_models(member_weights[m]) for m in ens["members"]]
     return EnsembleGraph(WindowFrontend(frontend_cfg), members, ens["head"], ens["bma_weights"]).eval()
 
@@ -338,15 +243,13 @@ def export_ensemble(member_weights: Mapping[str, Sequence[str | os.PathLike]], e
     ParityError
         ONNX Runtime and PyTorch differ by more than ``export.parity_atol`` (nothing written).
     """
-    cfg = cfg if isinstance(cfg, ExportConfig) else ExportConfig.from_dict(cfg)
+    cfg = cfg if isinstance(cfg, ExportConfig) else from_mapping(ExportConfig, cfg, "export")
     out_onnx = Path(out_onnx)
     graph = build_ensemble_graph(member_weights, ensemble_path, frontend_cfg, preprocessing=preprocessing)
     if raw_windows is None or spec_windows is None:
         if data_dir is None:
             raise DataError(out_onnx, "ensemble export needs raw_windows/spec_windows or data_dir "
                                       "for the parity check")
-        from hms_core.inference.predict import train_windows
-
         raw_windows, spec_windows = train_windows(data_dir, store_paths, n=cfg.n_parity_windows,
                                                   preprocessing=preprocessing)
     members = list(torch.load(ensemble_path, map_location="cpu", weights_only=True)["members"])
@@ -367,7 +270,7 @@ def export_ensemble_graph(graph: EnsembleGraph, out_onnx: str | os.PathLike, *, 
     """
     from hms_core.preprocess import PreprocessConfig
 
-    cfg = cfg if isinstance(cfg, ExportConfig) else ExportConfig.from_dict(cfg)
+    cfg = cfg if isinstance(cfg, ExportConfig) else from_mapping(ExportConfig, cfg, "export")
     out_onnx = Path(out_onnx)
     inputs = [np.asarray(raw_windows, dtype=np.float32), np.asarray(spec_windows, dtype=np.float32)]
     example = tuple(torch.from_numpy(x[:cfg.batch_size].copy()) for x in inputs)
@@ -378,17 +281,17 @@ def export_ensemble_graph(graph: EnsembleGraph, out_onnx: str | os.PathLike, *, 
         "classes": list(CLASSES), "inputs": list(ENSEMBLE_INPUTS), "outputs": list(ENSEMBLE_OUTPUTS),
         "raw_channels": list(RAW_CHANNELS), "spec_columns_first_last": [SPEC_COLUMNS[0], SPEC_COLUMNS[-1]],
         "temperature": float(graph.head.temperature),
-        "preprocessing": PreprocessConfig.from_dict(preprocessing).to_dict(),
+        "preprocessing": from_mapping(PreprocessConfig, preprocessing, "preprocessing").to_dict(),
     }
     with atomic.atomic_path(out_onnx) as tmp:
         _write_onnx(graph, example, tmp, input_names=ENSEMBLE_INPUTS, output_names=ENSEMBLE_OUTPUTS,
                     opset=cfg.opset, metadata=metadata)
-        parity = _parity(graph, tmp, inputs, input_names=ENSEMBLE_INPUTS, output_names=ENSEMBLE_OUTPUTS,
-                         cfg=cfg)
-        _check_parity(parity, out_onnx)
+        parity = parity_report(graph, tmp, inputs, input_names=ENSEMBLE_INPUTS, output_names=ENSEMBLE_OUTPUTS,
+                               cfg=cfg)
+        check_parity(parity, out_onnx)
     report = {"model": "ensemble", "onnx": str(out_onnx), **parity, "members": members,
               "checker": "onnx.checker full_check passed"}
-    log.info("ensemble: ONNX parity max |diff| %.2e on %d windows (%s)", parity["max_abs_diff"],
+    logger.info("ensemble: ONNX parity max |diff| %.2e on %d windows (%s)", parity["max_abs_diff"],
              parity["n_windows"], parity["provider"])
     if parity_out is not None:
         atomic.write_json(parity_out, report)

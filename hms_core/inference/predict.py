@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from hms_core import atomic
+from hms_core.config import from_mapping
 from hms_core.contract import (SPEC_WINDOW_ROWS, SUBMISSION_COLUMNS, TEST_EEG_DIR, TEST_SPEC_DIR,
                                VOTE_COLUMNS, WINDOW_SAMPLES)
 from hms_core.data import io
@@ -24,7 +25,7 @@ from hms_core.errors import DataError
 from hms_core.preprocess import PreprocessConfig
 from hms_core.signal.ica import clean_recording
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 UNCERTAINTY_COLUMNS = ("entropy", "member_spread")
 
@@ -32,7 +33,7 @@ UNCERTAINTY_COLUMNS = ("entropy", "member_spread")
 def cleaning_config(preprocessing: Mapping[str, Any] | None) -> PreprocessConfig:
     """The ``preprocessing`` section (as stored in ``ensemble.onnx``) as the config that
     :func:`clean_recording` takes (it uses the ``nan`` and ``ica`` parts)."""
-    return PreprocessConfig.from_dict(preprocessing)
+    return from_mapping(PreprocessConfig, preprocessing, "preprocessing")
 
 
 def _middle(n_have: int, n_need: int) -> slice:
@@ -69,49 +70,6 @@ def read_test_window(data_dir: str | os.PathLike, eeg_id: int, spectrogram_id: i
         raise DataError(spec_file, f"has {len(power)} rows; a test spectrogram needs {SPEC_WINDOW_ROWS} "
                                    "(600 s, one row every 2 s)", eeg_id=eeg_id)
     return cleaned.T.copy(), power[_middle(len(power), SPEC_WINDOW_ROWS)]
-
-
-def train_windows(data_dir: str | os.PathLike, store_paths: Any = None, *, n: int,
-                  preprocessing: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` labelled training windows as raw ensemble inputs (for the ONNX parity check).
-
-    Rows are spread over the store index (``store_paths``: paths or a window source), or over
-    train.csv when no store is given; each recording is read and cleaned once, like
-    preprocessing does, and its windows cut at ``eeg_label_offset_seconds``.
-
-    Returns
-    -------
-    raw_uv : np.ndarray
-        ``(n, 20, 10000)`` float32 uV.
-    spec_power : np.ndarray
-        ``(n, 300, 400)`` float32.
-    """
-    if store_paths is not None:
-        from hms_core.export.onnx import open_window_source
-
-        index = open_window_source(store_paths).index
-        train = io.read_train_csv(Path(data_dir) / "train.csv").set_index("label_id")
-        rows = train.loc[index["label_id"].to_numpy()].reset_index()
-    else:
-        rows = io.read_train_csv(Path(data_dir) / "train.csv")
-    pick = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, num=min(n, len(rows))).round().astype(int))]
-    cleaning = cleaning_config(preprocessing)
-    raws, specs = [], []
-    for eeg_id, group in pick.groupby("eeg_id", sort=False):
-        path = io.eeg_path(data_dir, int(eeg_id))
-        cleaned, _ = clean_recording(io.read_eeg(path, eeg_id=int(eeg_id)), cleaning, eeg_id=int(eeg_id), path=path)
-        for _, row in group.iterrows():
-            window = cleaned[io.eeg_window_slice(row["eeg_label_offset_seconds"])]
-            spec_file = io.spectrogram_path(data_dir, int(row["spectrogram_id"]))
-            _, power = io.read_spectrogram(spec_file, spectrogram_id=int(row["spectrogram_id"]))
-            first = io.spectrogram_first_row(row["spectrogram_label_offset_seconds"])
-            spec = power[first:first + SPEC_WINDOW_ROWS]
-            if len(window) < WINDOW_SAMPLES or len(spec) < SPEC_WINDOW_ROWS:
-                raise DataError(path, f"label_id {int(row['label_id'])}: window runs past the end of the "
-                                      "recording or spectrogram", eeg_id=int(eeg_id))
-            raws.append(window.T)
-            specs.append(spec)
-    return np.stack(raws).astype(np.float32), np.stack(specs).astype(np.float32)
 
 
 def _check_test_folder(data_dir: Path) -> pd.DataFrame:
@@ -171,7 +129,7 @@ def predict(data_dir: str | os.PathLike, out_csv: str | os.PathLike, *,
     """
     from tqdm import tqdm
 
-    from hms_core.export.onnx import ort_session, read_metadata
+    from hms_core.export.runtime import ort_session, read_metadata
 
     data_dir, model_path = Path(data_dir), Path(model_path)
     meta = read_metadata(model_path)
@@ -207,7 +165,7 @@ def predict(data_dir: str | os.PathLike, out_csv: str | os.PathLike, *,
             submission[col] = u[:, j].astype(np.float64)
     with atomic.atomic_path(out_csv) as tmp:
         submission.to_csv(tmp, index=False)
-    log.info("wrote %d predictions to %s", len(submission), out_csv)
+    logger.info("wrote %d predictions to %s", len(submission), out_csv)
     return submission
 
 

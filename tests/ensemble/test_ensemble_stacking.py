@@ -9,7 +9,8 @@ import torch
 from hms_core.contract import votes_to_targets
 from hms_core.ensemble.averaging import blend
 from hms_core.ensemble.calibration import softmax_np
-from hms_core.ensemble.stacking import build_ensemble, load_ensemble
+from hms_core.ensemble.build import build_ensemble
+from hms_core.ensemble.stacking import load_ensemble
 from hms_core.errors import DataError
 from hms_core import metrics
 
@@ -103,7 +104,7 @@ def test_no_row_is_scored_by_a_meta_learner_that_saw_it(synthetic_oof, tmp_path)
     """Changing the votes of fold-0 rows must leave fold 0's meta-learner and its scores unchanged."""
     from hms_core.ensemble.config import EnsembleConfig
     from hms_core.ensemble.oof import load_oof
-    from hms_core.ensemble.stacking import train_meta_learners
+    from hms_core.ensemble.nested import train_meta_learners
 
     cfg = EnsembleConfig.from_dict({"meta_learner": {"epochs": 3, "batch_size": 128}})
     oof = load_oof(synthetic_oof["paths"]).subset(["alpha", "beta"])

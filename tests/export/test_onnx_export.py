@@ -12,8 +12,9 @@ import torch
 from hms_core.contract import N_RAW_CHANNELS, SPEC_COLUMNS, SPEC_WINDOW_ROWS, WINDOW_SAMPLES
 from hms_core.errors import ConfigError, DataError
 from hms_core.export.config import ExportConfig
-from hms_core.export.onnx import (ParityError, build_ensemble_graph, export_model, ort_session,
-                                  read_metadata)
+from hms_core.export.onnx import build_ensemble_graph, export_model
+from hms_core.export.parity import ParityError
+from hms_core.export.runtime import ort_session, read_metadata
 from hms_core.inference.predict import cleaning_config, read_test_window
 
 

@@ -37,7 +37,7 @@ N_FOLDS = 2
 
 def build(root: Path, data_dir: Path) -> dict:
     """Build the run on ``data_dir`` under ``root`` (or reuse a finished one); return its files."""
-    from hms_core.ensemble.stacking import build_ensemble
+    from hms_core.ensemble.build import build_ensemble
     from hms_core.export.onnx import export_ensemble
     from hms_core.train.fold import train_fold
 
