@@ -14,8 +14,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from hms_core import status
 from hms_core.ops import ssh
+from hms_core.ops.run_status import run_status
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +24,13 @@ _STATE_STYLE = {"running": "green", "done": "blue", "finished": "blue", "failed"
 
 
 def fetch_status(workdir: str | os.PathLike, host: str | None = None) -> dict[str, Any]:
-    """:func:`hms_core.status.run_status` of a local run, or of a remote one over SSH.
+    """:func:`hms_core.ops.run_status.run_status` of a local run, or of a remote one over SSH.
 
     Remotely it runs ``hms status --json`` in ``workdir`` on ``host`` (see
     :mod:`hms_core.ops.ssh`), so GPU and processes are those of the remote machine.
     """
     if host is None:
-        return status.run_status(workdir)
+        return run_status(workdir)
     result = ssh.run_remote(host, ssh.hms_shell(workdir, ["status", "--json"]), capture=True,
                             timeout_s=60)
     if result.returncode != 0:
@@ -81,7 +81,7 @@ def run_monitor(workdir: str | os.PathLike, host: str | None, interval_s: float,
 
 
 def render_status(current: Mapping[str, Any]) -> Group:
-    """The dashboard for one :func:`hms_core.status.run_status` dict."""
+    """The dashboard for one :func:`hms_core.ops.run_status.run_status` dict."""
     return Group(_header(current), _jobs_table(current), _gpu_view(current.get("gpu", {})))
 
 

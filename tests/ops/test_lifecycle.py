@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from hms_core import status
+from hms_core.ops.run_status import run_status
 from hms_core.ops import backup, lifecycle
 
 
@@ -21,7 +22,7 @@ def test_on_start_and_on_end(workdir):
     finally:
         lifecycle.on_end(workdir, ops, state="failed")
     assert lifecycle._periodic is None
-    st = status.run_status(workdir)
+    st = run_status(workdir)
     assert st["run"]["state"] == "failed" and st["run"]["finished_at"] is not None
     (final,) = backup.list_backups(workdir)
     assert "data/folds.csv" in backup.verify_backup(final["path"])
@@ -49,7 +50,7 @@ def test_hooks_in_a_real_snakemake_run(workdir):
     done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", "config.yaml"],
                           cwd=workdir, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    st = status.run_status(workdir)
+    st = run_status(workdir)
     assert st["run"]["state"] == "finished" and st["cost"]["per_hour"] == 2.0
     assert st["snakemake"]["done"] == st["snakemake"]["total"] == 1
     (final,) = backup.list_backups(workdir)

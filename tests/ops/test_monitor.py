@@ -12,6 +12,7 @@ from rich.console import Console
 from hms_core.cli import main as hms
 from hms_core.errors import ConfigError
 from hms_core import status
+from hms_core.ops.run_status import run_status
 from hms_core.ops import logs, monitor
 from tests.ops.conftest import SNAKEMAKE_LOG_RUNNING, write_snakemake_log
 
@@ -33,7 +34,7 @@ def test_status_frame_shows_job_progress_eta_cost(workdir):
     _training_run(workdir)
     write_snakemake_log(workdir, SNAKEMAKE_LOG_RUNNING)
     console = _console()
-    st = status.run_status(workdir)
+    st = run_status(workdir)
     st["snakemake"]["running_now"] = True  # render as if Snakemake were alive
     st["jobs"]["train_resnet1d_gru_fold3"]["state"] = "running"
     console.print(monitor.render_status(st))

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from hms_core.errors import HMSError
-from hms_core import status
+from hms_core.ops.run_status import run_status
 from hms_core.ops import resume
 from hms_core.ops.processes import snakemake_processes
 
@@ -74,7 +74,7 @@ def test_live_lock_is_kept_then_killed_run_is_resumed(smk_dir):
         with pytest.raises(HMSError, match="its lock is not stale"):
             resume.main(smk_dir, None, ["--cores", "1"])
         assert resume.lock_files(smk_dir) == locks
-        st = status.run_status(smk_dir)
+        st = run_status(smk_dir)
         assert st["snakemake"]["running_now"] and st["snakemake"]["running"][0]["rule"] == "work"
     finally:
         _kill_tree(proc)
@@ -82,7 +82,7 @@ def test_live_lock_is_kept_then_killed_run_is_resumed(smk_dir):
     assert snakemake_processes(smk_dir) == []
     assert resume.lock_files(smk_dir) == locks
     assert (smk_dir / "out/result.txt").read_text() == "partial\n"
-    assert status.run_status(smk_dir)["run"]["state"] == "stopped"
+    assert run_status(smk_dir)["run"]["state"] == "stopped"
     plain = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--rerun-incomplete"],
                            cwd=smk_dir, capture_output=True, text=True)
     assert plain.returncode != 0 and "cannot be locked" in plain.stdout + plain.stderr
@@ -91,7 +91,7 @@ def test_live_lock_is_kept_then_killed_run_is_resumed(smk_dir):
     assert (smk_dir / "out/result.txt").read_text() == "resumed\n"
     assert resume.lock_files(smk_dir) == []
     assert (smk_dir / resume.LAUNCH_FILE).is_file()  # the arguments are remembered
-    assert status.run_status(smk_dir)["run"]["state"] == "finished"
+    assert run_status(smk_dir)["run"]["state"] == "finished"
 
 
 def test_clear_stale_locks_without_snakemake(workdir):

@@ -1,4 +1,4 @@
-"""status/run.json writer (throttle), run_status (cost, ETA, GPU, Snakemake progress)."""
+"""status/run.json writer (throttle); run_status (cost, ETA, GPU, Snakemake progress) in ops."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ import pytest
 
 from hms_core.errors import ConfigError, DataError
 from hms_core import status
+from hms_core.ops.run_status import run_status
 from hms_core.ops import gpu, snakemake_log
 from hms_core.ops.config import OpsConfig
 from tests.ops.conftest import SNAKEMAKE_LOG_FAILED, SNAKEMAKE_LOG_RUNNING, write_snakemake_log
@@ -58,7 +59,7 @@ def test_run_status_cost_eta_and_job_states(workdir):
     saved = json.loads(path.read_text())
     updated = saved["jobs"]["train_a_fold0"]["updated_at"]
     now = updated + 100
-    st = status.run_status(workdir, now=now)
+    st = run_status(workdir, now=now)
     assert st["cost"]["currency"] == "EUR"
     assert st["cost"]["so_far"] == pytest.approx(2.0 * (now - saved["run"]["started_at"]) / 3600)
     job = st["jobs"]["train_a_fold0"]
@@ -70,7 +71,7 @@ def test_run_status_cost_eta_and_job_states(workdir):
     assert st["cost"]["estimated_total"] > st["cost"]["so_far"]
     json.dumps(st)  # JSON-ready for `hms status --json`
     # a job silent for longer than stale_after_s is shown as stale
-    late = status.run_status(workdir, now=updated + 901)
+    late = run_status(workdir, now=updated + 901)
     assert late["jobs"]["train_a_fold0"]["state"] == "stale"
 
 
@@ -79,7 +80,7 @@ def test_corrupt_status_file_is_named(workdir):
     path.parent.mkdir(parents=True)
     path.write_text('{"jobs": {')
     with pytest.raises(DataError, match="run.json: not valid JSON"):
-        status.run_status(workdir)
+        run_status(workdir)
 
 
 def test_missing_run_directory_is_named(tmp_path, capsys):
@@ -98,7 +99,7 @@ def test_parse_running_snakemake_log(workdir):
     assert not parsed["complete"] and not parsed["error"]
     assert time.localtime(parsed["started_at"])[:6] == (2026, 12, 1, 8, 55, 3)
     # no Snakemake process owns this workdir: the run was interrupted
-    st = status.run_status(workdir)
+    st = run_status(workdir)
     assert st["snakemake"]["done"] == 1 and st["snakemake"]["running_now"] is False
     assert st["run"]["state"] == "stopped"
 
@@ -108,7 +109,7 @@ def test_parse_failed_snakemake_log(workdir):
     assert (parsed["done"], parsed["total"]) == (0, 3)
     assert parsed["failed_rules"] == ["b"] and parsed["error"] and parsed["complete"]
     assert parsed["running"] == []
-    assert status.run_status(workdir)["run"]["state"] == "failed"
+    assert run_status(workdir)["run"]["state"] == "failed"
 
 
 def test_gpu_status_without_pynvml(monkeypatch):
@@ -133,7 +134,7 @@ def test_gpu_status_without_driver(workdir):
     result = gpu.gpu_status()
     assert result == {"available": False, "reason": result["reason"], "driver": None, "devices": []}
     assert result["reason"].startswith("NVML unavailable")
-    assert status.run_status(workdir)["gpu"]["available"] is False
+    assert run_status(workdir)["gpu"]["available"] is False
 
 
 @pytest.mark.skipif(not _nvml_works(), reason="no NVIDIA driver/GPU here (NVML does not initialise)")
