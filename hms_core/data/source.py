@@ -11,7 +11,7 @@ from typing import Any, Mapping
 from hms_core import atomic
 from hms_core.errors import ConfigError, DataError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "kaggle", "local")
 SYNTHETIC_MARKER = ".hms_synthetic.json"  # marks a folder this module generated (safe to replace)
@@ -59,7 +59,7 @@ def resolve_data(data_cfg: Mapping[str, Any], *, raw_dir: str | os.PathLike = "d
         raise ConfigError(f"data.source is {source!r}; allowed: {', '.join(SOURCES)}")
     record = {"source": source, "dir": str(Path(data_dir).resolve())}
     atomic.write_json(source_out, record)
-    log.info("data set (%s) at %s", source, record["dir"])
+    logger.info("data set (%s) at %s", source, record["dir"])
     return record
 
 
@@ -77,7 +77,7 @@ def _link(raw_dir: Path, data_dir: Path) -> None:
     if raw_dir.is_symlink():
         raw_dir.unlink()
     if raw_dir.exists():
-        log.info("%s exists; not linking it to %s", raw_dir, data_dir)
+        logger.info("%s exists; not linking it to %s", raw_dir, data_dir)
         return
     raw_dir.parent.mkdir(parents=True, exist_ok=True)
     raw_dir.symlink_to(data_dir.resolve(), target_is_directory=True)

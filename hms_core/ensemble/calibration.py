@@ -19,7 +19,7 @@ from hms_core import metrics
 from hms_core.contract import votes_to_targets
 from hms_core.ensemble.config import CalibrationConfig
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -128,7 +128,7 @@ def calibrate(logits: np.ndarray, votes: np.ndarray, fold: np.ndarray, cfg: Cali
         reason = (f"cross-fitted temperature does not lower held-out soft NLL ({before['soft_nll']:.4f} -> "
                   f"{after['soft_nll']:.4f}): deploying T = 1 instead of the fitted {fitted:.3f}")
         calibrated = softmax_np(logits)
-    log.info("temperature %.3f: soft NLL %.4f -> %.4f, ECE %.4f -> %.4f (%s)", fitted, before["soft_nll"],
+    logger.info("temperature %.3f: soft NLL %.4f -> %.4f, ECE %.4f -> %.4f (%s)", fitted, before["soft_nll"],
              after["soft_nll"], before["ece"], after["ece"], "applied" if applied else "not applied")
     return {"temperature": fitted if applied else 1.0, "fitted_temperature": fitted, "applied": applied,
             "reason": reason, "fold_temperatures": fold_t, "before": before, "after": after,

@@ -21,7 +21,7 @@ from hms_core.contract import votes_to_targets
 from hms_core.ensemble.averaging import PROB_FLOOR, blend
 from hms_core.ensemble.config import SelectionConfig
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def fit_blend_weights(member_probs: np.ndarray, votes: np.ndarray, *, max_iter: int = 100) -> np.ndarray:
@@ -146,7 +146,7 @@ def select_members(members: tuple[str, ...], member_probs: np.ndarray, votes: np
     weights = fit_blend_weights(member_probs[kept_idx], votes)
     kept = [members[i] for i in kept_idx]
     blend_kl = metrics.kaggle_kl(targets, blend(member_probs[kept_idx], weights))
-    log.info("kept %d of %d members (%s); blend OOF KL %.4f", len(kept), len(members), ", ".join(kept), blend_kl)
+    logger.info("kept %d of %d members (%s); blend OOF KL %.4f", len(kept), len(members), ", ".join(kept), blend_kl)
     return {"method": cfg.method, "correlation_penalty": cfg.correlation_penalty,
             "correlation_threshold": cfg.correlation_threshold, "kept": kept, "weights": dict(zip(kept, map(float, weights))),
             "blend_kl": blend_kl, "member_kl": member_kl, "correlation": corr_record, "steps": steps,
