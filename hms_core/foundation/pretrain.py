@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -179,6 +179,7 @@ def pretrain(
     checkpoint_dir,
     threads: int = 1,
     status_path=None,
+    on_step_end: Sequence[Callable[[Any], None]] = (),
 ) -> dict[str, Any]:
     """Pretrain the foundation encoder on every window of the stores and save it.
 
@@ -199,6 +200,8 @@ def pretrain(
         torch CPU threads.
     status_path : path | None
         ``status/run.json`` for progress.
+    on_step_end : sequence of callable, default ()
+        Hooks passed to :func:`hms_core.train.engine.fit` (tests kill the run with one).
 
     Returns
     -------
@@ -234,7 +237,7 @@ def pretrain(
     result = fit(
         model, loss_fn=loss_fn, train_data=ChainsDataset(source, rows), cfg=engine_cfg,
         checkpoint_dir=checkpoint_dir, run_key=run_key, status_path=status_path,
-        status_job="pretrain", status_fields={"model": "eeg_foundation"},
+        status_job="pretrain", status_fields={"model": "eeg_foundation"}, on_step_end=on_step_end,
     )
     names = cfg.objectives.enabled_names()
     history = [

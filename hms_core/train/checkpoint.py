@@ -1,4 +1,4 @@
-"""Resumable training state on disk: run keys, RNG capture, atomic checkpoint files.
+"""Resumable training state on disk: run keys, RNG seeding and capture, atomic checkpoint files.
 
 A checkpoint is one ``torch.save`` dict written atomically (temp file + rename), so a
 crash at any moment leaves either the previous checkpoint or the new one. Everything in
@@ -58,6 +58,13 @@ def capture_rng_state() -> dict[str, Any]:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
     }
     return state
+
+
+def seed_rngs(seed: int) -> None:
+    """Seed torch (CPU and CUDA), NumPy's legacy generator and Python's ``random`` with ``seed``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:

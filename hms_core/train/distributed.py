@@ -11,6 +11,11 @@ Sharding keeps the global batch: the engine cuts the epoch into batches of
 ``batch_size`` exactly as one process would, and rank ``r`` of ``W`` trains on the
 ``r``-th contiguous part of each batch (:func:`shard_bounds`); DDP averages the
 gradients, so one optimiser step sees the same rows as the single-process step.
+
+The training loop talks to the other ranks through a :class:`Communicator`
+(:func:`communicator`): :class:`SingleProcess`, whose every collective is the identity,
+or :class:`DataParallel`, one rank of a torchrun job; so the loop has no branches for
+the distributed case.
 """
 from __future__ import annotations
 
@@ -22,11 +27,12 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from hms_core.errors import ConfigError
 
@@ -158,6 +164,141 @@ def destroy() -> None:
     """Leave the process group (no-op when none)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class Communicator(Protocol):
+    """What the training loop asks of the other ranks; see :class:`SingleProcess` and
+    :class:`DataParallel`. Every rank must make the same calls in the same order."""
+
+    rank: int
+    world_size: int
+    is_rank0: bool
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """The module to train (DDP-wrapped in a job of several processes)."""
+
+    def shard(self, batches: list[list[int]], epoch: int) -> list[list[int]]:
+        """This rank's part of each global batch of dataset indices."""
+
+    def scale_loss(self, loss: torch.Tensor, n_local: int, n_global: int) -> torch.Tensor:
+        """The loss to backpropagate, so the averaged gradient is the global batch mean's."""
+
+    def batch_mean(self, loss: torch.Tensor, logs: Mapping[str, Any], n_local: int,
+                   n_global: int) -> tuple[float, Mapping[str, Any], int]:
+        """The global batch's mean loss, mean logs and rows."""
+
+    def agree_signal(self, signum: int | None) -> int | None:
+        """The stop signal if any rank received one (the same answer on every rank)."""
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order."""
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj``."""
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+
+
+class SingleProcess:
+    """The communicator of a one-process run: each collective is the identity."""
+
+    rank = 0
+    world_size = 1
+    is_rank0 = True
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return model
+
+    def shard(self, batches: list[list[int]], epoch: int) -> list[list[int]]:
+        return batches
+
+    def scale_loss(self, loss: torch.Tensor, n_local: int, n_global: int) -> torch.Tensor:
+        return loss
+
+    def batch_mean(self, loss: torch.Tensor, logs: Mapping[str, Any], n_local: int,
+                   n_global: int) -> tuple[float, Mapping[str, Any], int]:
+        return float(loss.detach()), logs, n_local
+
+    def agree_signal(self, signum: int | None) -> int | None:
+        return signum
+
+    def gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def broadcast(self, obj: Any) -> Any:
+        return obj
+
+    def barrier(self) -> None:
+        return None
+
+
+class DataParallel:
+    """The communicator of one rank of a torchrun job: DDP and torch.distributed collectives.
+
+    Parameters
+    ----------
+    info : DistInfo
+        This rank (a joined process group of more than one process).
+    device : torch.device
+        The training device; collectives of tensors run on it with NCCL, on the CPU with gloo.
+    """
+
+    def __init__(self, info: DistInfo, device: torch.device):
+        self.rank, self.world_size, self.is_rank0 = info.rank, info.world_size, info.is_rank0
+        self._comm_device = device if info.backend == "nccl" else torch.device("cpu")
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
+
+    def shard(self, batches: list[list[int]], epoch: int) -> list[list[int]]:
+        """This rank's contiguous part of every global batch (see :func:`shard_bounds`)."""
+        out = []
+        for b in batches:
+            if len(b) < self.world_size:
+                raise ConfigError(f"training.batch_size: a batch of epoch {epoch} has {len(b)} "
+                                  f"rows, fewer than the {self.world_size} processes; use "
+                                  "drop_last or a larger batch_size")
+            start, stop = shard_bounds(len(b), self.rank, self.world_size)
+            out.append(b[start:stop])
+        return out
+
+    def scale_loss(self, loss: torch.Tensor, n_local: int, n_global: int) -> torch.Tensor:
+        """DDP averages gradients over ranks; weight this rank's by its share of the rows."""
+        return loss * (self.world_size * n_local / n_global)
+
+    def batch_mean(self, loss: torch.Tensor, logs: Mapping[str, Any], n_local: int,
+                   n_global: int) -> tuple[float, dict[str, float], int]:
+        names = sorted(logs)
+        values = [float(loss.detach()) * n_local, float(n_local),
+                  *(float(logs[k]) * n_local for k in names)]
+        sums = torch.tensor(values, dtype=torch.float64, device=self._comm_device)
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+        sums = sums.cpu().tolist()
+        n = sums[1]
+        return sums[0] / n, {k: v / n for k, v in zip(names, sums[2:])}, n_global
+
+    def agree_signal(self, signum: int | None) -> int | None:
+        flag = torch.tensor([signum or 0], dtype=torch.int64, device=self._comm_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def gather(self, obj: Any) -> list[Any]:
+        return all_gather_object(obj)
+
+    def broadcast(self, obj: Any) -> Any:
+        return broadcast_object(obj)
+
+    def barrier(self) -> None:
+        barrier()
+
+
+def communicator(info: DistInfo, device: torch.device) -> Communicator:
+    """:class:`DataParallel` for a rank of a multi-process job, else :class:`SingleProcess`."""
+    return DataParallel(info, device) if info.distributed else SingleProcess()
 
 
 def visible_gpu_ids(env: dict[str, str] | None = None) -> list[str]:

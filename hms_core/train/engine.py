@@ -4,6 +4,13 @@ It is model-agnostic: the caller supplies the model, a map-style dataset, a loss
 and (optionally) an evaluation function. The engine owns the data order, the optimiser,
 the learning-rate schedule, mixed precision, EMA, checkpoints and status reporting.
 
+:func:`fit` reads top to bottom: :func:`start_or_resume` gives the
+:class:`~hms_core.train.state.RunState` (fresh, or from ``last.pt``); per epoch the data
+order is drawn and per batch :func:`train_step` makes one optimiser step, after which the
+``on_step_end`` hooks run, a stop signal or ``checkpoint_every_steps`` writes ``last.pt``
+and the status file is updated; :func:`end_epoch` evaluates, records the epoch, keeps the
+best weights in ``best.pt`` and writes ``last.pt``.
+
 Resume is exact: a run killed at any step (even ``kill -9``) and started again with the
 same ``run_key`` continues from its last checkpoint, mid-epoch if need be, and on CPU ends
 with bit-identical weights and optimiser state. This holds because
@@ -41,9 +48,10 @@ the dataset indices eligible in that epoch (two-stage training); default: all.
 Signals: SIGTERM/SIGINT finish the current step, write an emergency checkpoint and raise
 :class:`TrainingInterrupted` (a ``SystemExit`` with code 128 + signal number).
 
-Several processes (torchrun, see :mod:`hms_core.train.distributed`): when the process
-group is up (or torchrun's ``WORLD_SIZE`` > 1), ``fit`` wraps the model in
-DistributedDataParallel. Every rank draws the same epoch order and the same global
+Several processes (torchrun, see :mod:`hms_core.train.distributed`): the loop talks to
+the other ranks only through a communicator, whose single-process version does nothing.
+When the process group is up (or torchrun's ``WORLD_SIZE`` > 1), it is the DDP one and
+``fit`` wraps the model in DistributedDataParallel. Every rank draws the same epoch order and the same global
 batches of ``batch_size``; rank ``r`` trains on its contiguous part of each batch and its
 loss is scaled by ``W * n_local / n_global``, so the all-reduced gradient is that of the
 single-process batch mean. Per-rank randomness (augmentation, dropout) is seeded with
@@ -51,7 +59,7 @@ single-process batch mean. Per-rank randomness (augmentation, dropout) is seeded
 reduction order. Only rank 0 writes checkpoints and status; the checkpoint holds every
 rank's RNG state, every rank resumes from the same file, and a signal on any rank stops
 all ranks after the same step. ``eval_fn`` runs on every rank (it may shard and gather,
-see ``run.train_fold``); rank 0's metrics are used everywhere.
+see :func:`hms_core.train.fold.train_fold`); rank 0's metrics are used everywhere.
 """
 from __future__ import annotations
 
@@ -75,10 +83,9 @@ from hms_core.errors import ConfigError
 from hms_core.status import flush_status, update_status
 from hms_core.train import checkpoint as ckpt
 from hms_core.train import distributed as dist_utils
+from hms_core.train.state import RunState, restore_rank_rng
 
 logger = logging.getLogger(__name__)
-
-KILL_AT_STEP_ENV = "HMS_TEST_KILL_AT_STEP"  # test-only: SIGKILL self after this global step
 
 _PRECISIONS = ("fp32", "bf16", "fp16")
 _SCHEDULERS = ("cosine", "linear", "constant")
@@ -328,15 +335,21 @@ def _build_optimizer(model: nn.Module, cfg: EngineConfig) -> torch.optim.Optimiz
     return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
-def _epoch_batches(indices: np.ndarray, order_gen: torch.Generator, cfg: EngineConfig
-                   ) -> list[list[int]]:
-    """Shuffle ``indices`` with ``order_gen`` and cut them into batches."""
+def _epoch_batches(indices: np.ndarray, order_state: torch.Tensor, cfg: EngineConfig
+                   ) -> tuple[list[list[int]], torch.Tensor]:
+    """Shuffle ``indices`` with the data-order generator at ``order_state``; cut into batches.
+
+    Returns the global batches of the epoch and the generator's state after the shuffle
+    (the next epoch's ``order_state``).
+    """
+    order_gen = torch.Generator()
+    order_gen.set_state(order_state)
     perm = torch.randperm(len(indices), generator=order_gen).numpy()
     order = indices[perm]
     bs = cfg.batch_size
     n_full = len(order) // bs
     n_batches = n_full if (cfg.drop_last and n_full > 0) else math.ceil(len(order) / bs)
-    return [order[i * bs:(i + 1) * bs].tolist() for i in range(n_batches)]
+    return [order[i * bs:(i + 1) * bs].tolist() for i in range(n_batches)], order_gen.get_state()
 
 
 def _n_batches(n: int, cfg: EngineConfig) -> int:
@@ -373,11 +386,233 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return value < best if mode == "min" else value > best
 
 
+@dataclasses.dataclass
+class TrainingSetup:
+    """What one :func:`fit` call trains with; fixed for the whole call.
+
+    Attributes
+    ----------
+    cfg : EngineConfig
+    device : torch.device
+    comm : Communicator
+        The other ranks (:func:`hms_core.train.distributed.communicator`).
+    model : nn.Module
+        The bare model on ``device`` (never DDP-wrapped or compiled).
+    optimizer, scaler :
+        Optimiser and (fp16) grad scaler of ``model``.
+    ema : ModelEma or None
+    run_key : str
+        The caller's key with the result-relevant engine settings mixed in.
+    last_path, best_path : Path
+        ``last.pt`` (resume state) and ``best.pt`` (best epoch's weights).
+    epoch_indices : callable or None
+        The caller's ``epoch_indices`` (None: every row in every epoch).
+    n_items : int
+        Rows of the training dataset.
+    total_steps : int
+        Optimiser steps of the whole run.
+    """
+
+    cfg: EngineConfig
+    device: torch.device
+    comm: dist_utils.Communicator
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: ModelEma | None
+    run_key: str
+    last_path: Path
+    best_path: Path
+    epoch_indices: Callable[[int], Sequence[int]] | None
+    n_items: int
+    total_steps: int
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """Dataset indices trained on in ``epoch``."""
+        return _epoch_rows(epoch, self.n_items, self.epoch_indices)
+
+    @property
+    def ema_model(self) -> nn.Module | None:
+        return self.ema.module if self.ema is not None else None
+
+
+def _epoch_rows(epoch: int, n_items: int,
+                epoch_indices: Callable[[int], Sequence[int]] | None) -> np.ndarray:
+    idx = np.arange(n_items) if epoch_indices is None else np.asarray(epoch_indices(epoch))
+    if len(idx) == 0:
+        raise ConfigError(f"no training rows in epoch {epoch} (check two_stage.min_votes)")
+    return idx.astype(np.int64)
+
+
+def _prepare(model: nn.Module, *, cfg: EngineConfig, device: torch.device,
+             comm: dist_utils.Communicator, n_items: int, checkpoint_dir: str | os.PathLike,
+             run_key: str, epoch_indices: Callable[[int], Sequence[int]] | None
+             ) -> TrainingSetup:
+    """Count the steps, put the model on the device, build optimiser, scaler and EMA."""
+    checkpoint_dir = Path(checkpoint_dir)
+    paths = dict(last_path=checkpoint_dir / ckpt.LAST_NAME,
+                 best_path=checkpoint_dir / ckpt.BEST_NAME)
+    key = ckpt.make_run_key(run_key, cfg.result_dict())
+    total_steps = sum(_n_batches(len(_epoch_rows(e, n_items, epoch_indices)), cfg)
+                      for e in range(cfg.epochs))
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.benchmark = True
+    autocast_context(cfg.precision, device)  # fails early on fp16 without CUDA
+    if cfg.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise ConfigError(f"training.grad_checkpointing: {type(model).__name__} does not "
+                              "support gradient checkpointing")
+        model.set_grad_checkpointing(True)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = _build_optimizer(model, cfg)
+    return TrainingSetup(
+        cfg=cfg, device=device, comm=comm, model=model, optimizer=optimizer,
+        scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
+        ema=ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+        run_key=key, epoch_indices=epoch_indices, n_items=n_items, total_steps=total_steps,
+        **paths)
+
+
+def start_or_resume(setup: TrainingSetup) -> RunState:
+    """The run's state: from this run's ``last.pt`` if there is one, else a seeded fresh start.
+
+    Resuming loads the weights, optimiser, scaler and EMA from the checkpoint and restores
+    this rank's random generators; a fresh start seeds them with ``seed + rank``.
+    """
+    cfg, comm = setup.cfg, setup.comm
+    checkpoint = ckpt.load_checkpoint(setup.last_path, run_key=setup.run_key)
+    seen = comm.gather(None if checkpoint is None else int(checkpoint["global_step"]))
+    if len(set(seen)) != 1:  # every rank must resume from the same checkpoint (or none)
+        raise RuntimeError(f"ranks read different checkpoints from {setup.last_path}: global "
+                           f"steps {seen}")
+    if checkpoint is None:
+        ckpt.seed_rngs(cfg.seed + comm.rank)  # per-rank augmentation/dropout; rank 0 = 1 process
+        return RunState.fresh(cfg.seed)
+    state = RunState.from_checkpoint(checkpoint, model=setup.model, optimizer=setup.optimizer,
+                                     scaler=setup.scaler, ema_model=setup.ema_model)
+    restore_rank_rng(checkpoint, rank=comm.rank, world_size=comm.world_size, seed=cfg.seed)
+    logger.info("resuming %s at epoch %d step %d (global step %d)",
+                setup.last_path, state.epoch, state.step_in_epoch, state.global_step)
+    return state
+
+
+def train_step(setup: TrainingSetup, state: RunState, train_model: nn.Module,
+               loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping]],
+               batch: Any, n_global: int) -> int:
+    """One optimiser step on this rank's part of a global batch of ``n_global`` rows.
+
+    Returns the rows of the global batch, as counted into ``state.totals``.
+    """
+    cfg, optimizer, scaler = setup.cfg, setup.optimizer, setup.scaler
+    # -- learning rate: a pure function of the global step
+    lr = lr_at(state.global_step, setup.total_steps, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    # -- forward / backward
+    batch = move_to_device(batch, setup.device, channels_last=cfg.channels_last)
+    with autocast_context(cfg.precision, setup.device):
+        loss, logs = loss_fn(train_model, batch)
+    n_local = _batch_size(batch)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(setup.comm.scale_loss(loss, n_local, n_global)).backward()
+    # -- clip, step, EMA
+    if cfg.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(setup.model.parameters(), cfg.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    if setup.ema is not None:
+        setup.ema.update(setup.model)
+    # -- bookkeeping: the global batch's mean loss and logs
+    loss_value, logs, rows = setup.comm.batch_mean(loss, logs, n_local, n_global)
+    state.totals.add(loss_value, logs, rows)
+    state.global_step += 1
+    state.step_in_epoch += 1
+    return rows
+
+
+def end_epoch(setup: TrainingSetup, state: RunState,
+              eval_fn: Callable[[nn.Module], Mapping[str, float]] | None,
+              next_order_state: torch.Tensor, epoch_started: float) -> None:
+    """Evaluate, record the epoch, keep the best weights, move on and write ``last.pt``.
+
+    ``epoch_started`` is the ``time.time()`` at which this process started the epoch (s).
+    """
+    cfg = setup.cfg
+    eval_model = setup.ema_model if setup.ema is not None else setup.model
+    metrics = _evaluate(setup, eval_model, eval_fn)
+    record = {"epoch": state.epoch, "train_loss": state.totals.mean_loss(),
+              "lr": lr_at(max(state.global_step - 1, 0), setup.total_steps, cfg),
+              "seconds": state.totals.seconds + time.time() - epoch_started,
+              **{f"train_{k}": v for k, v in state.totals.mean_logs().items()},
+              **metrics}
+    record = setup.comm.broadcast(record)  # the same history on every rank
+    state.history.append(record)
+    logger.info("epoch %d/%d: %s", state.epoch + 1, cfg.epochs,
+                ", ".join(f"{k}={v:.4g}" for k, v in record.items() if isinstance(v, float)))
+    if eval_fn is not None:
+        _keep_if_best(setup, state, metrics, eval_model)
+    state.next_epoch(next_order_state, cfg.epochs)
+    save_last(setup, state)
+
+
+def _evaluate(setup: TrainingSetup, eval_model: nn.Module,
+              eval_fn: Callable[[nn.Module], Mapping[str, float]] | None) -> dict[str, float]:
+    """``eval_fn``'s metrics as floats (rank 0's on every rank); {} without an ``eval_fn``."""
+    if eval_fn is None:
+        return {}
+    eval_model.eval()
+    with torch.no_grad(), autocast_context(setup.cfg.precision, setup.device):
+        metrics = {k: float(v) for k, v in eval_fn(eval_model).items()}
+    setup.model.train()
+    return setup.comm.broadcast(metrics)
+
+
+def _keep_if_best(setup: TrainingSetup, state: RunState, metrics: Mapping[str, float],
+                  eval_model: nn.Module) -> None:
+    """Make the just-evaluated epoch the best one (and write ``best.pt``) if it beats it."""
+    cfg = setup.cfg
+    if cfg.select_metric not in metrics:
+        if cfg.select_best:
+            raise ConfigError(f"training.select_metric: eval_fn returned no "
+                              f"{cfg.select_metric!r} (got {', '.join(metrics) or 'nothing'})")
+        return
+    value = metrics[cfg.select_metric]
+    if not _is_better(value, state.best_metric, cfg.select_mode):
+        return
+    state.best_metric, state.best_epoch = value, state.epoch
+    if setup.comm.is_rank0:
+        ckpt.save_checkpoint(setup.best_path, {"run_key": setup.run_key, "epoch": state.epoch,
+                                               "metric": value,
+                                               "state_dict": eval_model.state_dict()})
+
+
+def save_last(setup: TrainingSetup, state: RunState, *, epoch_started: float | None = None
+              ) -> None:
+    """Write ``last.pt`` on rank 0; every rank must call this at the same step.
+
+    ``epoch_started`` (``time.time()``, s) is given mid-epoch, to save the epoch's time so far.
+    """
+    rng_per_rank = setup.comm.gather(ckpt.capture_rng_state())
+    if setup.comm.is_rank0:
+        seconds = 0.0 if epoch_started is None else time.time() - epoch_started
+        ckpt.save_checkpoint(setup.last_path, state.to_checkpoint(
+            run_key=setup.run_key, model=setup.model, optimizer=setup.optimizer,
+            scaler=setup.scaler, ema_model=setup.ema_model, cfg=setup.cfg,
+            total_steps=setup.total_steps, rng_per_rank=rng_per_rank, seconds_in_epoch=seconds))
+    setup.comm.barrier()
+
+
 def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping]],
         train_data: Any, cfg: EngineConfig, checkpoint_dir: str | os.PathLike, run_key: str,
         eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
         epoch_indices: Callable[[int], Sequence[int]] | None = None,
         on_epoch_start: Callable[[int, nn.Module], None] | None = None,
+        on_step_end: Sequence[Callable[[RunState], None]] = (),
         status_path: str | os.PathLike | None = None, status_job: str | None = None,
         status_fields: Mapping[str, Any] | None = None) -> FitResult:
     """Train ``model``, resuming from ``checkpoint_dir`` when it holds this run's checkpoint.
@@ -405,6 +640,10 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
     on_epoch_start : callable, optional
         ``on_epoch_start(epoch, model)`` before each epoch (e.g. progressive resizing);
         must be deterministic in ``epoch``.
+    on_step_end : sequence of callable, default ()
+        ``hook(state)`` after every optimiser step, before that step's checkpoint, with
+        the :class:`~hms_core.train.state.RunState` (read it, do not change it). The
+        resume tests use one to kill the process at a chosen step.
     status_path, status_job : optional
         Status file and job name for :func:`hms_core.status.update_status`.
     status_fields : mapping, optional
@@ -417,352 +656,135 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
     cfg.validate()
     dinfo = dist_utils.init_from_env(cfg.device)
     device = select_device(cfg.device, expandable_segments=cfg.cuda_expandable_segments)
-    key = ckpt.make_run_key(run_key, cfg.result_dict())
-    checkpoint_dir = Path(checkpoint_dir)
-    last_path, best_path = checkpoint_dir / ckpt.LAST_NAME, checkpoint_dir / ckpt.BEST_NAME
-    n_items = len(train_data)
-
-    def indices_for(epoch: int) -> np.ndarray:
-        idx = np.arange(n_items) if epoch_indices is None else np.asarray(epoch_indices(epoch))
-        if len(idx) == 0:
-            raise ConfigError(f"no training rows in epoch {epoch} (check two_stage.min_votes)")
-        return idx.astype(np.int64)
-
-    steps_per_epoch = [_n_batches(len(indices_for(e)), cfg) for e in range(cfg.epochs)]
-    total_steps = sum(steps_per_epoch)
-
-    # -- model, optimiser, precision ------------------------------------------------------
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.benchmark = True
-    autocast_context(cfg.precision, device)  # fails early on fp16 without CUDA
-    if cfg.grad_checkpointing:
-        if not hasattr(model, "set_grad_checkpointing"):
-            raise ConfigError(f"training.grad_checkpointing: {type(model).__name__} does not "
-                              "support gradient checkpointing")
-        model.set_grad_checkpointing(True)
-    model.to(device)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = _build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    order_gen = torch.Generator()
-
-    # -- resume or fresh start ------------------------------------------------------------
-    state = ckpt.load_checkpoint(last_path, run_key=key)
-    if dinfo.distributed:  # every rank must resume from the same checkpoint (or none)
-        seen = dist_utils.all_gather_object(None if state is None else int(state["global_step"]))
-        if len(set(seen)) != 1:
-            raise RuntimeError(f"ranks read different checkpoints from {last_path}: global "
-                               f"steps {seen}")
-    if state is None:
-        rank_seed = cfg.seed + dinfo.rank  # per-rank augmentation/dropout; rank 0 = 1 process
-        torch.manual_seed(rank_seed)
-        np.random.seed(rank_seed % 2**32)
-        import random
-        random.seed(rank_seed)
-        order_gen.manual_seed(cfg.seed)
-        epoch, step_in_epoch, global_step = 0, 0, 0
-        history: list[dict[str, Any]] = []
-        best_metric, best_epoch = None, None
-        accum = _new_accum()
-        epoch_order_state = order_gen.get_state()
-        resumed_from = None
-    else:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        _restore_rank_rng(state, dinfo, cfg)
-        epoch, step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        global_step = int(state["global_step"])
-        history = list(state["history"])
-        best_metric, best_epoch = state["best_metric"], state["best_epoch"]
-        accum = dict(state["accum"])
-        epoch_order_state = state["order_gen_state"]
-        resumed_from = global_step
-        logger.info("resuming %s at epoch %d step %d (global step %d)",
-                    last_path, epoch, step_in_epoch, global_step)
-        if state.get("finished"):
-            return _finish(model, ema, cfg, best_path, key, history, best_metric, best_epoch,
-                           global_step, resumed_from, device)
-
-    train_model = model
-    if dinfo.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(
-            model, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
-        comm_device = device if dinfo.backend == "nccl" else torch.device("cpu")
+    comm = dist_utils.communicator(dinfo, device)
+    setup = _prepare(model, cfg=cfg, device=device, comm=comm, n_items=len(train_data),
+                     checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices)
+    state = start_or_resume(setup)
+    if state.finished:
+        return _finish(setup, state)
+    train_model = comm.wrap(model, device)
     if cfg.compile:
         train_model = torch.compile(train_model, backend=cfg.compile_backend, mode=cfg.compile_mode)
     collate = getattr(train_data, "collate_fn", default_collate)
-    kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0") or 0)
-    status_fields = dict(status_fields or {})
-    t_start, last_status = time.time(), 0.0
-    samples_done_here = 0
-
-    def save_last(finished: bool = False, epoch_started: float | None = None) -> None:
-        """Write ``last.pt`` (rank 0; every rank must call it at the same step)."""
-        if not dinfo.distributed:
-            ckpt.save_checkpoint(last_path, make_state(finished, epoch_started))
-            return
-        rng_per_rank = dist_utils.all_gather_object(ckpt.capture_rng_state())
-        if dinfo.is_rank0:
-            ckpt.save_checkpoint(last_path, {**make_state(finished, epoch_started),
-                                             "rng_per_rank": rng_per_rank,
-                                             "world_size": dinfo.world_size})
-        dist_utils.barrier()
-
-    def make_state(finished: bool = False, epoch_started: float | None = None) -> dict[str, Any]:
-        saved_accum = dict(accum)
-        if epoch_started is not None:  # mid-epoch: keep the epoch's time so far
-            saved_accum["seconds"] += time.time() - epoch_started
-        return {
-            "run_key": key, "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "global_step": global_step, "finished": finished,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": {"name": cfg.scheduler, "global_step": global_step,
-                          "total_steps": total_steps},
-            "scaler": scaler.state_dict(), "ema": ema.module.state_dict() if ema else None,
-            "rng": ckpt.capture_rng_state(), "order_gen_state": epoch_order_state,
-            "accum": saved_accum, "best_metric": best_metric, "best_epoch": best_epoch,
-            "history": history, "engine_config": dataclasses.asdict(cfg),
-        }
-
-    progress = _progress_bar(cfg, total_steps, global_step, status_fields,
-                             enabled=dinfo.is_rank0)
-    if not dinfo.is_rank0:
-        status_path = None
+    status = _StatusWriter(status_path if comm.is_rank0 else None, status_job or "train",
+                           dict(status_fields or {}), cfg, setup.total_steps)
+    progress = _progress_bar(cfg, setup.total_steps, state.global_step, status.fields,
+                             enabled=comm.is_rank0)
     with _SignalGuard() as guard:
-        while epoch < cfg.epochs:
+        while state.epoch < cfg.epochs:
+            # -- epoch start: hooks, the epoch's data order, this rank's batches
             if on_epoch_start is not None:
-                on_epoch_start(epoch, model)
-                if ema is not None:
-                    on_epoch_start(epoch, ema.module)
-            order_gen.set_state(epoch_order_state)
-            batches = _epoch_batches(indices_for(epoch), order_gen, cfg)
-            next_epoch_order_state = order_gen.get_state()
-            global_sizes = [len(b) for b in batches][step_in_epoch:]
-            if dinfo.distributed:
-                batches = _shard_batches(batches, dinfo, epoch)
+                on_epoch_start(state.epoch, model)
+                if setup.ema is not None:
+                    on_epoch_start(state.epoch, setup.ema.module)
+            batches, next_order_state = _epoch_batches(setup.indices(state.epoch),
+                                                       state.order_state, cfg)
+            global_sizes = [len(b) for b in batches][state.step_in_epoch:]
             loader = DataLoader(
-                train_data, batch_sampler=batches[step_in_epoch:], collate_fn=collate,
-                num_workers=cfg.num_workers, pin_memory=cfg.pin_memory and device.type == "cuda",
-                generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch),
+                train_data, batch_sampler=comm.shard(batches, state.epoch)[state.step_in_epoch:],
+                collate_fn=collate, num_workers=cfg.num_workers,
+                pin_memory=cfg.pin_memory and device.type == "cuda",
+                generator=torch.Generator().manual_seed(cfg.seed * 1000 + state.epoch),
                 persistent_workers=False)
             model.train()
-            t_epoch = time.time()
+            epoch_started = time.time()
             for batch, n_global in zip(loader, global_sizes):
-                # -- learning rate
-                lr = lr_at(global_step, total_steps, cfg)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                # -- forward / backward
-                batch = move_to_device(batch, device, channels_last=cfg.channels_last)
-                with autocast_context(cfg.precision, device):
-                    loss, logs = loss_fn(train_model, batch)
-                n_batch = _batch_size(batch)
-                optimizer.zero_grad(set_to_none=True)
-                if dinfo.distributed:  # DDP averages over ranks; weight by this shard's rows
-                    scaler.scale(loss * (dinfo.world_size * n_batch / n_global)).backward()
-                else:
-                    scaler.scale(loss).backward()
-                # -- clip, step, EMA
-                if cfg.grad_clip > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                if ema is not None:
-                    ema.update(model)
-                # -- bookkeeping
-                if dinfo.distributed:
-                    loss_value, logs, signum = _reduce_step(loss, logs, n_batch, guard.signum,
-                                                            comm_device)
-                    guard.signum = signum
-                    n_batch = n_global
-                else:
-                    loss_value = float(loss.detach())
-                _accumulate(accum, loss_value, logs, n_batch)
-                global_step += 1
-                step_in_epoch += 1
-                samples_done_here += n_batch
+                # -- one optimiser step
+                rows = train_step(setup, state, train_model, loss_fn, batch, n_global)
+                guard.signum = comm.agree_signal(guard.signum)  # one rank's signal stops all
                 progress.update(1)
-                if kill_at and global_step == kill_at:
-                    in_torchrun = bool(os.environ.get("TORCHELASTIC_RUN_ID"))
-                    if dinfo.distributed and dinfo.is_rank0 and in_torchrun:
-                        os.kill(os.getppid(), signal.SIGKILL)  # the torchrun agent: whole job
-                    os.kill(os.getpid(), signal.SIGKILL)
+                for hook in on_step_end:
+                    hook(state)
                 # -- checkpoint, stop
                 if guard.signum is not None:
-                    save_last(epoch_started=t_epoch)
-                    if dinfo.is_rank0:
+                    save_last(setup, state, epoch_started=epoch_started)
+                    if comm.is_rank0:
                         logger.warning("emergency checkpoint written to %s at global step %d",
-                                       last_path, global_step)
+                                       setup.last_path, state.global_step)
                     progress.close()
                     flush_status()
-                    raise TrainingInterrupted(guard.signum, last_path)
-                if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0:
-                    save_last(epoch_started=t_epoch)
+                    raise TrainingInterrupted(guard.signum, setup.last_path)
+                if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0:
+                    save_last(setup, state, epoch_started=epoch_started)
                 # -- status
-                now = time.time()
-                if status_path is not None and now - last_status >= cfg.status_every_s:
-                    last_status = now
-                    elapsed = now - t_start
-                    rate = samples_done_here / max(elapsed, 1e-9)
-                    steps_left = total_steps - global_step
-                    update_status(status_path, status_job or "train", **{"stage": "training", **status_fields},
-                                  epoch=epoch + 1, epochs=cfg.epochs,
-                                  step=global_step, steps=total_steps,
-                                  loss=accum["loss_sum"] / max(accum["n"], 1),
-                                  samples_per_s=rate, elapsed_s=elapsed,
-                                  eta_s=steps_left * cfg.batch_size / max(rate, 1e-9))
-
-            # -- end of epoch: evaluate, select, checkpoint
-            eval_model = ema.module if ema is not None else model
-            metrics = {}
-            if eval_fn is not None:
-                eval_model.eval()
-                with torch.no_grad(), autocast_context(cfg.precision, device):
-                    metrics = {k: float(v) for k, v in eval_fn(eval_model).items()}
-                model.train()
-                metrics = dist_utils.broadcast_object(metrics)
-            record = {"epoch": epoch, "train_loss": accum["loss_sum"] / max(accum["n"], 1),
-                      "lr": lr_at(max(global_step - 1, 0), total_steps, cfg),
-                      "seconds": accum["seconds"] + time.time() - t_epoch,
-                      **{f"train_{k}": v / max(accum["n"], 1) for k, v in accum["logs"].items()},
-                      **metrics}
-            record = dist_utils.broadcast_object(record)  # the same history on every rank
-            history.append(record)
-            logger.info("epoch %d/%d: %s", epoch + 1, cfg.epochs,
-                        ", ".join(f"{k}={v:.4g}" for k, v in record.items()
-                                  if isinstance(v, float)))
-            if eval_fn is not None and cfg.select_metric in metrics:
-                value = metrics[cfg.select_metric]
-                if _is_better(value, best_metric, cfg.select_mode):
-                    best_metric, best_epoch = value, epoch
-                    if dinfo.is_rank0:
-                        ckpt.save_checkpoint(best_path, {"run_key": key, "epoch": epoch,
-                                                         "metric": value,
-                                                         "state_dict": eval_model.state_dict()})
-            elif eval_fn is not None and cfg.select_best:
-                raise ConfigError(f"training.select_metric: eval_fn returned no "
-                                  f"{cfg.select_metric!r} (got {', '.join(metrics) or 'nothing'})")
-            epoch += 1
-            step_in_epoch = 0
-            epoch_order_state = next_epoch_order_state
-            accum = _new_accum()
-            finished = epoch >= cfg.epochs
-            save_last(finished=finished)
-            if dinfo.distributed:  # a signal during evaluation may have reached one rank only
-                guard.signum = _agree_signal(guard.signum, comm_device)
-            if guard.signum is not None and not finished:
+                status.after_step(state, rows)
+            # -- end of epoch: evaluate, keep the best, checkpoint, stop
+            end_epoch(setup, state, eval_fn, next_order_state, epoch_started)
+            guard.signum = comm.agree_signal(guard.signum)  # it may have reached one rank only
+            if guard.signum is not None and not state.finished:
                 progress.close()
-                raise TrainingInterrupted(guard.signum, last_path)
+                raise TrainingInterrupted(guard.signum, setup.last_path)
     progress.close()
-    if status_path is not None:
-        update_status(status_path, status_job or "train", **{"stage": "training", **status_fields},
-                      epoch=cfg.epochs, epochs=cfg.epochs, step=global_step, steps=total_steps,
-                      elapsed_s=time.time() - t_start, eta_s=0.0)
-        flush_status()
-    return _finish(model, ema, cfg, best_path, key, history, best_metric, best_epoch,
-                   global_step, resumed_from, device)
+    status.finish(state)
+    return _finish(setup, state)
 
 
-def _finish(model, ema, cfg, best_path, key, history, best_metric, best_epoch, global_step,
-            resumed_from, device) -> FitResult:
-    if ema is not None:
-        model.load_state_dict(ema.module.state_dict())
-    if cfg.select_best and best_epoch is not None:
-        best = ckpt.load_checkpoint(best_path, run_key=key, map_location=device)
+def _finish(setup: TrainingSetup, state: RunState) -> FitResult:
+    """The result: EMA weights if on, then the best epoch's if selected; model in eval mode."""
+    model, cfg = setup.model, setup.cfg
+    if setup.ema is not None:
+        model.load_state_dict(setup.ema.module.state_dict())
+    if cfg.select_best and state.best_epoch is not None:
+        best = ckpt.load_checkpoint(setup.best_path, run_key=setup.run_key,
+                                    map_location=setup.device)
         if best is None:
             logger.warning("best checkpoint %s missing; keeping the last epoch's weights",
-                           best_path)
+                           setup.best_path)
         else:
             model.load_state_dict(best["state_dict"])
     model.eval()
-    return FitResult(model=model, history=history, best_metric=best_metric,
-                     best_epoch=best_epoch, global_step=global_step,
-                     resumed_from_step=resumed_from)
+    return FitResult(model=model, history=state.history, best_metric=state.best_metric,
+                     best_epoch=state.best_epoch, global_step=state.global_step,
+                     resumed_from_step=state.resumed_from)
 
 
-def _restore_rank_rng(state: Mapping[str, Any], dinfo: "dist_utils.DistInfo",
-                      cfg: EngineConfig) -> None:
-    """Restore this rank's RNG state from a checkpoint (exact when the world size matches)."""
-    per_rank = state.get("rng_per_rank")
-    if not dinfo.distributed:
-        ckpt.restore_rng_state(state["rng"])  # of a multi-process checkpoint: rank 0's stream
-        if per_rank is not None:
-            logger.warning("checkpoint written by %d processes, resumed by one: the data order "
-                           "is kept, per-rank randomness is not (resume not bit-exact)",
-                           len(per_rank))
-        return
-    if per_rank is not None and len(per_rank) == dinfo.world_size:
-        ckpt.restore_rng_state(per_rank[dinfo.rank])
-        return
-    ckpt.restore_rng_state(state["rng"])
-    if dinfo.rank > 0:
-        seed = cfg.seed + dinfo.rank + 7919 * int(state["global_step"])
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-    logger.warning("checkpoint written by %s process(es), resumed by %d: the data order is "
-                   "kept but per-rank randomness is reseeded (resume not bit-exact)",
-                   len(per_rank) if per_rank is not None else 1, dinfo.world_size)
+class _StatusWriter:
+    """Training progress in the status file, at most every ``status_every_s`` seconds.
 
+    Parameters
+    ----------
+    path : path or None
+        Status file; None writes nothing (ranks other than 0).
+    job : str
+        Job name of the status entry.
+    fields : dict
+        Extra fixed fields of the entry (e.g. ``model``, ``fold``).
+    cfg : EngineConfig
+    total_steps : int
+    """
 
-def _shard_batches(batches: list[list[int]], dinfo: "dist_utils.DistInfo", epoch: int
-                   ) -> list[list[int]]:
-    """Rank ``dinfo.rank``'s contiguous part of every global batch."""
-    out = []
-    for b in batches:
-        if len(b) < dinfo.world_size:
-            raise ConfigError(f"training.batch_size: a batch of epoch {epoch} has {len(b)} rows, "
-                              f"fewer than the {dinfo.world_size} processes; use drop_last or "
-                              "a larger batch_size")
-        start, stop = dist_utils.shard_bounds(len(b), dinfo.rank, dinfo.world_size)
-        out.append(b[start:stop])
-    return out
+    def __init__(self, path: str | os.PathLike | None, job: str, fields: dict[str, Any],
+                 cfg: EngineConfig, total_steps: int):
+        self.path, self.job, self.fields = path, job, fields
+        self.cfg, self.total_steps = cfg, total_steps
+        self.started = time.time()
+        self.last_written = 0.0
+        self.rows_done = 0  # rows trained on by this call (not before a resume)
 
+    def after_step(self, state: RunState, rows: int) -> None:
+        """Count the step's ``rows``; write epoch, step, loss, speed and ETA when due."""
+        self.rows_done += rows
+        now = time.time()
+        if self.path is None or now - self.last_written < self.cfg.status_every_s:
+            return
+        self.last_written = now
+        elapsed = now - self.started
+        rate = self.rows_done / max(elapsed, 1e-9)
+        steps_left = self.total_steps - state.global_step
+        update_status(self.path, self.job, **{"stage": "training", **self.fields},
+                      epoch=state.epoch + 1, epochs=self.cfg.epochs,
+                      step=state.global_step, steps=self.total_steps,
+                      loss=state.totals.mean_loss(), samples_per_s=rate, elapsed_s=elapsed,
+                      eta_s=steps_left * self.cfg.batch_size / max(rate, 1e-9))
 
-def _reduce_step(loss: torch.Tensor, logs: Mapping[str, Any], n_local: int,
-                 signum: int | None, comm_device: torch.device
-                 ) -> tuple[float, dict[str, float], int | None]:
-    """Global batch mean of the loss and logs, and whether any rank got a stop signal."""
-    import torch.distributed as dist
-
-    names = sorted(logs)
-    values = [float(loss.detach()) * n_local, float(n_local),
-              *(float(logs[k]) * n_local for k in names)]
-    sums = torch.tensor(values, dtype=torch.float64, device=comm_device)
-    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-    sums = sums.cpu().tolist()
-    n = sums[1]
-    return (sums[0] / n, {k: v / n for k, v in zip(names, sums[2:])},
-            _agree_signal(signum, comm_device))
-
-
-def _agree_signal(signum: int | None, comm_device: torch.device) -> int | None:
-    """The stop signal if any rank received one (all ranks get the same answer)."""
-    import torch.distributed as dist
-
-    flag = torch.tensor([signum or 0], dtype=torch.int64, device=comm_device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item()) or None
-
-
-def _new_accum() -> dict[str, Any]:
-    return {"loss_sum": 0.0, "n": 0, "logs": {}, "seconds": 0.0}
-
-
-def _accumulate(accum: dict[str, Any], loss: float, logs: Mapping[str, Any], n: int) -> None:
-    accum["loss_sum"] += loss * n
-    accum["n"] += n
-    for k, v in logs.items():
-        accum["logs"][k] = accum["logs"].get(k, 0.0) + float(v) * n
+    def finish(self, state: RunState) -> None:
+        """Write the final entry (every step done, no time left) and flush the file."""
+        if self.path is None:
+            return
+        update_status(self.path, self.job, **{"stage": "training", **self.fields},
+                      epoch=self.cfg.epochs, epochs=self.cfg.epochs, step=state.global_step,
+                      steps=self.total_steps, elapsed_s=time.time() - self.started, eta_s=0.0)
+        flush_status()
 
 
 def _batch_size(batch: Any) -> int:

@@ -2,14 +2,15 @@
 
 Run in one process (``train(...)``) or under torchrun (``python -m dist_child CKPT_DIR OUT``,
 started by ``launch_torchrun(..., module="dist_child")``). Validation is sharded across the
-ranks and gathered, as in ``run.train_fold``. Each rank saves ``OUT.rank<r>.pt``.
+ranks and gathered, as in ``fold.train_fold``. Each rank saves ``OUT.rank<r>.pt``.
 
-Env HMS_TEST_KILL_AT_STEP=k: the engine SIGKILLs the whole job after global step k;
-HMS_TEST_SLOW_STEP_S adds a pause per step; HMS_TEST_PROGRESS names a file that rank 0
-appends one line to per training step.
+``--kill-at-step K`` installs an ``on_step_end`` hook that SIGKILLs the whole job after
+global step K (rank 0 kills the torchrun agent first); env HMS_TEST_SLOW_STEP_S adds a
+pause per step; HMS_TEST_PROGRESS names a file that rank 0 appends one line to per step.
 """
+import argparse
 import os
-import sys
+import signal
 import time
 
 import numpy as np
@@ -41,7 +42,22 @@ def _source(n: int, seed: int) -> InMemorySource:
     return InMemorySource(index, {"x": x})
 
 
-def train(checkpoint_dir, out_file) -> dict:
+def kill_job_at_step(step: int):
+    """An ``on_step_end`` hook: every rank SIGKILLs itself after global step ``step``.
+
+    Under torchrun rank 0 first kills the agent (its parent), so the launcher sees the
+    whole job killed and no rank is restarted.
+    """
+    def hook(state):
+        if state.global_step != step:
+            return
+        if distributed.is_rank0() and os.environ.get("TORCHELASTIC_RUN_ID"):
+            os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return hook
+
+
+def train(checkpoint_dir, out_file, kill_at=None) -> dict:
     """Train (resuming from ``checkpoint_dir``); save and return this rank's final state."""
     torch.set_num_threads(1)
     train_set = WindowDataset(_source(N_TRAIN, 0), np.arange(N_TRAIN), ["x"])
@@ -69,7 +85,8 @@ def train(checkpoint_dir, out_file) -> dict:
         return {"val_kl": kaggle_kl(val_set.targets.numpy(), probs)}
 
     result = fit(model, loss_fn=loss_fn, train_data=train_set, eval_fn=eval_fn,
-                 cfg=EngineConfig(**CFG), checkpoint_dir=checkpoint_dir, run_key="dist-child-v1")
+                 cfg=EngineConfig(**CFG), checkpoint_dir=checkpoint_dir, run_key="dist-child-v1",
+                 on_step_end=[kill_job_at_step(kill_at)] if kill_at else [])
     last = torch.load(os.path.join(checkpoint_dir, "last.pt"), weights_only=True)
     out = {"returned": result.model.state_dict(), "model": last["model"], "ema": last["ema"],
            "optimizer": last["optimizer"], "history": result.history,
@@ -83,8 +100,13 @@ def train(checkpoint_dir, out_file) -> dict:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint_dir")
+    parser.add_argument("out_file")
+    parser.add_argument("--kill-at-step", type=int)
+    args = parser.parse_args()
     distributed.init_from_env("cpu")
     try:
-        train(*sys.argv[1:3])
+        train(args.checkpoint_dir, args.out_file, args.kill_at_step)
     finally:
         distributed.destroy()

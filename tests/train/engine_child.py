@@ -1,12 +1,13 @@
 """Child process for the resume tests: trains a tiny model with the engine and saves its final state.
 
-Usage: python engine_child.py CHECKPOINT_DIR OUT_FILE [PROGRESS_FILE]
-Env HMS_TEST_KILL_AT_STEP=k makes the engine SIGKILL itself after global step k;
-HMS_TEST_SLOW_STEP_S adds a pause per step (for the SIGTERM test), PROGRESS_FILE gets one
-line per training step.
+Usage: python engine_child.py CHECKPOINT_DIR OUT_FILE [PROGRESS_FILE] [--kill-at-step K]
+``--kill-at-step K`` installs an ``on_step_end`` hook that SIGKILLs this process after
+global step K (before that step's checkpoint); env HMS_TEST_SLOW_STEP_S adds a pause per
+step (for the SIGTERM test), PROGRESS_FILE gets one line per training step.
 """
+import argparse
 import os
-import sys
+import signal
 import time
 
 import numpy as np
@@ -18,7 +19,15 @@ from hms_core.train.engine import EngineConfig, fit
 from hms_core.train.losses import kl_loss
 
 
-def train(checkpoint_dir, out_file, progress_file=None) -> None:
+def kill_at_step(step: int):
+    """An ``on_step_end`` hook: SIGKILL this process once global step ``step`` is done."""
+    def hook(state):
+        if state.global_step == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return hook
+
+
+def train(checkpoint_dir, out_file, progress_file=None, kill_at=None) -> None:
     """Train the tiny model (resuming from ``checkpoint_dir``) and save its final state."""
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -50,7 +59,8 @@ def train(checkpoint_dir, out_file, progress_file=None) -> None:
     cfg = EngineConfig(epochs=4, batch_size=8, lr=3e-3, ema_decay=0.9, checkpoint_every_steps=3,
                        seed=7, progress=False)
     result = fit(model, loss_fn=loss_fn, train_data=data, eval_fn=eval_fn, cfg=cfg,
-                 checkpoint_dir=checkpoint_dir, run_key="child-v1", epoch_indices=epoch_indices)
+                 checkpoint_dir=checkpoint_dir, run_key="child-v1", epoch_indices=epoch_indices,
+                 on_step_end=[kill_at_step(kill_at)] if kill_at else [])
     last = torch.load(os.path.join(checkpoint_dir, "last.pt"), weights_only=True)
     torch.save({"returned": result.model.state_dict(), "model": last["model"],
                 "optimizer": last["optimizer"], "ema": last["ema"],
@@ -58,4 +68,10 @@ def train(checkpoint_dir, out_file, progress_file=None) -> None:
 
 
 if __name__ == "__main__":
-    train(*sys.argv[1:])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint_dir")
+    parser.add_argument("out_file")
+    parser.add_argument("progress_file", nargs="?")
+    parser.add_argument("--kill-at-step", type=int)
+    args = parser.parse_args()
+    train(args.checkpoint_dir, args.out_file, args.progress_file, args.kill_at_step)

@@ -31,15 +31,15 @@ KL_TOL = 1e-5
 
 def _env(**extra):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("HMS_TEST_KILL_AT_STEP", "HMS_TEST_SLOW_STEP_S", "HMS_TEST_PROGRESS")}
+           if k not in ("HMS_TEST_SLOW_STEP_S", "HMS_TEST_PROGRESS")}
     env.update({"OMP_NUM_THREADS": "1",
                 "PYTHONPATH": os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]), **extra})
     return env
 
 
-def _torchrun(ckpt_dir, out, **env_extra):
-    return distributed.launch_torchrun(2, [str(ckpt_dir), str(out)], module="dist_child",
-                                       env=_env(**env_extra), timeout_s=120)
+def _torchrun(ckpt_dir, out, *child_args, **env_extra):
+    return distributed.launch_torchrun(2, [str(ckpt_dir), str(out), *child_args],
+                                       module="dist_child", env=_env(**env_extra), timeout_s=120)
 
 
 def _load(path):
@@ -83,6 +83,31 @@ def test_single_process_helpers_are_noops():
     assert distributed.gather_rows(rows) is not None and np.array_equal(
         distributed.gather_rows(rows), rows)
     assert distributed.choose_backend("cpu") == "gloo"
+
+
+def test_single_process_communicator_is_the_identity():
+    comm = distributed.communicator(distributed.DistInfo(), torch.device("cpu"))
+    assert isinstance(comm, distributed.SingleProcess)
+    assert (comm.rank, comm.world_size, comm.is_rank0) == (0, 1, True)
+    model, batches = torch.nn.Linear(2, 2), [[3, 1], [0, 2]]
+    loss, logs = torch.tensor(0.25, requires_grad=True), {"kl": torch.tensor(0.5)}
+    assert comm.wrap(model, torch.device("cpu")) is model
+    assert comm.shard(batches, 0) is batches
+    assert comm.scale_loss(loss, 2, 2) is loss
+    assert comm.batch_mean(loss, logs, 2, 2) == (0.25, logs, 2)
+    assert comm.agree_signal(15) == 15 and comm.agree_signal(None) is None
+    assert comm.gather("rng") == ["rng"] and comm.broadcast(logs) is logs
+    assert comm.barrier() is None
+
+
+def test_data_parallel_shards_each_global_batch_and_weights_the_loss_by_rows():
+    rank1 = distributed.DataParallel(distributed.DistInfo(rank=1, world_size=2, backend="gloo"),
+                                     torch.device("cpu"))
+    assert not rank1.is_rank0
+    assert rank1.shard([[0, 1, 2, 3, 4], [5, 6]], 0) == [[3, 4], [6]]
+    with pytest.raises(ConfigError, match="batch of epoch 3 has 1 rows, fewer than the 2"):
+        rank1.shard([[0, 1], [2]], 3)
+    assert float(rank1.scale_loss(torch.tensor(0.5), 2, 5)) == pytest.approx(0.5 * 2 * 2 / 5)
 
 
 def test_launcher_sets_cuda_visible_devices_from_allocation(monkeypatch):
@@ -152,7 +177,7 @@ def test_sigterm_then_sigkill_mid_epoch_resume_exactly(tmp_path, two_proc):
     assert len(stopped["rng_per_rank"]) == 2 and stopped["world_size"] == 2
 
     kill_at = 23  # epoch 3 of 3 (steps 17-24), three steps after the step-20 checkpoint
-    rc = _torchrun(tmp_path / "ckpt", tmp_path / "run.pt", HMS_TEST_KILL_AT_STEP=str(kill_at))
+    rc = _torchrun(tmp_path / "ckpt", tmp_path / "run.pt", "--kill-at-step", str(kill_at))
     assert rc == -signal.SIGKILL and not (tmp_path / "run.pt").exists()
     assert _load(tmp_path / "ckpt" / "last.pt")["global_step"] == 20
 

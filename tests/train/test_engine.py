@@ -71,6 +71,20 @@ def test_stale_checkpoint_is_ignored_and_finished_run_is_not_retrained(tmp_path,
     assert state["finished"] and state["global_step"] == 8
 
 
+def test_step_hooks_see_every_step_before_its_checkpoint(tmp_path):
+    seen = []
+
+    def hook(state):
+        last = tmp_path / "last.pt"
+        saved = torch.load(last, weights_only=True)["global_step"] if last.exists() else None
+        seen.append((state.epoch, state.step_in_epoch, state.global_step, saved))
+
+    fit(_mlp(), loss_fn=_loss(), train_data=_data(), cfg=_cfg(checkpoint_every_steps=1),
+        checkpoint_dir=tmp_path, run_key="hooks", on_step_end=[hook])
+    assert [s[:3] for s in seen] == [(e, i, 4 * e + i) for e in (0, 1) for i in range(1, 5)]
+    assert [s[3] for s in seen] == [None, 1, 2, 3, 4, 5, 6, 7]
+
+
 def test_bf16_autocast_on_cpu_trains(tmp_path):
     seen = []
     data = _data()

@@ -26,10 +26,10 @@ def reference(tmp_path_factory):
     return torch.load(d / "ref.pt", weights_only=True)
 
 
-def _child(ckpt_dir, out, *, env_extra, progress=None, wait=True):
-    env = {k: v for k, v in os.environ.items() if k != "HMS_TEST_KILL_AT_STEP"}
-    env.update({"OMP_NUM_THREADS": "1", **env_extra})
+def _child(ckpt_dir, out, *, env_extra=None, progress=None, kill_at=None, wait=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     args = [sys.executable, str(CHILD), str(ckpt_dir), str(out)] + ([str(progress)] if progress else [])
+    args += ["--kill-at-step", str(kill_at)] if kill_at else []
     if not wait:
         return subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
     return subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
@@ -51,8 +51,7 @@ def test_sigkill_mid_epoch_resume_is_bit_identical(tmp_path, reference):
     kill_at = random.Random().randint(4, STEPS_TOTAL - 2)
     if kill_at % 3 == 0:
         kill_at += 1  # land between step checkpoints (every 3 steps), so work is redone
-    killed = _child(tmp_path / "ckpt", tmp_path / "run.pt",
-                    env_extra={"HMS_TEST_KILL_AT_STEP": str(kill_at)})
+    killed = _child(tmp_path / "ckpt", tmp_path / "run.pt", kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL, (kill_at, killed.stderr)
     assert not (tmp_path / "run.pt").exists()
     engine_child.train(tmp_path / "ckpt", tmp_path / "run.pt")
