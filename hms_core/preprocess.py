@@ -145,7 +145,8 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
     cfg : PreprocessConfig or mapping
         The ``preprocess`` config section.
     threads : int
-        torch and BLAS threads.
+        BLAS and OpenMP threads (threadpoolctl). torch's own thread count is the caller's:
+        :func:`hms_core.workflow.rule_context` sets it to the rule's ``threads``.
     quarantine_out : path-like, optional
         JSON report of skipped recordings (``{"bad_recordings": [{eeg_id, path, problem}]}``).
     status_path : path-like, optional
@@ -170,7 +171,6 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
     missing = sorted(set(eeg_ids) - set(rows["eeg_id"].unique()))
     if missing:
         raise ValueError(f"eeg_ids {missing[:5]} have no rows in train_df")
-    torch.set_num_threads(threads)
     job = f"preprocess_{Path(out_store).name.split('.')[0]}"
     frontend_cfg = cfg.frontend
     frontend = WindowFrontend(frontend_cfg).eval()

@@ -1,4 +1,4 @@
-"""Glue between Snakemake's ``snakemake`` object and ``hms_core``: logging and threads.
+"""Process setup for the entry points: a Snakemake job's log and threads, a torchrun rank's threads.
 
 Workflow scripts stay a few lines long::
 
@@ -36,7 +36,7 @@ def rule_context(smk: Any) -> Iterator[Any]:
         old_stderr = sys.stderr
         sys.stderr = log_file
         try:
-            _set_threads(int(getattr(smk, "threads", 1) or 1))
+            set_torch_threads(int(getattr(smk, "threads", 1) or 1))
             yield smk
         except BaseException:
             log_file.write(traceback.format_exc())
@@ -46,10 +46,15 @@ def rule_context(smk: Any) -> Iterator[Any]:
             root.removeHandler(handler)
 
 
-def _set_threads(threads: int) -> None:
+def set_torch_threads(threads: int) -> None:
+    """Use ``threads`` (at least 1) torch intra-op CPU threads in this process.
+
+    The one place a job's thread count is set: :func:`rule_context` for a Snakemake job,
+    :mod:`hms_core.train.fold_main` for each torchrun rank. Library functions leave it alone.
+    """
     import torch
 
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(max(1, int(threads)))
 
 
 def data_dir(source_json: str) -> Path:

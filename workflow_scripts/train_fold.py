@@ -20,4 +20,4 @@ with rule_context(snakemake) as smk:
         if rc != 0:
             raise RuntimeError(f"torchrun exited with status {rc}")
     else:
-        train_fold(list(smk.input.stores), smk.input.folds, model, fold, cfg, threads=smk.threads, **job)
+        train_fold(list(smk.input.stores), smk.input.folds, model, fold, cfg, **job)

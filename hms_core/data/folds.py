@@ -13,8 +13,6 @@ from hms_core import atomic, contract
 from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError
 
-FOLD_COLUMNS = ("label_id", "eeg_id", "patient_id", "fold")
-
 
 @dataclasses.dataclass
 class FoldsConfig:

@@ -35,12 +35,13 @@ def resolve_data(data_cfg: Mapping[str, Any], *, raw_dir: str | os.PathLike = "d
     source = data_cfg["source"]
     raw_dir = Path(raw_dir)
     if source == "synthetic":
-        from hms_core.data import synthetic
+        from hms_core.data.synthetic.config import SyntheticConfig
+        from hms_core.data.synthetic.writer import generate_from_config
 
-        syn = synthetic.SyntheticConfig.from_dict(data_cfg.get("synthetic"))
+        syn = SyntheticConfig.from_dict(data_cfg.get("synthetic"))
         _remove_generated(raw_dir)
         with atomic.atomic_path(raw_dir) as tmp:
-            syn.generate(tmp)
+            generate_from_config(syn, tmp)
             atomic.write_json(tmp / SYNTHETIC_MARKER, dataclasses.asdict(syn))
         data_dir = raw_dir
     elif source == "kaggle":

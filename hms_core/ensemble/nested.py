@@ -28,7 +28,7 @@ from hms_core.train.data import ArrayDataset
 from hms_core.train.engine import EngineConfig, fit
 from hms_core.train.losses import kl_loss
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _digest(*arrays: np.ndarray) -> str:
@@ -151,10 +151,10 @@ def train_meta_learners(oof: OOFSet, init_weights: np.ndarray | Mapping[int, np.
     oof_logits = np.zeros((len(targets), len(CLASSES)), dtype=np.float64)
     learners, histories = [], []
     if len(folds) == 1:
-        log.warning("only one fold in the OOF rows: the meta-learner is trained and scored on the "
+        logger.warning("only one fold in the OOF rows: the meta-learner is trained and scored on the "
                     "same rows, so the stacked OOF figures are optimistic")
     elif mcfg.inner_validation and not inner:
-        log.warning("meta_learner.inner_validation needs >= 3 folds (got %d): no early stopping or "
+        logger.warning("meta_learner.inner_validation needs >= 3 folds (got %d): no early stopping or "
                     "shrinkage", len(folds))
     for pos, k in enumerate(folds):
         held_rows = np.flatnonzero(oof.fold == k)

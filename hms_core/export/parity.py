@@ -30,8 +30,21 @@ class ParityError(HMSError):
 
 
 def parity_report(module: torch.nn.Module, onnx_path: Path, inputs: Sequence[np.ndarray], *,
-            input_names: Sequence[str], output_names: Sequence[str], cfg: ExportConfig) -> dict[str, Any]:
-    """Largest |ONNX Runtime - PyTorch| per output over all ``inputs`` (batched)."""
+                  input_names: Sequence[str], output_names: Sequence[str], cfg: ExportConfig) -> dict[str, Any]:
+    """Largest |ONNX Runtime - PyTorch| per output over all ``inputs`` (batched).
+
+    Returns
+    -------
+    dict
+        ``n_windows, max_abs_diff`` (of the first output, probabilities),
+        ``max_abs_diff_by_output, atol, passed, provider, opset``, and the summed run times
+        ``torch_s, onnxruntime_s`` in s.
+
+    Raises
+    ------
+    ParityError
+        An ONNX output is not finite.
+    """
     session = ort_session(onnx_path, provider=cfg.provider)
     n = len(inputs[0])
     worst = {name: 0.0 for name in output_names}
@@ -61,6 +74,7 @@ def parity_report(module: torch.nn.Module, onnx_path: Path, inputs: Sequence[np.
 
 
 def check_parity(parity: dict[str, Any], out_onnx: Path) -> None:
+    """Raise :class:`ParityError` when the :func:`parity_report` did not pass."""
     if not parity["passed"]:
         raise ParityError(f"{out_onnx}: ONNX Runtime differs from PyTorch by up to "
                           f"{parity['max_abs_diff']:.3g} in a probability (allowed {parity['atol']:.1g}) "
@@ -68,6 +82,7 @@ def check_parity(parity: dict[str, Any], out_onnx: Path) -> None:
 
 
 def parity_rows(n_rows: int, n: int) -> np.ndarray:
+    """Up to ``n`` row positions spread evenly over ``0 .. n_rows - 1`` (sorted, unique)."""
     return np.unique(np.linspace(0, n_rows - 1, num=min(n, n_rows)).round().astype(np.int64))
 
 

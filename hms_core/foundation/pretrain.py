@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from hms_core.models.foundation import (
     n_parameters,
     save_foundation,
 )
+from hms_core.store import open_window_source
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import identity_collate
 from hms_core.train.engine import EngineConfig, fit
@@ -161,25 +162,13 @@ def source_fingerprint(source: Any) -> dict[str, Any]:
     return fingerprint
 
 
-def open_source(store_paths: Any) -> Any:
-    """A ``WindowStore`` over ``store_paths``, or ``store_paths`` itself when it already is a source."""
-    if hasattr(store_paths, "read") and hasattr(store_paths, "index"):
-        return store_paths
-    from hms_core.store import WindowStore
-
-    paths = [store_paths] if isinstance(store_paths, (str, bytes)) or hasattr(store_paths, "__fspath__") else list(store_paths)
-    return WindowStore(paths)
-
-
 def pretrain(
     store_paths: Any,
     cfg: PretrainConfig | Mapping | None,
     *,
     out_path,
     checkpoint_dir,
-    threads: int = 1,
     status_path=None,
-    on_step_end: Sequence[Callable[[Any], None]] = (),
 ) -> dict[str, Any]:
     """Pretrain the foundation encoder on every window of the stores and save it.
 
@@ -196,12 +185,8 @@ def pretrain(
         kwargs, the objectives and these metrics); ``load_foundation`` rebuilds it.
     checkpoint_dir : path
         Resumable engine state (``models/checkpoints/pretrain``).
-    threads : int
-        torch CPU threads.
     status_path : path | None
         ``status/run.json`` for progress.
-    on_step_end : sequence of callable, default ()
-        Hooks passed to :func:`hms_core.train.engine.fit` (tests kill the run with one).
 
     Returns
     -------
@@ -211,9 +196,8 @@ def pretrain(
         ``first_epoch_loss``, ``last_epoch_loss``.
     """
     cfg = cfg if isinstance(cfg, PretrainConfig) else PretrainConfig.from_dict(cfg)
-    torch.set_num_threads(max(1, int(threads)))
     engine_cfg = cfg.engine_config()
-    source = open_source(store_paths)
+    source = open_window_source(store_paths)
     n_total = len(source.index)
     if n_total < 2:
         raise ConfigError(f"pretrain: the stores hold {n_total} window(s); pretraining needs at least 2")
@@ -237,7 +221,7 @@ def pretrain(
     result = fit(
         model, loss_fn=loss_fn, train_data=ChainsDataset(source, rows), cfg=engine_cfg,
         checkpoint_dir=checkpoint_dir, run_key=run_key, status_path=status_path,
-        status_job="pretrain", status_fields={"model": "eeg_foundation"}, on_step_end=on_step_end,
+        status_job="pretrain", status_fields={"model": "eeg_foundation"},
     )
     names = cfg.objectives.enabled_names()
     history = [

@@ -1,21 +1,20 @@
 """Transfer study: does the pretrained foundation encoder help a classifier?
 
 For each encoder initialisation (``pretrained`` from the pretraining step, ``random``:
-the same architecture freshly initialised), each mode (``linear_probe``: frozen encoder,
+the same architecture freshly initialised), each mode (``frozen``: the encoder frozen,
 a linear head trained on its features; ``finetune``: encoder and head trained together)
 and each label fraction (patient-grouped subsets of the training folds), a classifier is
 trained with the engine on the vote distributions (KL loss) of folds != ``val_fold`` and
 scored by Kaggle's KL on ``val_fold``. The last epoch's score is reported: no epoch is
 picked on the validation fold, so the comparison is not tuned to it.
 
-The linear probe trains the head on features computed once (eval mode, no augmentation),
-which is the same as training a linear head on a frozen encoder, only faster.
+The frozen mode trains the head (a linear probe) on features computed once (eval mode, no
+augmentation), which is the same as training a linear head on a frozen encoder, only faster.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import logging
 import math
 import time
@@ -31,19 +30,20 @@ from torch import nn
 from hms_core import atomic, contract
 from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
+from hms_core.hashing import sha256_file
 from hms_core.metrics import kaggle_kl, score_predictions
 from hms_core.models.foundation import EEGFoundationEncoder, FoundationClassifier, load_foundation
 from hms_core.status import update_status
+from hms_core.store import open_window_source
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import ArrayDataset, WindowDataset, vote_targets
 from hms_core.train.engine import EngineConfig, fit, select_device
 from hms_core.train.losses import kl_loss
-from hms_core.foundation.pretrain import open_source, source_fingerprint
+from hms_core.foundation.pretrain import source_fingerprint
 
 logger = logging.getLogger(__name__)
 
-MODES = ("linear_probe", "finetune")
-INITS = ("pretrained", "random")
+MODES = ("frozen", "finetune")
 
 
 @dataclass
@@ -57,7 +57,8 @@ class TransferConfig:
     label_fractions : list of float
         Fractions of the training patients whose windows are used (default [0.1, 1.0]).
     modes : list of str
-        Any of ``linear_probe``, ``finetune`` (default both).
+        Any of ``frozen``, ``finetune`` (default both): the same two ways of using the
+        encoder as ``models.<name>.foundation_mode``.
     val_fold : int
         Fold scored; all other folds train (default 0).
     epochs : int
@@ -65,9 +66,9 @@ class TransferConfig:
     lr : float
         Fine-tuning peak learning rate (default 5e-4).
     probe_epochs : int
-        Linear-probe epochs over the cached features (default 30).
+        Epochs of the frozen mode's linear head over the cached features (default 30).
     probe_lr : float
-        Linear-probe peak learning rate (default 1e-2).
+        Peak learning rate of the frozen mode's linear head (default 1e-2).
     probe_c : float
         Inverse L2 strength of the probe, as scikit-learn's ``LogisticRegression(C=...)``:
         the loss gets ``||W||^2 / (2 C n_train)`` (default 1.0).
@@ -127,7 +128,7 @@ class TransferConfig:
         self.engine("finetune")  # validates precision and device
 
     def engine(self, mode: str) -> EngineConfig:
-        probe = mode == "linear_probe"
+        probe = mode == "frozen"
         try:
             return EngineConfig.from_dict({
                 "epochs": self.probe_epochs if probe else self.epochs,
@@ -221,7 +222,7 @@ def _predict(module: nn.Module, data, *, batch_size: int, feature: bool = False)
 # ----------------------------------------------------------------------------- runs
 
 
-def _run_linear_probe(features: np.ndarray, targets: np.ndarray, val_features: np.ndarray,
+def _run_frozen(features: np.ndarray, targets: np.ndarray, val_features: np.ndarray,
                       val_targets: np.ndarray, cfg: TransferConfig, *, feature_stats, checkpoint_dir,
                       run_key: str):
     head = nn.Linear(features.shape[1], contract.N_CLASSES)
@@ -240,7 +241,7 @@ def _run_linear_probe(features: np.ndarray, targets: np.ndarray, val_features: n
         probs = torch.softmax(model(val_x.to(next(model.parameters()).device)).float(), 1).cpu().numpy()
         return {"val_kl": kaggle_kl(val_targets, probs)}
 
-    engine = cfg.engine("linear_probe")
+    engine = cfg.engine("frozen")
     engine.device = "cpu"  # a 6-way linear layer: the GPU would only add transfers
     result = fit(head, loss_fn=loss_fn, train_data=train, eval_fn=eval_fn, cfg=engine,
                  checkpoint_dir=checkpoint_dir, run_key=run_key)
@@ -265,14 +266,6 @@ def _run_finetune(encoder: EEGFoundationEncoder, train, val, cfg: TransferConfig
     return probs, [r["val_kl"] for r in result.history]
 
 
-def _file_sha256(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def transfer_study(
     store_paths: Any,
     folds_csv,
@@ -281,10 +274,9 @@ def transfer_study(
     *,
     out_json,
     checkpoint_dir,
-    threads: int = 1,
     status_path=None,
 ) -> dict[str, Any]:
-    """Linear-probe and fine-tune validation KL of the pretrained vs a random encoder.
+    """Frozen-encoder and fine-tuned validation KL of the pretrained vs a random encoder.
 
     Parameters
     ----------
@@ -300,8 +292,6 @@ def transfer_study(
         Results, written atomically (a section of ``training_results.json``).
     checkpoint_dir : path
         Parent of one resumable engine directory per run.
-    threads : int
-        torch CPU threads.
     status_path : path | None
         ``status/run.json``; updated after each run (job ``transfer``).
 
@@ -315,9 +305,8 @@ def transfer_study(
         predicting the training folds' mean vote distribution), split sizes, ``conclusion``.
     """
     cfg = cfg if isinstance(cfg, TransferConfig) else TransferConfig.from_dict(cfg)
-    torch.set_num_threads(max(1, int(threads)))
     started = time.time()
-    source = open_source(store_paths)
+    source = open_window_source(store_paths)
     train_rows, val_rows, index = _split_rows(source, folds_csv, cfg)
     pretrained = load_foundation(pretrained_path)
     torch.manual_seed(cfg.seed)
@@ -329,8 +318,8 @@ def transfer_study(
     val_targets = contract.votes_to_targets(val_votes)
     train_targets_all = contract.votes_to_targets(index[list(contract.VOTE_COLUMNS)].to_numpy(dtype=np.float64)[train_rows])
     prior = np.broadcast_to(train_targets_all.mean(0), val_targets.shape)
-    base_key = make_run_key("transfer", source_fingerprint(source), _file_sha256(pretrained_path),
-                            _file_sha256(folds_csv), dataclasses.asdict(cfg))
+    base_key = make_run_key("transfer", source_fingerprint(source), sha256_file(pretrained_path),
+                            sha256_file(folds_csv), dataclasses.asdict(cfg))
 
     subsets = {}
     for fraction in cfg.label_fractions:
@@ -342,7 +331,7 @@ def transfer_study(
     features: dict[tuple[str, str], np.ndarray] = {}
     for init, encoder in encoders.items():
         encoder = encoder.to(device).eval()
-        if "linear_probe" in cfg.modes:
+        if "frozen" in cfg.modes:
             features[(init, "val")] = _predict(encoder, val_data, batch_size=cfg.batch_size, feature=True)
             features[(init, "train")] = _predict(encoder, windows.dataset(train_rows), batch_size=cfg.batch_size,
                                                  feature=True)
@@ -351,9 +340,9 @@ def transfer_study(
                 t_run = time.time()
                 name = f"{init}_{mode}_{fraction:g}"
                 run_key = make_run_key(base_key, name)
-                if mode == "linear_probe":
+                if mode == "frozen":
                     positions = np.searchsorted(train_rows, rows)
-                    probs, curve = _run_linear_probe(
+                    probs, curve = _run_frozen(
                         features[(init, "train")][positions], vote_targets(index.iloc[rows]),
                         features[(init, "val")], val_targets, cfg,
                         feature_stats=(features[(init, "train")].mean(0, keepdims=True),
@@ -382,7 +371,7 @@ def transfer_study(
         "n_train_windows": int(len(train_rows)),
         "val_kl_prior": kaggle_kl(val_targets, prior),
         "label_fractions": [float(f) for f in cfg.label_fractions],
-        "epochs": {"finetune": cfg.epochs, "linear_probe": cfg.probe_epochs},
+        "epochs": {"finetune": cfg.epochs, "frozen": cfg.probe_epochs},
         "runs": runs,
         "summary": summary,
         "conclusion": _conclusion(summary, kaggle_kl(val_targets, prior)),

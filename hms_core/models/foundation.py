@@ -375,10 +375,6 @@ class FoundationClassifier(nn.Module):
     def forward(self, chains: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(chains))
 
-    def reset_head(self, n_outputs: int) -> None:
-        self.n_outputs = int(n_outputs)
-        self.head = nn.Linear(self.encoder.feature_dim, self.n_outputs)
-
 
 def save_foundation(
     encoder: EEGFoundationEncoder, path: str | os.PathLike, *, extra: Mapping[str, Any] | None = None

@@ -1,9 +1,9 @@
 """Train one model on one cross-validation fold: weights file + out-of-fold predictions.
 
-``train_fold`` is what the Snakemake rule ``train_model`` calls. It reads the windows
-of every batch store, trains on the windows of the other folds with the engine (two-stage
-schedule, augmentation, optional vote weighting, progressive resizing), and predicts the
-held-out fold both as is and hemisphere-swapped (test-time augmentation).
+``train_fold`` is what the Snakemake rule ``train_fold`` (``rules/train.smk``) calls. It
+reads the windows of every batch store, trains on the windows of the other folds with the
+engine (two-stage schedule, augmentation, optional vote weighting, progressive resizing),
+and predicts the held-out fold both as is and hemisphere-swapped (test-time augmentation).
 
 Config (the mapping passed as ``cfg``): ``cfg["training"]`` (see :class:`TrainingConfig`)
 and ``cfg["models"][model_name]``: ``enabled``, optional ``training`` (per-model overrides
@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from hms_core import atomic, contract
-from hms_core.config import dataclass_from_dict
+from hms_core.config import dataclass_from_dict, deep_update
 from hms_core.errors import ConfigError, DataError
+from hms_core.hashing import sha256_file
 from hms_core.metrics import kaggle_kl, score_predictions
 from hms_core.models.registry import create_model
+from hms_core.store import open_window_source
 from hms_core.train import augment as aug
 from hms_core.train import distributed
 from hms_core.train.checkpoint import make_run_key
@@ -43,8 +45,6 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_KEYS = ("model_name", "model_kwargs", "state_dict", "metrics", "input_fields", "history")
 MODEL_ENTRY_RESERVED = ("enabled", "training", "image_sizes")
-LOGP_COLUMNS = tuple(f"logp_{c.lower()}" for c in contract.CLASSES)
-LOGP_SWAP_COLUMNS = tuple(f"logp_swap_{c.lower()}" for c in contract.CLASSES)
 
 
 @dataclasses.dataclass
@@ -113,16 +113,6 @@ class TrainingConfig:
         return dataclasses.asdict(self)
 
 
-def _deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(dict(base))
-    for key, value in (override or {}).items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def resolve_model_config(cfg: Mapping[str, Any], model_name: str
                          ) -> tuple[TrainingConfig, dict[str, Any], list[int] | None]:
     """Split the config into the training settings, model kwargs and image-size schedule."""
@@ -131,7 +121,8 @@ def resolve_model_config(cfg: Mapping[str, Any], model_name: str
         raise ConfigError(f"models.{model_name}: no config entry; configured: "
                           f"{', '.join(models) or 'none'}")
     entry = dict(models[model_name] or {})
-    training = TrainingConfig.from_dict(_deep_merge(cfg.get("training") or {},
+    # A deep copy: the per-model overrides must not leak into the shared training section.
+    training = TrainingConfig.from_dict(deep_update(copy.deepcopy(dict(cfg.get("training") or {})),
                                                     entry.get("training") or {}))
     kwargs = {k: v for k, v in entry.items() if k not in MODEL_ENTRY_RESERVED}
     sizes = entry.get("image_sizes")
@@ -139,15 +130,6 @@ def resolve_model_config(cfg: Mapping[str, Any], model_name: str
         sizes = [int(s) for s in sizes]
         kwargs["image_size"] = sizes[-1]
     return training, kwargs, sizes
-
-
-def _open_source(store_paths: Any) -> Any:
-    if hasattr(store_paths, "index") and hasattr(store_paths, "read"):
-        return store_paths  # already a window source
-    from hms_core.store import WindowStore
-
-    paths = [store_paths] if isinstance(store_paths, (str, os.PathLike)) else list(store_paths)
-    return WindowStore(paths)
 
 
 def _fold_of_windows(index: pd.DataFrame, folds_csv: str | os.PathLike) -> np.ndarray:
@@ -167,14 +149,8 @@ def _fold_of_windows(index: pd.DataFrame, folds_csv: str | os.PathLike) -> np.nd
     return fold.to_numpy(dtype=np.int64)
 
 
-def _file_digest(path: str | os.PathLike | None) -> str | None:
-    if path is None:
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _foundation_digest(path: str | os.PathLike | None) -> str | None:
+    return None if path is None else sha256_file(path)
 
 
 def _index_digest(index: pd.DataFrame) -> str:
@@ -238,7 +214,7 @@ def predict_logp_sharded(model: nn.Module, dataset: WindowDataset, **kwargs: Any
 def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, fold: int,
                cfg: Mapping[str, Any], *, weights_out: str | os.PathLike,
                oof_out: str | os.PathLike, checkpoint_dir: str | os.PathLike,
-               foundation_path: str | os.PathLike | None = None, threads: int = 1,
+               foundation_path: str | os.PathLike | None = None,
                status_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Train ``model_name`` on all folds but ``fold``; write weights and OOF predictions.
 
@@ -263,8 +239,6 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
         Resumable state (``models/checkpoints/<job>/``).
     foundation_path : path, optional
         Pretrained foundation encoder for models configured with ``foundation_mode``.
-    threads : int, default 1
-        torch intra-op threads.
     status_path : path, optional
         ``status/run.json``.
 
@@ -279,9 +253,11 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
     Under torchrun (see :mod:`hms_core.train.fold_main`) every rank calls this; training
     is data-parallel, validation and OOF prediction are sharded and gathered, only rank 0
     writes the weights and OOF files, and every rank returns rank 0's metrics.
+
+    torch's thread count is the caller's: :func:`hms_core.workflow.rule_context` sets it to
+    the rule's ``threads``, :mod:`hms_core.train.fold_main` to ``--threads`` per rank.
     """
     t0 = time.time()
-    torch.set_num_threads(max(1, int(threads)))
     training, model_kwargs, image_sizes = resolve_model_config(cfg, model_name)
     dinfo = distributed.init_from_env(training.engine.device)
     if foundation_path is not None and model_kwargs.get("foundation_mode") is not None:
@@ -290,7 +266,7 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
     model = create_model(model_name, **model_kwargs)
     fields = tuple(model.input_fields)
 
-    source = _open_source(store_paths)
+    source = open_window_source(store_paths)
     index = source.index.reset_index(drop=True)
     window_fold = _fold_of_windows(index, folds_csv)
     train_rows = np.flatnonzero(window_fold != fold)
@@ -369,8 +345,8 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
     recipe = {"two_stage": dataclasses.asdict(two), "augment": dataclasses.asdict(training.augment),
               "vote_weighting": training.vote_weighting, "inner_val_frac": training.inner_val_frac}
     run_key = make_run_key("train_fold", model_name, model_kwargs, int(fold), recipe,
-                           image_sizes, _file_digest(folds_csv), _index_digest(index),
-                           _file_digest(model_kwargs.get("foundation_path")))
+                           image_sizes, sha256_file(folds_csv), _index_digest(index),
+                           _foundation_digest(model_kwargs.get("foundation_path")))
     job = f"train_{model_name}_fold{fold}"
     result = fit(model, loss_fn=loss_fn, train_data=train_set, eval_fn=eval_fn, cfg=engine_cfg,
                  checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices,
@@ -390,9 +366,9 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
                         "fold": np.full(len(val_rows), int(fold), dtype=np.int64)})
     for j, col in enumerate(contract.VOTE_COLUMNS):
         oof[col] = val_votes[:, j].astype(np.int64)
-    for j, col in enumerate(LOGP_COLUMNS):
+    for j, col in enumerate(contract.LOGP_COLUMNS):
         oof[col] = logp[:, j]
-    for j, col in enumerate(LOGP_SWAP_COLUMNS):
+    for j, col in enumerate(contract.LOGP_SWAP_COLUMNS):
         oof[col] = logp_swap[:, j]
     if dinfo.is_rank0:
         atomic.write_parquet(oof, oof_out)

@@ -1,4 +1,4 @@
-"""torchrun entry point of one fold's training: every rank runs ``run.train_fold``.
+"""torchrun entry point of one fold's training: every rank runs ``fold.train_fold``.
 
 Usage (normally through :func:`hms_core.train.distributed.launch_torchrun`)::
 
@@ -35,7 +35,8 @@ def fold_args(store_paths: Sequence[str | os.PathLike], folds_csv: str | os.Path
               status_path: str | os.PathLike | None = None) -> list[str]:
     """Write ``cfg`` to ``config_path`` (JSON, atomic) and return this module's arguments.
 
-    The parameters are those of :func:`hms_core.train.fold.train_fold`; ``threads`` is per rank.
+    The parameters are those of :func:`hms_core.train.fold.train_fold`; ``threads`` is the
+    torch thread count of each rank.
     """
     atomic.write_json(config_path, dict(cfg))
     args = ["--config", str(config_path), "--stores", *[str(p) for p in store_paths],
@@ -83,13 +84,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if rank == "0" else logging.WARNING,
                         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s")
     from hms_core.train.fold import train_fold
+    from hms_core.workflow import set_torch_threads
 
+    set_torch_threads(args.threads)
     try:
         cfg = _read_config(args.config)
         train_fold(args.stores, args.folds, args.model, args.fold, cfg,
                    weights_out=args.weights_out, oof_out=args.oof_out,
                    checkpoint_dir=args.checkpoint_dir, foundation_path=args.foundation,
-                   threads=args.threads, status_path=args.status)
+                   status_path=args.status)
     except HMSError as err:
         logger.error("%s", err)
         return 2

@@ -23,6 +23,6 @@ if __name__ == "__main__":
         if state.global_step == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    metrics = pretrain([store], json.loads(cfg_json), out_path=out_path, checkpoint_dir=checkpoint_dir, threads=1,
+    metrics = pretrain([store], json.loads(cfg_json), out_path=out_path, checkpoint_dir=checkpoint_dir,
                        on_step_end=[kill_at_step] if kill_at else [])
     print(json.dumps({"resumed_from_step": metrics["resumed_from_step"], "global_step": metrics["global_step"]}))

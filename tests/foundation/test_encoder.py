@@ -61,7 +61,7 @@ def test_config_rejects_unknown_keys_and_bad_heads():
         FoundationModelConfig.from_dict({"dim": 10, "heads": 4})
 
 
-def test_classifier_linear_probe_freezes_encoder():
+def test_classifier_frozen_encoder_gets_no_gradient():
     clf = FoundationClassifier(freeze_encoder=True, **TINY)
     logits = clf(torch.randn(4, contract.N_CHAINS, 2000) * 50)
     assert logits.shape == (4, contract.N_CLASSES)

@@ -36,7 +36,7 @@ def test_transfer_study_reports_every_arm(tiny_store, encoder_path, tmp_path):
                             out_json=out_json, checkpoint_dir=tmp_path / "ckpt", status_path=tmp_path / "run.json")
     assert json.loads(out_json.read_text())["summary"] == result["summary"]
     arms = {(r["init"], r["mode"], r["label_fraction"]) for r in result["runs"]}
-    assert arms == {(i, m, f) for i in ("pretrained", "random") for m in ("linear_probe", "finetune")
+    assert arms == {(i, m, f) for i in ("pretrained", "random") for m in ("frozen", "finetune")
                     for f in (0.1, 1.0)}
     folds = pd.read_csv(tiny_store.folds_csv)
     assert result["n_val_windows"] == int((folds["fold"] == 0).sum())
@@ -47,11 +47,11 @@ def test_transfer_study_reports_every_arm(tiny_store, encoder_path, tmp_path):
     small = [r for r in result["runs"] if r["label_fraction"] == 0.1]
     full = [r for r in result["runs"] if r["label_fraction"] == 1.0]
     assert max(r["n_train_windows"] for r in small) < min(r["n_train_windows"] for r in full)
-    for mode in ("linear_probe", "finetune"):
+    for mode in ("frozen", "finetune"):
         for frac in ("0.1", "1"):
             cell = result["summary"][mode][frac]
             assert cell["gain"] == pytest.approx(cell["random"] - cell["pretrained"])
-    assert result["val_kl_prior"] > 0 and "linear_probe" in result["conclusion"]
+    assert result["val_kl_prior"] > 0 and "frozen" in result["conclusion"]
     assert "validation fold included" in result["notes"]
     status = json.loads((tmp_path / "run.json").read_text())["jobs"]["transfer"]
     assert status["done"] == status["total"] == 8

@@ -1,7 +1,6 @@
 """Options of the synthetic data set (the ``data.synthetic`` config section)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -57,16 +56,6 @@ class SyntheticConfig:
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"data.synthetic.{key}: {value!r} is not a fraction in [0, 1]")
         return cfg
-
-    def generate(self, out_dir: str | os.PathLike, *, status_path=None) -> dict:
-        """Write the data set to ``out_dir`` (see :func:`generate_dataset`)."""
-        from hms_core.data.synthetic.writer import generate_dataset  # the writer imports this module
-
-        return generate_dataset(out_dir, n_patients=self.patients, seed=self.seed,
-                                recordings_per_patient=self.recordings_per_patient,
-                                n_test=self.n_test, save_answer_key=self.save_answer_key,
-                                sub_windows=self.sub_windows, two_eeg_fraction=self.two_eeg_fraction,
-                                nan_fraction=self.nan_fraction, status_path=status_path)
 
 
 def _int_range(key: str, value, minimum: int) -> tuple[int, int]:

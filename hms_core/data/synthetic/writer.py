@@ -219,6 +219,15 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_patients: int, seed: int =
     return summary
 
 
+def generate_from_config(cfg: SyntheticConfig, out_dir: str | os.PathLike, *, status_path=None) -> dict:
+    """Write the data set that the ``data.synthetic`` section describes (see :func:`generate_dataset`)."""
+    return generate_dataset(out_dir, n_patients=cfg.patients, seed=cfg.seed,
+                            recordings_per_patient=cfg.recordings_per_patient,
+                            n_test=cfg.n_test, save_answer_key=cfg.save_answer_key,
+                            sub_windows=cfg.sub_windows, two_eeg_fraction=cfg.two_eeg_fraction,
+                            nan_fraction=cfg.nan_fraction, status_path=status_path)
+
+
 def _generate_train(out: Path, sessions: list[SessionPlan], cfg: SyntheticConfig, status_path):
     from tqdm import tqdm
 
