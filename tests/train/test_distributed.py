@@ -195,7 +195,7 @@ def test_fold_main_under_torchrun_writes_the_single_process_outputs(tmp_path):
     predictions are close to (not equal to) one process': measured max |dlogp| 0.003 and
     |dKL| 4e-4 nats; we allow 0.02 nats.
     """
-    from test_run import CFG, _write_store
+    from test_fold import CFG, _write_store
 
     from hms_core.train import fold_main
     from hms_core.contract import LOGP_COLUMNS
