@@ -2,13 +2,19 @@
 #      -> per-model, per-fold weights + out-of-fold predictions -> ensemble -> ONNX -> results
 from snakemake.utils import min_version, validate
 
+from hms_core.config import check_config, coerce_config
+
 min_version("9.0")
 
 
 configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+# --config hands nested values over as strings; then every section is built once, so any
+# config error (a bad option, a range) stops `snakemake -n` before the first job.
+coerce_config(config)
 validate(config, schema="config/schema.yaml")
+check_config(config)
 
 
 include: "rules/common.smk"

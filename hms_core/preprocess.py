@@ -12,31 +12,32 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from hms_core import atomic
+from hms_core.config import from_mapping
 from hms_core.contract import EEG_CHANNELS, SAMPLING_RATE_HZ, SPEC_WINDOW_ROWS, VOTE_COLUMNS
+from hms_core.data.validate import OnBad
 from hms_core.errors import ConfigError, DataError
 from hms_core.status import update_status
-from hms_core.signal.filters import FilterConfig, check_keys
+from hms_core.signal.filters import FilterConfig
 from hms_core.signal.frontend import FrontendConfig, WindowFrontend, kaggle_spec_image, window_shapes
 from hms_core.signal.ica import IcaConfig, clean_recording
 from hms_core.signal.nan import NanConfig
 from hms_core.signal.spectrogram import SpectrogramConfig
-from hms_core.store import DTYPES, INDEX_COLUMNS, StoreWriter
+from hms_core.store import INDEX_COLUMNS, StoreWriter
 
 logger = logging.getLogger(__name__)
 
-BAD_RECORDING_CHOICES = ("error", "skip")
 
 
 @dataclass
 class PreprocessConfig:
-    """The ``preprocess`` config section.
+    """The ``preprocessing`` config section.
 
     Parameters
     ----------
@@ -50,11 +51,11 @@ class PreprocessConfig:
         Recording-level artifact removal.
     spectrogram : SpectrogramConfig
         STFT / mel settings.
-    dtype : str
-        Store dtype, "float16" (default) or "float32".
-    on_bad_recording : str
-        "error" (default): a bad recording stops the batch with a DataError naming it;
-        "skip": it is listed in the quarantine report and the batch goes on.
+    dtype : {"float16", "float32"}
+        Store dtype; default "float16".
+    on_bad_recording : {"error", "skip"}
+        What a bad recording does: "error" (default) stops the batch with a DataError naming
+        it; "skip" lists it in the quarantine report and leaves it out of the store.
     n_batches : int
         Number of batch stores the recordings are split into; default 8.
     windows_per_shard : int
@@ -68,36 +69,25 @@ class PreprocessConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     ica: IcaConfig = field(default_factory=IcaConfig)
     spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
-    dtype: str = "float16"
-    on_bad_recording: str = "error"
+    dtype: Literal["float16", "float32"] = "float16"
+    on_bad_recording: OnBad = "error"
     n_batches: int = 8
     windows_per_shard: int = 16
     frontend_batch: int = 64
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "PreprocessConfig":
-        d = check_keys(cls, d, "preprocess")
-        sections = {"nan": NanConfig, "filter": FilterConfig, "ica": IcaConfig, "spectrogram": SpectrogramConfig}
-        for key, section in sections.items():
-            d[key] = section.from_dict(d.get(key))
-        cfg = cls(**d)
-        if cfg.dtype not in DTYPES:
-            raise ConfigError(f"preprocess.dtype: {cfg.dtype!r} is not one of {list(DTYPES)}")
-        if cfg.on_bad_recording not in BAD_RECORDING_CHOICES:
-            raise ConfigError(f"preprocess.on_bad_recording: {cfg.on_bad_recording!r} is not one of "
-                              f"{list(BAD_RECORDING_CHOICES)}")
+    def validate(self, path: str = "preprocessing") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for a count below 1 or a bad clip level."""
         for key in ("n_batches", "windows_per_shard", "frontend_batch"):
-            value = getattr(cfg, key)
+            value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"preprocess.{key}: {value!r} must be a positive integer")
-        cfg.frontend  # validates clip_uv
-        return cfg
+                raise ConfigError(f"{path}.{key}: {value!r} must be a positive integer")
+        self.frontend.validate(path)
 
     @property
     def frontend(self) -> FrontendConfig:
         """The window-level part, as :class:`WindowFrontend` (and the ONNX export) takes it."""
-        return FrontendConfig.from_dict({"clip_uv": self.clip_uv, "filter": asdict(self.filter),
-                                         "spectrogram": asdict(self.spectrogram)})
+        return from_mapping(FrontendConfig, {"clip_uv": float(self.clip_uv), "filter": asdict(self.filter),
+                                             "spectrogram": asdict(self.spectrogram)}, "preprocessing")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -116,7 +106,7 @@ def assign_batches(train_df: pd.DataFrame, n_batches: int) -> dict[int, list[int
         ``batch number -> sorted list of eeg_id``, for every batch 0..n_batches-1.
     """
     if not isinstance(n_batches, int) or isinstance(n_batches, bool) or n_batches < 1:
-        raise ConfigError(f"preprocess.n_batches: {n_batches!r} must be a positive integer")
+        raise ConfigError(f"preprocessing.n_batches: {n_batches!r} must be a positive integer")
     counts = train_df.groupby("eeg_id").size()
     order = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     load = [0] * n_batches
@@ -165,7 +155,7 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
-    cfg = cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig.from_dict(cfg)
+    cfg = cfg if isinstance(cfg, PreprocessConfig) else from_mapping(PreprocessConfig, cfg, "preprocessing")
     eeg_ids = sorted(int(e) for e in eeg_ids)
     rows = train_df[train_df["eeg_id"].isin(eeg_ids)]
     missing = sorted(set(eeg_ids) - set(rows["eeg_id"].unique()))

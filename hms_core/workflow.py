@@ -9,6 +9,7 @@ Workflow scripts stay a few lines long::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -60,3 +61,23 @@ def set_torch_threads(threads: int) -> None:
 def data_dir(source_json: str) -> Path:
     """The Kaggle-layout folder recorded by the ``fetch_data`` rule."""
     return Path(json.loads(Path(source_json).read_text())["dir"])
+
+
+@dataclasses.dataclass
+class ComputeConfig:
+    """Config section ``compute``: how jobs share the machine.
+
+    Parameters
+    ----------
+    gpus_per_job : int
+        GPUs a training job asks for (Snakemake resource ``gpu``); 0 on a CPU-only machine
+        lets training jobs run side by side (default 1).
+    preprocess_threads : int
+        Threads of one preprocessing job, one per batch (default 4).
+    train_threads : int
+        Threads of one training, pretraining, ensemble or export job (default 8).
+    """
+
+    gpus_per_job: int = dataclasses.field(default=1, metadata={"minimum": 0})
+    preprocess_threads: int = dataclasses.field(default=4, metadata={"minimum": 1})
+    train_threads: int = dataclasses.field(default=8, metadata={"minimum": 1})

@@ -22,9 +22,7 @@ rule validate_data:
         report="data/validation.json",
     params:
         validation=config["data"]["validation"],
-        # recordings that preprocessing will quarantine must not stop validation
-        on_bad="report" if config["preprocessing"]["on_bad_recording"] == "skip"
-        else config["data"]["validation"]["on_bad"],
+        on_bad_recording=config["preprocessing"]["on_bad_recording"],
     conda:
         "../envs/data.yaml"
     threads: config["data"]["validation"]["threads"]

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from hms_core.config import from_mapping
 from hms_core.data.io import eeg_path, eeg_window_slice, read_eeg, read_spectrogram, read_train_csv, spectrogram_path
 from hms_core.errors import ConfigError, DataError
 from hms_core.preprocess import PreprocessConfig, assign_batches, preprocess_batch
@@ -44,18 +45,18 @@ def test_assign_batches_is_deterministic_complete_and_balanced(train_df):
 
 def test_config_rejects_unknown_keys():
     with pytest.raises(ConfigError, match="colour"):
-        PreprocessConfig.from_dict({"colour": 1})
+        from_mapping(PreprocessConfig, {"colour": 1}, "preprocessing")
     with pytest.raises(ConfigError, match="on_bad_recording"):
-        PreprocessConfig.from_dict({"on_bad_recording": "ignore"})
+        from_mapping(PreprocessConfig, {"on_bad_recording": "ignore"}, "preprocessing")
     with pytest.raises(ConfigError, match="method"):
-        PreprocessConfig.from_dict({"ica": {"method": "jade"}})
+        from_mapping(PreprocessConfig, {"ica": {"method": "jade"}}, "preprocessing")
 
 
 @pytest.fixture(scope="module")
 def two_stores(tiny_dataset, train_df, tmp_path_factory):
     out = tmp_path_factory.mktemp("stores")
     batches = assign_batches(train_df, 2)
-    cfg = PreprocessConfig.from_dict({"windows_per_shard": 4, "ica": {"max_fit_samples": 6000}})
+    cfg = from_mapping(PreprocessConfig, {"windows_per_shard": 4, "ica": {"max_fit_samples": 6000}}, "preprocessing")
     status = out / "status" / "run.json"
     preprocess_batch(tiny_dataset, train_df, batches[0], out / "batch_0000.zarr", cfg, status_path=status,
                      quarantine_out=out / "q0.json")

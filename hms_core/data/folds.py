@@ -10,7 +10,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from hms_core import atomic, contract
-from hms_core.config import dataclass_from_dict
+from hms_core.config import from_mapping
 from hms_core.errors import ConfigError
 
 
@@ -21,18 +21,18 @@ class FoldsConfig:
     Parameters
     ----------
     n_folds : int, default 5
+        Number of patient-grouped cross-validation folds (>= 2).
     seed : int, default 42
+        Seed of the fold assignment.
     """
 
     n_folds: int = 5
     seed: int = 42
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "FoldsConfig":
-        cfg = dataclass_from_dict(cls, d, section="folds")
-        if int(cfg.n_folds) < 2:
-            raise ConfigError(f"folds.n_folds: must be >= 2, got {cfg.n_folds!r}")
-        return cfg
+    def validate(self, path: str = "folds") -> None:
+        """Cross-validation needs at least 2 folds."""
+        if int(self.n_folds) < 2:
+            raise ConfigError(f"{path}.n_folds: must be >= 2, got {self.n_folds!r}")
 
 
 def make_folds(train_df: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
@@ -83,7 +83,7 @@ def write_folds(train_csv: str | os.PathLike, folds_out: str | os.PathLike,
     """
     from hms_core.data.io import read_train_csv
 
-    cfg = cfg if isinstance(cfg, FoldsConfig) else FoldsConfig.from_dict(cfg)
+    cfg = cfg if isinstance(cfg, FoldsConfig) else from_mapping(FoldsConfig, cfg, "folds")
     folds = make_folds(read_train_csv(train_csv), cfg.n_folds, cfg.seed)
     with atomic.atomic_path(folds_out) as tmp:
         folds.to_csv(tmp, index=False)

@@ -22,7 +22,7 @@ from typing import Mapping
 
 from hms_core import atomic
 from hms_core.contract import TEST_EEG_DIR, TEST_SPEC_DIR, TRAIN_EEG_DIR, TRAIN_SPEC_DIR
-from hms_core.config import dataclass_from_dict
+from hms_core.config import from_mapping
 from hms_core.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -47,14 +47,11 @@ class KaggleConfig:
 
     competition: str = DEFAULT_COMPETITION
 
-    @classmethod
-    def from_dict(cls, d: Mapping | None) -> "KaggleConfig":
-        """Build from a config mapping; unknown keys raise ConfigError naming the key."""
-        cfg = dataclass_from_dict(cls, d, section="data.kaggle")
-        if not isinstance(cfg.competition, str) or not _SLUG.match(cfg.competition):
-            raise ConfigError(f"data.kaggle.competition: {cfg.competition!r} is not a competition slug "
+    def validate(self, path: str = "data.kaggle") -> None:
+        """The competition must be a Kaggle slug."""
+        if not isinstance(self.competition, str) or not _SLUG.match(self.competition):
+            raise ConfigError(f"{path}.competition: {self.competition!r} is not a competition slug "
                               f"like {DEFAULT_COMPETITION!r}")
-        return cfg
 
 
 def fetch_kaggle(dest_dir: str | os.PathLike, *, competition: str = DEFAULT_COMPETITION) -> Path:
@@ -79,7 +76,7 @@ def fetch_kaggle(dest_dir: str | os.PathLike, *, competition: str = DEFAULT_COMP
         No Kaggle credentials, no ``kaggle`` executable, a failed download, a bad
         archive, or an archive without the Kaggle layout.
     """
-    competition = KaggleConfig.from_dict({"competition": competition}).competition
+    competition = from_mapping(KaggleConfig, {"competition": competition}, "data.kaggle").competition
     dest = Path(dest_dir)
     if is_complete(dest):
         logger.info("%s is complete (%s present): nothing to download", dest, COMPLETE_MARKER)

@@ -5,16 +5,54 @@ import dataclasses
 import logging
 import os
 import shutil
+import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from hms_core import atomic
+from hms_core.config import from_mapping
+from hms_core.data.kaggle import KaggleConfig
+from hms_core.data.synthetic.config import SyntheticConfig
+from hms_core.data.validate import ValidationConfig
 from hms_core.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "kaggle", "local")
+DataSource = Literal["synthetic", "kaggle", "local"]
+SOURCES = typing.get_args(DataSource)
 SYNTHETIC_MARKER = ".hms_synthetic.json"  # marks a folder this module generated (safe to replace)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Config section ``data``: where the Kaggle-layout data set comes from.
+
+    Parameters
+    ----------
+    source : {"synthetic", "kaggle", "local"}
+        synthetic: generate one; kaggle: download the competition with the Kaggle CLI;
+        local: use ``dir`` in place (default "synthetic").
+    dir : str or None
+        Folder in the Kaggle layout (local), or where to download (kaggle); default None:
+        data/raw in the working directory.
+    synthetic : SyntheticConfig
+        The built-in synthetic data set (``source: synthetic``).
+    kaggle : KaggleConfig
+        The Kaggle download (``source: kaggle``).
+    validation : ValidationConfig
+        Checks of the data set before preprocessing.
+    """
+
+    source: DataSource = "synthetic"
+    dir: str | None = None
+    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
+    kaggle: KaggleConfig = dataclasses.field(default_factory=KaggleConfig)
+    validation: ValidationConfig = dataclasses.field(default_factory=ValidationConfig)
+
+    def validate(self, path: str = "data") -> None:
+        """A local source needs its folder."""
+        if self.source == "local" and not self.dir:
+            raise ConfigError(f"{path}.dir is required when {path}.source is 'local'")
 
 
 def resolve_data(data_cfg: Mapping[str, Any], *, raw_dir: str | os.PathLike = "data/raw",
@@ -38,7 +76,7 @@ def resolve_data(data_cfg: Mapping[str, Any], *, raw_dir: str | os.PathLike = "d
         from hms_core.data.synthetic.config import SyntheticConfig
         from hms_core.data.synthetic.writer import generate_from_config
 
-        syn = SyntheticConfig.from_dict(data_cfg.get("synthetic"))
+        syn = from_mapping(SyntheticConfig, data_cfg.get("synthetic"), "data.synthetic")
         _remove_generated(raw_dir)
         with atomic.atomic_path(raw_dir) as tmp:
             generate_from_config(syn, tmp)

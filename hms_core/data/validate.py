@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+import typing
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Literal, Mapping
 
 import numpy as np
 import pandas as pd
@@ -33,14 +34,17 @@ from hms_core.contract import (
     WINDOW_SAMPLES,
 )
 from hms_core.data import io
-from hms_core.config import dataclass_from_dict
+from hms_core.config import check_option
 from hms_core.errors import ConfigError, DataError
 from hms_core.hashing import sha256_file
 from hms_core.status import update_status
 
 logger = logging.getLogger(__name__)
 
-ON_BAD_CHOICES = ("error", "report")
+# What a bad recording does, here and in ``preprocessing.on_bad_recording``: stop, or list it
+# and carry on without it.
+OnBad = Literal["error", "skip"]
+ON_BAD_CHOICES = typing.get_args(OnBad)
 _EEG_COLUMNS = tuple(RAW_CHANNELS)
 _SPEC_FILE_COLUMNS = (SPEC_TIME_COLUMN, *SPEC_COLUMNS)
 
@@ -51,9 +55,10 @@ class ValidationConfig:
 
     Parameters
     ----------
-    on_bad : {"error", "report"}
-        ``"error"`` raises at the first bad recording; ``"report"`` lists bad recordings
-        in the report and carries on (default ``"error"``).
+    on_bad : {"error", "skip"}
+        ``"error"`` raises at the first bad recording; ``"skip"`` lists bad recordings in
+        the report and carries on, as ``preprocessing.on_bad_recording: skip`` does
+        (default ``"error"``; the old word ``"report"`` still means ``"skip"``, deprecated).
     deep : bool
         Also decode every parquet fully (verifying page checksums where present), to
         catch corruption inside a file whose footer is intact (default False: footers only).
@@ -61,21 +66,17 @@ class ValidationConfig:
         Threads for checking and hashing files (default 1).
     """
 
-    on_bad: str = "error"
+    on_bad: OnBad = field(default="error", metadata={"synonyms": {"report": "skip"}})
     deep: bool = False
     threads: int = 1
 
-    @classmethod
-    def from_dict(cls, d: Mapping | None) -> "ValidationConfig":
-        """Build from a config mapping; unknown keys or values raise ConfigError."""
-        cfg = dataclass_from_dict(cls, d, section="data.validation")
-        if cfg.on_bad not in ON_BAD_CHOICES:
-            raise ConfigError(f"data.validation.on_bad: {cfg.on_bad!r} is not one of {list(ON_BAD_CHOICES)}")
-        if not isinstance(cfg.deep, bool):
-            raise ConfigError(f"data.validation.deep: {cfg.deep!r} is not true or false")
-        if not isinstance(cfg.threads, int) or isinstance(cfg.threads, bool) or cfg.threads < 1:
-            raise ConfigError(f"data.validation.threads: {cfg.threads!r} is not a positive integer")
-        return cfg
+    def validate(self, path: str = "data.validation") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for a bad option or thread count."""
+        check_option(f"{path}.on_bad", self.on_bad, ON_BAD_CHOICES)
+        if not isinstance(self.deep, bool):
+            raise ConfigError(f"{path}.deep: {self.deep!r} is not true or false")
+        if not isinstance(self.threads, int) or isinstance(self.threads, bool) or self.threads < 1:
+            raise ConfigError(f"{path}.threads: {self.threads!r} is not a positive integer")
 
 
 @dataclass
@@ -103,9 +104,9 @@ def validate_dataset(data_dir: str | os.PathLike, *, manifest_out: str | os.Path
         for every file of the data set, sorted by path (``sha256sum -c`` format).
     report_out : path-like
         JSON report: counts, vote statistics, the checks done and ``bad_recordings``.
-    on_bad : {"error", "report"}
+    on_bad : {"error", "skip"}
         Raise at the first bad recording, or list bad recordings
-        (``{eeg_id, split, path, problem}``) in the report.
+        (``{eeg_id, split, path, problem}``) in the report and carry on.
     deep : bool
         Decode every parquet fully (slower), not only its footer.
     threads : int
@@ -124,8 +125,7 @@ def validate_dataset(data_dir: str | os.PathLike, *, manifest_out: str | os.Path
         A missing or malformed ``train.csv``, ``test.csv`` or ``sample_submission.csv``,
         always; a bad recording when ``on_bad="error"``.
     """
-    if on_bad not in ON_BAD_CHOICES:
-        raise ConfigError(f"on_bad: {on_bad!r} is not one of {list(ON_BAD_CHOICES)}")
+    check_option("on_bad", on_bad, ON_BAD_CHOICES)
     started = time.perf_counter()
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

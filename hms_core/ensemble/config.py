@@ -1,17 +1,21 @@
 """Config of the ``ensemble`` stage: meta-learner, member selection, BMA and calibration.
 
-The Snakemake config section ``ensemble`` is passed to :meth:`EnsembleConfig.from_dict`.
+The Snakemake config section ``ensemble`` is built with
+``from_mapping(EnsembleConfig, config["ensemble"], "ensemble")``.
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Literal
 
-from hms_core.config import dataclass_from_dict
+from hms_core.config import check_option
 from hms_core.errors import ConfigError
 
-SELECTION_METHODS = ("greedy", "all")
-DEPLOY_MODES = ("auto", "best_member", "blend", "stacked")
+SelectionMethod = Literal["greedy", "all"]
+DeployMode = Literal["auto", "best_member", "blend", "stacked"]
+SELECTION_METHODS = typing.get_args(SelectionMethod)
+DEPLOY_MODES = typing.get_args(DeployMode)
 
 
 def _check_positive(section: str, **values: float) -> None:
@@ -48,7 +52,7 @@ class MetaLearnerConfig:
         inner KL is kept (early stopping) and the correction is shrunk by the factor in [0, 1]
         that minimises the inner KL, so a correction that does not generalise becomes the
         blend (default True). Needs at least 3 outer folds.
-    deploy : str
+    deploy : {"auto", "best_member", "blend", "stacked"}
         ``"auto"`` deploys whichever of the single best member, the blend and the stacker has
         the lowest nested OOF KL (ties go to the simpler); ``"best_member"`` / ``"blend"`` /
         ``"stacked"`` force one (default "auto").
@@ -63,7 +67,7 @@ class MetaLearnerConfig:
     seed: int = 0
     residual_l2: float = 1e-2
     inner_validation: bool = True
-    deploy: str = "auto"
+    deploy: DeployMode = "auto"
 
     def __post_init__(self) -> None:
         _check_positive("ensemble.meta_learner", hidden=self.hidden, epochs=self.epochs, lr=self.lr,
@@ -72,13 +76,7 @@ class MetaLearnerConfig:
             raise ConfigError(f"ensemble.meta_learner.dropout: must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.residual_l2, (int, float)) or self.residual_l2 < 0:
             raise ConfigError(f"ensemble.meta_learner.residual_l2: must be >= 0, got {self.residual_l2!r}")
-        if self.deploy not in DEPLOY_MODES:
-            raise ConfigError(f"ensemble.meta_learner.deploy: {self.deploy!r} is not one of "
-                              f"{', '.join(DEPLOY_MODES)}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "MetaLearnerConfig":
-        return dataclass_from_dict(cls, d, section="ensemble.meta_learner")
+        check_option("ensemble.meta_learner.deploy", self.deploy, DEPLOY_MODES)
 
 
 @dataclass
@@ -87,8 +85,9 @@ class SelectionConfig:
 
     Parameters
     ----------
-    method : str
-        ``"greedy"`` (forward selection by penalised OOF KL) or ``"all"`` (default "greedy").
+    method : {"greedy", "all"}
+        ``"greedy"``: forward selection by penalised OOF KL; ``"all"``: every member
+        (default "greedy").
     correlation_penalty : float
         Added to a candidate's blended KL per unit of the largest Pearson correlation between
         its OOF errors and those of an already kept member, counted only above
@@ -103,26 +102,20 @@ class SelectionConfig:
         A candidate is kept only if the penalised KL drops by more than this (default 1e-4).
     """
 
-    method: str = "greedy"
+    method: SelectionMethod = "greedy"
     correlation_penalty: float = 0.05
     correlation_threshold: float = 0.9
     max_members: int = 8
     min_improvement: float = 1e-4
 
     def __post_init__(self) -> None:
-        if self.method not in SELECTION_METHODS:
-            raise ConfigError(f"ensemble.selection.method: {self.method!r} is not one of "
-                              f"{', '.join(SELECTION_METHODS)}")
+        check_option("ensemble.selection.method", self.method, SELECTION_METHODS)
         _check_positive("ensemble.selection", max_members=self.max_members)
         if self.correlation_penalty < 0 or self.min_improvement < 0:
             raise ConfigError("ensemble.selection: correlation_penalty and min_improvement must be >= 0")
         if not -1 <= self.correlation_threshold < 1:
             raise ConfigError(f"ensemble.selection.correlation_threshold: must be in [-1, 1), "
                               f"got {self.correlation_threshold!r}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "SelectionConfig":
-        return dataclass_from_dict(cls, d, section="ensemble.selection")
 
 
 @dataclass
@@ -142,10 +135,6 @@ class BMAConfig:
     def __post_init__(self) -> None:
         if self.effective_rows is not None:
             _check_positive("ensemble.bma", effective_rows=self.effective_rows)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "BMAConfig":
-        return dataclass_from_dict(cls, d, section="ensemble.bma")
 
 
 @dataclass
@@ -170,10 +159,6 @@ class CalibrationConfig:
     def __post_init__(self) -> None:
         _check_positive("ensemble.calibration", n_bins=self.n_bins, max_iter=self.max_iter)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "CalibrationConfig":
-        return dataclass_from_dict(cls, d, section="ensemble.calibration")
-
 
 @dataclass
 class EnsembleConfig:
@@ -183,10 +168,3 @@ class EnsembleConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     bma: BMAConfig = field(default_factory=BMAConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "EnsembleConfig":
-        return dataclass_from_dict(cls, d, section="ensemble", nested={
-            "meta_learner": MetaLearnerConfig, "selection": SelectionConfig,
-            "bma": BMAConfig, "calibration": CalibrationConfig,
-        })

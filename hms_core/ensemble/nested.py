@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hms_core.config import from_mapping
 from hms_core.contract import CLASSES
 from hms_core.ensemble.averaging import blend
 from hms_core.ensemble.config import EnsembleConfig
@@ -40,11 +41,11 @@ def _digest(*arrays: np.ndarray) -> str:
 
 def _engine_config(cfg: EnsembleConfig, *, select_best: bool) -> EngineConfig:
     m = cfg.meta_learner
-    return EngineConfig.from_dict({
+    return from_mapping(EngineConfig, {
         "epochs": m.epochs, "batch_size": m.batch_size, "lr": m.lr, "weight_decay": m.weight_decay,
         "seed": m.seed, "device": "cpu", "select_best": select_best, "grad_clip": 1.0,
         "warmup_frac": 0.0, "progress": False, "pin_memory": False,
-    })
+    }, "ensemble.meta_learner")
 
 
 def _kl_loss_fn(residual_l2: float):

@@ -1,14 +1,16 @@
 """Config of the ``export`` stage (ONNX files and their parity check)."""
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Literal
 
-from hms_core.config import dataclass_from_dict
+from hms_core.config import check_option
 from hms_core.errors import ConfigError
 
 MIN_OPSET = 17
-PROVIDERS = ("auto", "cpu", "cuda")
+Provider = Literal["auto", "cpu", "cuda"]
+PROVIDERS = typing.get_args(Provider)
 
 
 @dataclass
@@ -27,16 +29,16 @@ class ExportConfig:
         compared between ONNX Runtime and PyTorch (default 16).
     batch_size : int
         Windows per forward pass in the parity check (default 4).
-    provider : str
+    provider : {"auto", "cpu", "cuda"}
         ONNX Runtime provider of the parity check: ``"auto"`` (CUDA when available, else
-        CPU), ``"cpu"`` or ``"cuda"`` (default "auto").
+        CPU), ``"cpu"`` or ``"cuda"``; default "auto".
     """
 
     opset: int = 17
     parity_atol: float = 1e-4
     n_parity_windows: int = 16
     batch_size: int = 4
-    provider: str = "auto"
+    provider: Provider = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.opset, int) or self.opset < MIN_OPSET:
@@ -46,9 +48,4 @@ class ExportConfig:
         for key in ("n_parity_windows", "batch_size"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"export.{key}: {getattr(self, key)!r} must be an integer >= 1")
-        if self.provider not in PROVIDERS:
-            raise ConfigError(f"export.provider: {self.provider!r} is not one of {', '.join(PROVIDERS)}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "ExportConfig":
-        return dataclass_from_dict(cls, d, section="export")
+        check_option("export.provider", self.provider, PROVIDERS)

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from hms_core.config import from_mapping
 from hms_core.contract import SPEC_WINDOW_ROWS, WINDOW_SAMPLES
 from hms_core.data import io
 from hms_core.errors import DataError, HMSError
@@ -108,7 +109,7 @@ def train_windows(data_dir: str | os.PathLike, store_paths: Any = None, *, n: in
     else:
         rows = io.read_train_csv(Path(data_dir) / "train.csv")
     pick = rows.iloc[np.unique(np.linspace(0, len(rows) - 1, num=min(n, len(rows))).round().astype(int))]
-    cleaning = PreprocessConfig.from_dict(preprocessing)
+    cleaning = from_mapping(PreprocessConfig, preprocessing, "preprocessing")
     raws, specs = [], []
     for eeg_id, group in pick.groupby("eeg_id", sort=False):
         path = io.eeg_path(data_dir, int(eeg_id))

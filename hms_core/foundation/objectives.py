@@ -23,17 +23,19 @@ The heads that apply them to the encoder are in :mod:`hms_core.foundation.head`.
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from hms_core import contract
-from hms_core.config import dataclass_from_dict
+from hms_core.config import check_option
 from hms_core.errors import ConfigError
 
-MASK_TARGETS = ("time", "fourier", "both")
+MaskTarget = Literal["time", "fourier", "both"]
+MASK_TARGETS = typing.get_args(MaskTarget)
 
 
 @dataclass
@@ -48,21 +50,21 @@ class MaskedConfig:
         Weight of its loss in the total (default 1.0).
     mask_ratio : float
         Fraction of (chain, patch) tokens masked per window (default 0.5).
-    target : str
-        ``"time"`` (scaled samples), ``"fourier"`` (log-amplitude and phase) or ``"both"``
-        (default).
+    target : {"time", "fourier", "both"}
+        What a masked token reconstructs: ``"time"`` (scaled samples), ``"fourier"``
+        (log-amplitude and phase) or ``"both"`` (default).
     """
 
     enabled: bool = True
     weight: float = 1.0
     mask_ratio: float = 0.5
-    target: str = "both"
+    target: MaskTarget = "both"
 
-    def validate(self) -> None:
+    def validate(self, path: str = "pretrain.objectives.masked") -> None:
+        """The mask ratio must lie in (0, 1) and the target be one of ``MASK_TARGETS``."""
         if not 0 < self.mask_ratio < 1:
-            raise ConfigError(f"pretrain.objectives.masked.mask_ratio: expected 0 < ratio < 1, got {self.mask_ratio!r}")
-        if self.target not in MASK_TARGETS:
-            raise ConfigError(f"pretrain.objectives.masked.target: {self.target!r} is not one of {list(MASK_TARGETS)}")
+            raise ConfigError(f"{path}.mask_ratio: expected 0 < ratio < 1, got {self.mask_ratio!r}")
+        check_option(f"{path}.target", self.target, MASK_TARGETS)
 
 
 @dataclass
@@ -98,15 +100,16 @@ class ContrastiveConfig:
     noise_uv: float = 5.0
     swap_prob: float = 0.5
 
-    def validate(self) -> None:
+    def validate(self, path: str = "pretrain.objectives.contrastive") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for a setting out of range."""
         if not self.temperature > 0:
-            raise ConfigError(f"pretrain.objectives.contrastive.temperature: expected > 0, got {self.temperature!r}")
+            raise ConfigError(f"{path}.temperature: expected > 0, got {self.temperature!r}")
         for key in ("chain_drop_prob", "swap_prob"):
             value = getattr(self, key)
             if not 0 <= value <= 1:
-                raise ConfigError(f"pretrain.objectives.contrastive.{key}: expected 0..1, got {value!r}")
+                raise ConfigError(f"{path}.{key}: expected 0..1, got {value!r}")
         if self.max_shift_s < 0 or self.noise_uv < 0:
-            raise ConfigError("pretrain.objectives.contrastive: max_shift_s and noise_uv must be >= 0")
+            raise ConfigError(f"{path}: max_shift_s and noise_uv must be >= 0")
 
 
 @dataclass
@@ -128,9 +131,10 @@ class TemporalConfig:
     weight: float = 1.0
     n_future: int = 2
 
-    def validate(self) -> None:
+    def validate(self, path: str = "pretrain.objectives.temporal") -> None:
+        """At least one patch must be forecast."""
         if not isinstance(self.n_future, int) or self.n_future < 1:
-            raise ConfigError(f"pretrain.objectives.temporal.n_future: expected an integer >= 1, got {self.n_future!r}")
+            raise ConfigError(f"{path}.n_future: expected an integer >= 1, got {self.n_future!r}")
 
 
 @dataclass
@@ -141,28 +145,15 @@ class ObjectivesConfig:
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
 
-    @classmethod
-    def from_dict(cls, d: Mapping | None) -> "ObjectivesConfig":
-        d = dict(d or {})
-        unknown = sorted(set(d) - {"masked", "contrastive", "temporal"})
-        if unknown:
-            raise ConfigError(f"pretrain.objectives: unknown key(s) {unknown}; allowed: ['contrastive', 'masked', 'temporal']")
-        cfg = cls(
-            masked=dataclass_from_dict(MaskedConfig, d.get("masked"), section="pretrain.objectives.masked"),
-            contrastive=dataclass_from_dict(ContrastiveConfig, d.get("contrastive"), section="pretrain.objectives.contrastive"),
-            temporal=dataclass_from_dict(TemporalConfig, d.get("temporal"), section="pretrain.objectives.temporal"),
-        )
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
+    def validate(self, path: str = "pretrain.objectives") -> None:
+        """Each objective's settings, weights >= 0, and at least one objective enabled."""
         for name in ("masked", "contrastive", "temporal"):
             sub = getattr(self, name)
-            sub.validate()
+            sub.validate(f"{path}.{name}")
             if sub.weight < 0:
-                raise ConfigError(f"pretrain.objectives.{name}.weight: expected >= 0, got {sub.weight!r}")
+                raise ConfigError(f"{path}.{name}.weight: expected >= 0, got {sub.weight!r}")
         if not self.enabled_names():
-            raise ConfigError("pretrain.objectives: enable at least one of masked, contrastive, temporal")
+            raise ConfigError(f"{path}: enable at least one of masked, contrastive, temporal")
 
     def enabled_names(self) -> tuple[str, ...]:
         return tuple(n for n in ("masked", "contrastive", "temporal") if getattr(self, n).enabled)

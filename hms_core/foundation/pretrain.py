@@ -13,12 +13,13 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from hms_core import contract
+from hms_core.config import FLATTEN, from_mapping
 from hms_core.errors import ConfigError
 from hms_core.foundation.head import PretrainModel
 from hms_core.foundation.objectives import ObjectivesConfig
@@ -62,10 +63,10 @@ class PretrainConfig:
         instead of the centre.
     max_windows : int | None
         Use at most this many windows, sampled with ``seed`` (default None: all).
-    engine : dict
-        Training-loop settings (``epochs, batch_size, lr, weight_decay, warmup_frac,
-        seed, precision, num_workers, checkpoint_every_steps, grad_clip, device, progress,
-        compile``), given at the top level of the section; see ``ENGINE_DEFAULTS``.
+    engine : EngineConfig
+        Every key of :class:`~hms_core.train.engine.EngineConfig`, given at the top level of
+        the section; pretraining's defaults are ``ENGINE_DEFAULTS``, the engine's own for
+        the rest.
     """
 
     enabled: bool = True
@@ -73,43 +74,24 @@ class PretrainConfig:
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     random_crop: bool = True
     max_windows: int | None = None
-    engine: dict[str, Any] = field(default_factory=lambda: dict(ENGINE_DEFAULTS))
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(**ENGINE_DEFAULTS), metadata=FLATTEN)
 
-    @classmethod
-    def from_dict(cls, d: Mapping | None) -> "PretrainConfig":
-        d = dict(d or {})
-        own = {"enabled", "model", "objectives", "random_crop", "max_windows"}
-        unknown = sorted(set(d) - own - set(ENGINE_DEFAULTS))
-        if unknown:
-            raise ConfigError(
-                f"pretrain: unknown key(s) {unknown}; allowed: {sorted(own | set(ENGINE_DEFAULTS))}"
-            )
-        engine = {**ENGINE_DEFAULTS, **{k: v for k, v in d.items() if k in ENGINE_DEFAULTS}}
-        cfg = cls(
-            enabled=bool(d.get("enabled", True)),
-            model=FoundationModelConfig.from_dict(d.get("model")),
-            objectives=ObjectivesConfig.from_dict(d.get("objectives")),
-            random_crop=bool(d.get("random_crop", True)),
-            max_windows=d.get("max_windows"),
-            engine=engine,
-        )
-        if cfg.max_windows is not None and (not isinstance(cfg.max_windows, int) or cfg.max_windows < 2):
-            raise ConfigError(f"pretrain.max_windows: expected an integer >= 2 or null, got {cfg.max_windows!r}")
-        cfg.engine_config()  # validate now
-        return cfg
+    def validate(self, path: str = "pretrain") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for a bad ``max_windows`` or engine setting."""
+        if self.max_windows is not None and (not isinstance(self.max_windows, int) or self.max_windows < 2):
+            raise ConfigError(f"{path}.max_windows: expected an integer >= 2 or null, got {self.max_windows!r}")
+        self.engine.validate(path)
 
-    def engine_config(self) -> EngineConfig:
-        try:
-            return EngineConfig.from_dict(self.engine)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("training.", "pretrain.")) from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, *, engine: bool = True) -> dict[str, Any]:
+        """The section as a flat mapping; ``engine=False`` leaves the engine keys out."""
+        own = {
             "enabled": self.enabled, "model": dataclasses.asdict(self.model),
             "objectives": dataclasses.asdict(self.objectives), "random_crop": self.random_crop,
-            "max_windows": self.max_windows, **self.engine,
+            "max_windows": self.max_windows,
         }
+        if not engine:
+            return own
+        return {**own, **{k: getattr(self.engine, k) for k in ENGINE_DEFAULTS}}
 
 
 class ChainsDataset:
@@ -169,6 +151,7 @@ def pretrain(
     out_path,
     checkpoint_dir,
     status_path=None,
+    on_step_end: Sequence[Callable[[Any], None]] = (),
 ) -> dict[str, Any]:
     """Pretrain the foundation encoder on every window of the stores and save it.
 
@@ -187,6 +170,8 @@ def pretrain(
         Resumable engine state (``models/checkpoints/pretrain``).
     status_path : path | None
         ``status/run.json`` for progress.
+    on_step_end : sequence of callable, default ()
+        Hooks passed to :func:`hms_core.train.engine.fit` (tests kill the run with one).
 
     Returns
     -------
@@ -195,8 +180,8 @@ def pretrain(
         loss_history`` (per epoch: ``total`` and each objective's unweighted loss),
         ``first_epoch_loss``, ``last_epoch_loss``.
     """
-    cfg = cfg if isinstance(cfg, PretrainConfig) else PretrainConfig.from_dict(cfg)
-    engine_cfg = cfg.engine_config()
+    cfg = cfg if isinstance(cfg, PretrainConfig) else from_mapping(PretrainConfig, cfg, "pretrain")
+    engine_cfg = cfg.engine
     source = open_window_source(store_paths)
     n_total = len(source.index)
     if n_total < 2:
@@ -216,12 +201,12 @@ def pretrain(
 
     # The engine adds its own result-relevant settings; speed-only ones stay out of the key.
     run_key = make_run_key("pretrain", source_fingerprint(source), rows.tolist(), n_times,
-                           {k: v for k, v in cfg.to_dict().items() if k not in ENGINE_DEFAULTS})
+                           cfg.to_dict(engine=False))
     started = time.time()
     result = fit(
         model, loss_fn=loss_fn, train_data=ChainsDataset(source, rows), cfg=engine_cfg,
         checkpoint_dir=checkpoint_dir, run_key=run_key, status_path=status_path,
-        status_job="pretrain", status_fields={"model": "eeg_foundation"},
+        status_job="pretrain", status_fields={"model": "eeg_foundation"}, on_step_end=on_step_end,
     )
     names = cfg.objectives.enabled_names()
     history = [

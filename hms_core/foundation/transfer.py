@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,11 +29,11 @@ import torch
 from torch import nn
 
 from hms_core import atomic, contract
-from hms_core.config import dataclass_from_dict
+from hms_core.config import FLATTEN, check_option, from_mapping
 from hms_core.errors import ConfigError, DataError
 from hms_core.hashing import sha256_file
 from hms_core.metrics import kaggle_kl, score_predictions
-from hms_core.models.foundation import EEGFoundationEncoder, FoundationClassifier, load_foundation
+from hms_core.models.foundation import EEGFoundationEncoder, FoundationClassifier, FoundationMode, load_foundation
 from hms_core.status import update_status
 from hms_core.store import open_window_source
 from hms_core.train.checkpoint import make_run_key
@@ -43,7 +44,11 @@ from hms_core.foundation.pretrain import source_fingerprint
 
 logger = logging.getLogger(__name__)
 
-MODES = ("frozen", "finetune")
+# The ways a classifier uses the encoder: the same two as ``models.<name>.foundation_mode``.
+MODES = typing.get_args(FoundationMode)
+# The transfer study's defaults of the engine settings (fine-tuning; the probe overrides some).
+ENGINE_DEFAULTS: dict[str, Any] = {"epochs": 4, "lr": 5e-4, "batch_size": 32, "weight_decay": 0.01,
+                                   "seed": 0, "select_best": False, "warmup_frac": 0.1}
 
 
 @dataclass
@@ -56,15 +61,10 @@ class TransferConfig:
         Run the transfer study (default True).
     label_fractions : list of float
         Fractions of the training patients whose windows are used (default [0.1, 1.0]).
-    modes : list of str
-        Any of ``frozen``, ``finetune`` (default both): the same two ways of using the
-        encoder as ``models.<name>.foundation_mode``.
+    modes : list of {"frozen", "finetune"}
+        The ways the encoders are trained on the labels (default both).
     val_fold : int
         Fold scored; all other folds train (default 0).
-    epochs : int
-        Fine-tuning epochs (default 4).
-    lr : float
-        Fine-tuning peak learning rate (default 5e-4).
     probe_epochs : int
         Epochs of the frozen mode's linear head over the cached features (default 30).
     probe_lr : float
@@ -72,74 +72,49 @@ class TransferConfig:
     probe_c : float
         Inverse L2 strength of the probe, as scikit-learn's ``LogisticRegression(C=...)``:
         the loss gets ``||W||^2 / (2 C n_train)`` (default 1.0).
-    batch_size : int
-        Windows per step (default 32).
-    weight_decay : float
-        AdamW weight decay (default 0.01).
-    seed : int
-        Seeds the patient subsets, the random initialisation and the engine (default 0).
-    precision, device : str
-        Engine settings (defaults ``fp32``, ``auto``).
-    num_workers : int
-        DataLoader worker processes for fine-tuning when windows are read from the stores
-        (default 0).
     cache_mb : float
         Keep the windows (cropped to what the encoder reads) in memory when they fit in
         this many MiB (default 2048); otherwise they are read from the stores per batch.
-    progress : bool
-        Progress bars (default True).
+    engine : EngineConfig
+        Every key of :class:`~hms_core.train.engine.EngineConfig`, given at the top level of
+        the section: the fine-tuning run's settings (``epochs`` 4, ``lr`` 5e-4,
+        ``batch_size`` 32 (also of feature extraction), ``weight_decay`` 0.01, ``seed`` 0 (also
+        of the patient subsets and the random initialisation), ``select_best`` false,
+        ``warmup_frac`` 0.1: ``ENGINE_DEFAULTS``; the engine's own for the rest). The linear
+        probe uses them too, but with ``probe_epochs``, ``probe_lr``, fp32, no warm-up and
+        no DataLoader workers.
     """
 
     enabled: bool = True
     label_fractions: list[float] = field(default_factory=lambda: [0.1, 1.0])
-    modes: list[str] = field(default_factory=lambda: list(MODES))
+    modes: list[FoundationMode] = field(default_factory=lambda: list(MODES))
     val_fold: int = 0
-    epochs: int = 4
-    lr: float = 5e-4
     probe_epochs: int = 30
     probe_lr: float = 1e-2
     probe_c: float = 1.0
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    seed: int = 0
-    precision: str = "fp32"
-    device: str = "auto"
-    num_workers: int = 0
     cache_mb: float = 2048.0
-    progress: bool = True
+    engine: EngineConfig = field(default_factory=lambda: EngineConfig(**ENGINE_DEFAULTS), metadata=FLATTEN)
 
-    @classmethod
-    def from_dict(cls, d: Mapping | None) -> "TransferConfig":
-        cfg = dataclass_from_dict(cls, d, section="transfer")
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
+    def validate(self, path: str = "transfer") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for fractions, modes or epochs out of range."""
         if not self.label_fractions or any(not 0 < float(f) <= 1 for f in self.label_fractions):
-            raise ConfigError(f"transfer.label_fractions: expected fractions in (0, 1], got {self.label_fractions!r}")
-        bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes:
-            raise ConfigError(f"transfer.modes: {bad or self.modes!r} not allowed; choose from {list(MODES)}")
+            raise ConfigError(f"{path}.label_fractions: expected fractions in (0, 1], got {self.label_fractions!r}")
+        if not self.modes:
+            raise ConfigError(f"{path}.modes: choose at least one of {', '.join(MODES)}")
+        for i, mode in enumerate(self.modes):
+            check_option(f"{path}.modes[{i}]", mode, MODES)
         if not self.probe_c > 0:
-            raise ConfigError(f"transfer.probe_c: must be > 0, got {self.probe_c!r}")
-        for key in ("epochs", "probe_epochs", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"transfer.{key}: must be >= 1, got {getattr(self, key)!r}")
-        self.engine("finetune")  # validates precision and device
+            raise ConfigError(f"{path}.probe_c: must be > 0, got {self.probe_c!r}")
+        if int(self.probe_epochs) < 1:
+            raise ConfigError(f"{path}.probe_epochs: must be >= 1, got {self.probe_epochs!r}")
+        self.engine.validate(path)
 
-    def engine(self, mode: str) -> EngineConfig:
-        probe = mode == "frozen"
-        try:
-            return EngineConfig.from_dict({
-                "epochs": self.probe_epochs if probe else self.epochs,
-                "lr": self.probe_lr if probe else self.lr,
-                "batch_size": self.batch_size, "weight_decay": self.weight_decay, "seed": self.seed,
-                "precision": "fp32" if probe else self.precision, "device": self.device,
-                "select_best": False, "progress": self.progress, "warmup_frac": 0.0 if probe else 0.1,
-                "num_workers": 0 if probe else self.num_workers,
-            })
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("training.", "transfer.")) from exc
+    def engine_for(self, mode: str) -> EngineConfig:
+        """The engine settings of a ``"finetune"`` or ``"frozen"`` run."""
+        if mode != "frozen":
+            return self.engine
+        return dataclasses.replace(self.engine, epochs=self.probe_epochs, lr=self.probe_lr, precision="fp32",
+                                   warmup_frac=0.0, num_workers=0)
 
 
 # ----------------------------------------------------------------------------- data
@@ -241,7 +216,7 @@ def _run_frozen(features: np.ndarray, targets: np.ndarray, val_features: np.ndar
         probs = torch.softmax(model(val_x.to(next(model.parameters()).device)).float(), 1).cpu().numpy()
         return {"val_kl": kaggle_kl(val_targets, probs)}
 
-    engine = cfg.engine("frozen")
+    engine = cfg.engine_for("frozen")
     engine.device = "cpu"  # a 6-way linear layer: the GPU would only add transfers
     result = fit(head, loss_fn=loss_fn, train_data=train, eval_fn=eval_fn, cfg=engine,
                  checkpoint_dir=checkpoint_dir, run_key=run_key)
@@ -250,7 +225,7 @@ def _run_frozen(features: np.ndarray, targets: np.ndarray, val_features: np.ndar
 
 
 def _run_finetune(encoder: EEGFoundationEncoder, train, val, cfg: TransferConfig, *, checkpoint_dir, run_key: str):
-    torch.manual_seed(cfg.seed)  # same head initialisation for both encoders
+    torch.manual_seed(cfg.engine.seed)  # same head initialisation for both encoders
     model = FoundationClassifier(encoder=copy.deepcopy(encoder), n_outputs=contract.N_CLASSES)
     val_targets = val.targets.numpy() if hasattr(val, "targets") else val.arrays["target"].numpy()
 
@@ -258,11 +233,11 @@ def _run_finetune(encoder: EEGFoundationEncoder, train, val, cfg: TransferConfig
         return kl_loss(module(batch["chains"]), batch["target"]), {}
 
     def eval_fn(module):
-        return {"val_kl": kaggle_kl(val_targets, _predict(module, val, batch_size=cfg.batch_size))}
+        return {"val_kl": kaggle_kl(val_targets, _predict(module, val, batch_size=cfg.engine.batch_size))}
 
-    result = fit(model, loss_fn=loss_fn, train_data=train, eval_fn=eval_fn, cfg=cfg.engine("finetune"),
+    result = fit(model, loss_fn=loss_fn, train_data=train, eval_fn=eval_fn, cfg=cfg.engine_for("finetune"),
                  checkpoint_dir=checkpoint_dir, run_key=run_key)
-    probs = _predict(result.model, val, batch_size=cfg.batch_size)
+    probs = _predict(result.model, val, batch_size=cfg.engine.batch_size)
     return probs, [r["val_kl"] for r in result.history]
 
 
@@ -304,14 +279,14 @@ def transfer_study(
         pretrained KL; positive means pretraining helped), ``val_kl_prior`` (KL of
         predicting the training folds' mean vote distribution), split sizes, ``conclusion``.
     """
-    cfg = cfg if isinstance(cfg, TransferConfig) else TransferConfig.from_dict(cfg)
+    cfg = cfg if isinstance(cfg, TransferConfig) else from_mapping(TransferConfig, cfg, "transfer")
     started = time.time()
     source = open_window_source(store_paths)
     train_rows, val_rows, index = _split_rows(source, folds_csv, cfg)
     pretrained = load_foundation(pretrained_path)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.engine.seed)
     encoders = {"pretrained": pretrained, "random": EEGFoundationEncoder(**pretrained.init_kwargs()).eval()}
-    device = select_device(cfg.device)
+    device = select_device(cfg.engine.device)
     windows = _Windows(source, pretrained, cfg.cache_mb)
     val_data = windows.dataset(val_rows)
     val_votes = index[list(contract.VOTE_COLUMNS)].to_numpy(dtype=np.float64)[val_rows]
@@ -323,7 +298,7 @@ def transfer_study(
 
     subsets = {}
     for fraction in cfg.label_fractions:
-        rows, n_patients = patient_subset(train_rows, index, float(fraction), cfg.seed)
+        rows, n_patients = patient_subset(train_rows, index, float(fraction), cfg.engine.seed)
         subsets[float(fraction)] = (rows, n_patients)
 
     runs: list[dict[str, Any]] = []
@@ -332,8 +307,8 @@ def transfer_study(
     for init, encoder in encoders.items():
         encoder = encoder.to(device).eval()
         if "frozen" in cfg.modes:
-            features[(init, "val")] = _predict(encoder, val_data, batch_size=cfg.batch_size, feature=True)
-            features[(init, "train")] = _predict(encoder, windows.dataset(train_rows), batch_size=cfg.batch_size,
+            features[(init, "val")] = _predict(encoder, val_data, batch_size=cfg.engine.batch_size, feature=True)
+            features[(init, "train")] = _predict(encoder, windows.dataset(train_rows), batch_size=cfg.engine.batch_size,
                                                  feature=True)
         for mode in cfg.modes:
             for fraction, (rows, n_patients) in subsets.items():
@@ -371,7 +346,7 @@ def transfer_study(
         "n_train_windows": int(len(train_rows)),
         "val_kl_prior": kaggle_kl(val_targets, prior),
         "label_fractions": [float(f) for f in cfg.label_fractions],
-        "epochs": {"finetune": cfg.epochs, "frozen": cfg.probe_epochs},
+        "epochs": {"finetune": cfg.engine.epochs, "frozen": cfg.probe_epochs},
         "runs": runs,
         "summary": summary,
         "conclusion": _conclusion(summary, kaggle_kl(val_targets, prior)),

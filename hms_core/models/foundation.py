@@ -22,14 +22,13 @@ import dataclasses
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hms_core import atomic, contract
-from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError, DataError
 from hms_core.models.registry import register_model
 
@@ -37,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 FOUNDATION_FORMAT = "hms_eeg_foundation"
 FOUNDATION_VERSION = 1
+# How a main model uses the pretrained encoder (``models.<name>.foundation_mode``; null: not at all).
+FoundationMode = Literal["frozen", "finetune"]
 
 
 @dataclass
@@ -73,34 +74,29 @@ class FoundationModelConfig:
     max_patches: int | None = 10
     input_scale_uv: float = 100.0
 
-    @classmethod
-    def from_dict(cls, d: Mapping | None) -> "FoundationModelConfig":
-        cfg = dataclass_from_dict(cls, d, section="pretrain.model")
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
+    def validate(self, path: str = "pretrain.model") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for a size that cannot build an encoder."""
         for key in ("dim", "depth", "heads"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"pretrain.model.{key}: expected a positive integer, got {value!r}")
+                raise ConfigError(f"{path}.{key}: expected a positive integer, got {value!r}")
         if self.dim % self.heads:
             raise ConfigError(
-                f"pretrain.model.heads: {self.heads} does not divide dim {self.dim}; "
+                f"{path}.heads: {self.heads} does not divide dim {self.dim}; "
                 f"choose heads in {[h for h in range(1, self.dim + 1) if self.dim % h == 0][:8]}..."
             )
         if not self.patch_s > 0:
-            raise ConfigError(f"pretrain.model.patch_s: expected > 0 s, got {self.patch_s!r}")
+            raise ConfigError(f"{path}.patch_s: expected > 0 s, got {self.patch_s!r}")
         if self.max_patches is not None and (not isinstance(self.max_patches, int) or self.max_patches < 1):
             raise ConfigError(
-                f"pretrain.model.max_patches: expected a positive integer or null, got {self.max_patches!r}"
+                f"{path}.max_patches: expected a positive integer or null, got {self.max_patches!r}"
             )
         if not 0 <= self.dropout < 1:
-            raise ConfigError(f"pretrain.model.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
+            raise ConfigError(f"{path}.dropout: expected 0 <= dropout < 1, got {self.dropout!r}")
         if not self.input_scale_uv > 0:
-            raise ConfigError(f"pretrain.model.input_scale_uv: expected > 0 uV, got {self.input_scale_uv!r}")
+            raise ConfigError(f"{path}.input_scale_uv: expected > 0 uV, got {self.input_scale_uv!r}")
         if not self.mlp_ratio > 0:
-            raise ConfigError(f"pretrain.model.mlp_ratio: expected > 0, got {self.mlp_ratio!r}")
+            raise ConfigError(f"{path}.mlp_ratio: expected > 0, got {self.mlp_ratio!r}")
 
 
 class _SelfAttention(nn.Module):

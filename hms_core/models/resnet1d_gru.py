@@ -10,6 +10,7 @@ the head.
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Sequence
 
 import torch
@@ -19,9 +20,10 @@ from torch.utils.checkpoint import checkpoint
 
 from hms_core import contract
 from hms_core.errors import ConfigError
+from hms_core.models.foundation import FoundationMode
 from hms_core.models.registry import register_model
 
-FOUNDATION_MODES = ("frozen", "finetune")
+FOUNDATION_MODES = typing.get_args(FoundationMode)
 
 
 class ResBlock1d(nn.Module):

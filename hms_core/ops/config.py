@@ -1,13 +1,12 @@
 """Config of the ``ops`` section: cost rate, status throttle, stale-job threshold, backups.
 
-The Snakemake config section ``ops`` is passed to :meth:`OpsConfig.from_dict`.
+The Snakemake config section ``ops`` is built with ``from_mapping(OpsConfig, config["ops"], "ops")``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
-from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError
 
 
@@ -44,10 +43,6 @@ class BackupConfig:
         if not isinstance(self.keep, int) or isinstance(self.keep, bool) or self.keep < 1:
             raise ConfigError(f"ops.backup.keep: must be an integer >= 1, got {self.keep!r}")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "BackupConfig":
-        return dataclass_from_dict(cls, d, section="ops.backup")
-
 
 @dataclass
 class OpsConfig:
@@ -80,7 +75,3 @@ class OpsConfig:
         _check_number("ops", "stale_after_s", self.stale_after_s, minimum=0, strict=True)
         if not isinstance(self.currency, str) or not self.currency:
             raise ConfigError(f"ops.currency: must be a non-empty string, got {self.currency!r}")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "OpsConfig":
-        return dataclass_from_dict(cls, d, section="ops", nested={"backup": BackupConfig})

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hms_core import status
+from hms_core.config import from_mapping
 from hms_core.ops import backup
 from hms_core.ops.config import OpsConfig
 
@@ -33,7 +34,7 @@ def on_start(workdir: str | os.PathLike, ops: Mapping[str, Any] | OpsConfig | No
         The ``ops`` config section.
     """
     global _periodic
-    cfg = ops if isinstance(ops, OpsConfig) else OpsConfig.from_dict(ops)
+    cfg = ops if isinstance(ops, OpsConfig) else from_mapping(OpsConfig, ops, "ops")
     status.start_run(Path(workdir, status.STATUS_FILE), cost_per_hour=cfg.cost_per_hour,
                      currency=cfg.currency, status_interval_s=cfg.status_interval_s,
                      stale_after_s=cfg.stale_after_s, backup_keep=cfg.backup.keep)
@@ -46,7 +47,7 @@ def on_end(workdir: str | os.PathLike, ops: Mapping[str, Any] | OpsConfig | None
            state: str = "finished") -> None:
     """Stop the automatic backups, take a final backup and record ``state`` in the status."""
     global _periodic
-    cfg = ops if isinstance(ops, OpsConfig) else OpsConfig.from_dict(ops)
+    cfg = ops if isinstance(ops, OpsConfig) else from_mapping(OpsConfig, ops, "ops")
     if _periodic is not None:
         _periodic.stop()
         _periodic = None

@@ -6,28 +6,18 @@ plain numpy arrays so the same numbers go into preprocessing and into the ONNX g
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import signal as sp_signal
 
+from hms_core.config import check_option
 from hms_core.contract import SAMPLING_RATE_HZ
 from hms_core.errors import ConfigError
 
 NOTCH_CHOICES = (None, 50.0, 60.0)
-
-
-def check_keys(cls: type, d: Mapping[str, Any] | None, section: str) -> dict[str, Any]:
-    """Return ``d`` as a dict, raising ConfigError on a key that ``cls`` does not define."""
-    d = dict(d or {})
-    allowed = [f.name for f in fields(cls)]
-    for key in d:
-        if key not in allowed:
-            raise ConfigError(f"{section}: unknown key {key!r}; allowed keys are {allowed}")
-    return d
 
 
 @dataclass
@@ -54,26 +44,20 @@ class FilterConfig:
     notch_width_hz: float = 4.0
     numtaps: int = 801
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "FilterConfig":
-        cfg = cls(**check_keys(cls, d, "filter"))
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
+    def validate(self, path: str = "preprocessing.filter") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for a filter that cannot be designed."""
         nyquist = SAMPLING_RATE_HZ / 2
-        if self.notch_hz not in NOTCH_CHOICES:
-            raise ConfigError(f"filter.notch_hz: {self.notch_hz!r} is not one of {list(NOTCH_CHOICES)}")
+        check_option(f"{path}.notch_hz", self.notch_hz, NOTCH_CHOICES)
         if not isinstance(self.numtaps, int) or self.numtaps < 3 or self.numtaps % 2 == 0:
-            raise ConfigError(f"filter.numtaps: {self.numtaps!r} must be an odd integer >= 3")
+            raise ConfigError(f"{path}.numtaps: {self.numtaps!r} must be an odd integer >= 3")
         for key in ("l_freq_hz", "h_freq_hz"):
             value = getattr(self, key)
             if value is not None and not 0 < value < nyquist:
-                raise ConfigError(f"filter.{key}: {value!r} must lie in (0, {nyquist}) Hz or be null")
+                raise ConfigError(f"{path}.{key}: {value!r} must lie in (0, {nyquist}) Hz or be null")
         if self.l_freq_hz is not None and self.h_freq_hz is not None and self.l_freq_hz >= self.h_freq_hz:
-            raise ConfigError(f"filter.l_freq_hz: {self.l_freq_hz!r} must be below h_freq_hz {self.h_freq_hz!r}")
+            raise ConfigError(f"{path}.l_freq_hz: {self.l_freq_hz!r} must be below h_freq_hz {self.h_freq_hz!r}")
         if self.notch_width_hz <= 0:
-            raise ConfigError(f"filter.notch_width_hz: {self.notch_width_hz!r} must be > 0")
+            raise ConfigError(f"{path}.notch_width_hz: {self.notch_width_hz!r} must be > 0")
 
 
 def design_kernel(cfg: FilterConfig, *, sfreq_hz: float = SAMPLING_RATE_HZ) -> np.ndarray:

@@ -6,8 +6,8 @@ Every op is exportable with ``torch.onnx.export(..., opset_version=17, dynamo=Fa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ import torch
 from hms_core.contract import (CENTER_SAMPLES, CENTER_START_SAMPLE, SPEC_N_FREQS, SPEC_REGIONS,
                                SPEC_WINDOW_ROWS)
 from hms_core.errors import ConfigError
-from hms_core.signal.filters import FilterConfig, ZeroPhaseFIR, check_keys, design_kernel
+from hms_core.signal.filters import FilterConfig, ZeroPhaseFIR, design_kernel
 from hms_core.signal.montage import BipolarMontage
 from hms_core.signal.spectrogram import RegionSpectrogram, SpectrogramConfig
 
@@ -41,19 +41,12 @@ class FrontendConfig:
     filter: FilterConfig = field(default_factory=FilterConfig)
     spectrogram: SpectrogramConfig = field(default_factory=SpectrogramConfig)
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "FrontendConfig":
-        d = check_keys(cls, d, "frontend")
-        cfg = cls(clip_uv=float(d.get("clip_uv", cls.clip_uv)),
-                  filter=FilterConfig.from_dict(d.get("filter")),
-                  spectrogram=SpectrogramConfig.from_dict(d.get("spectrogram")))
-        if cfg.clip_uv <= 0:
-            raise ConfigError(f"clip_uv: {cfg.clip_uv!r} must be > 0")
-        return cfg
+    def validate(self, path: str = "preprocessing") -> None:
+        """The clip level must be > 0 uV (filter and spectrogram validate themselves)."""
+        if self.clip_uv <= 0:
+            raise ConfigError(f"{path}.clip_uv: {self.clip_uv!r} must be > 0")
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 

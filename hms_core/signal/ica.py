@@ -16,21 +16,23 @@ The rejected components are subtracted from the unfiltered (DC-removed) data.
 from __future__ import annotations
 
 import logging
+import typing
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Literal
 
 import numpy as np
 from scipy import signal as sp_signal
 
+from hms_core.config import check_option
 from hms_core.contract import CHANNEL_INDEX, EEG_CHANNELS, EKG_CHANNEL, N_RAW_CHANNELS, SAMPLING_RATE_HZ
 from hms_core.errors import ConfigError, DataError
-from hms_core.signal.filters import check_keys
 from hms_core.signal.nan import interpolate_short_gaps
 
 logger = logging.getLogger(__name__)
 
-ICA_METHODS = ("picard", "fastica")
+IcaMethod = Literal["picard", "fastica"]
+ICA_METHODS = typing.get_args(IcaMethod)
 FRONTAL_CHANNELS = ("Fp1", "Fp2")
 _FLAT_STD_UV = 1e-3  # a channel with less spread than this is treated as flat
 _ACTIVE_FRACTION = 0.1  # spectral rules look at each component's loudest 10% of 2 s segments
@@ -44,8 +46,8 @@ class IcaConfig:
     ----------
     enabled : bool
         Run ICA at all; default True.
-    method : str
-        "picard" (default) or "fastica".
+    method : {"picard", "fastica"}
+        ICA solver; default "picard".
     n_components : int | None
         Components to fit; None (default) uses the rank of the data (at most 19).
     highpass_hz : float
@@ -77,7 +79,7 @@ class IcaConfig:
     """
 
     enabled: bool = True
-    method: str = "picard"
+    method: IcaMethod = "picard"
     n_components: int | None = None
     highpass_hz: float = 1.0
     ekg_corr: float = 0.6
@@ -95,18 +97,15 @@ class IcaConfig:
     tol: float = 1e-4
     random_state: int = 0
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "IcaConfig":
-        cfg = cls(**check_keys(cls, d, "ica"))
-        if cfg.method not in ICA_METHODS:
-            raise ConfigError(f"ica.method: {cfg.method!r} is not one of {list(ICA_METHODS)}")
-        if cfg.n_components is not None and not 2 <= cfg.n_components <= len(EEG_CHANNELS):
-            raise ConfigError(f"ica.n_components: {cfg.n_components!r} must be null or in "
+    def validate(self, path: str = "preprocessing.ica") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for a solver, size or threshold out of range."""
+        check_option(f"{path}.method", self.method, ICA_METHODS)
+        if self.n_components is not None and not 2 <= self.n_components <= len(EEG_CHANNELS):
+            raise ConfigError(f"{path}.n_components: {self.n_components!r} must be null or in "
                               f"[2, {len(EEG_CHANNELS)}]")
         for key in ("ekg_corr", "eye_frontal_share", "eye_low_share", "muscle_hf_share", "muscle_flatness"):
-            if not 0 < getattr(cfg, key) <= 1:
-                raise ConfigError(f"ica.{key}: {getattr(cfg, key)!r} must lie in (0, 1]")
-        return cfg
+            if not 0 < getattr(self, key) <= 1:
+                raise ConfigError(f"{path}.{key}: {getattr(self, key)!r} must lie in (0, 1]")
 
 
 def clean_recording(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import numpy as np
 
 from hms_core.errors import ConfigError
-from hms_core.signal.filters import check_keys
 
 
 @dataclass
@@ -23,12 +21,10 @@ class NanConfig:
 
     max_interp_s: float = 1.0
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "NanConfig":
-        cfg = cls(**check_keys(cls, d, "nan"))
-        if not cfg.max_interp_s >= 0:
-            raise ConfigError(f"nan.max_interp_s: {cfg.max_interp_s!r} must be >= 0 (seconds)")
-        return cfg
+    def validate(self, path: str = "preprocessing.nan") -> None:
+        """The interpolation limit must be >= 0 s."""
+        if not self.max_interp_s >= 0:
+            raise ConfigError(f"{path}.max_interp_s: {self.max_interp_s!r} must be >= 0 (seconds)")
 
 
 def nan_runs(missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,6 @@ central 10 s at a higher time resolution (see ``WindowFrontend.center_spectrogra
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
 
 import numpy as np
 import scipy.fft
@@ -43,7 +42,6 @@ from hms_core.contract import (
     WINDOW_SAMPLES,
 )
 from hms_core.errors import ConfigError
-from hms_core.signal.filters import check_keys
 
 
 @dataclass
@@ -77,28 +75,23 @@ class SpectrogramConfig:
     window: str = "hann"
     center_hop: int = 8
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "SpectrogramConfig":
-        cfg = cls(**check_keys(cls, d, "spectrogram"))
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
+    def validate(self, path: str = "preprocessing.spectrogram") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for an STFT that does not fit the window."""
         for key in ("n_fft", "hop", "n_mels", "center_hop"):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"spectrogram.{key}: {value!r} must be a positive integer")
+                raise ConfigError(f"{path}.{key}: {value!r} must be a positive integer")
         if self.n_fft > WINDOW_SAMPLES or self.hop > self.n_fft:
-            raise ConfigError(f"spectrogram.n_fft/hop: need hop <= n_fft <= {WINDOW_SAMPLES}, "
+            raise ConfigError(f"{path}.n_fft/hop: need hop <= n_fft <= {WINDOW_SAMPLES}, "
                               f"got n_fft={self.n_fft}, hop={self.hop}")
         if not 0 <= self.fmin_hz < self.fmax_hz <= SAMPLING_RATE_HZ / 2:
-            raise ConfigError(f"spectrogram.fmin_hz/fmax_hz: need 0 <= fmin < fmax <= "
+            raise ConfigError(f"{path}.fmin_hz/fmax_hz: need 0 <= fmin < fmax <= "
                               f"{SAMPLING_RATE_HZ / 2}, got {self.fmin_hz}, {self.fmax_hz}")
         if len(self.bin_freqs_hz()) < 2:
-            raise ConfigError(f"spectrogram.n_fft: {self.n_fft} leaves fewer than 2 bins in "
+            raise ConfigError(f"{path}.n_fft: {self.n_fft} leaves fewer than 2 bins in "
                               f"[{self.fmin_hz}, {self.fmax_hz}] Hz")
         if self.log_floor <= 0:
-            raise ConfigError(f"spectrogram.log_floor: {self.log_floor!r} must be > 0")
+            raise ConfigError(f"{path}.log_floor: {self.log_floor!r} must be > 0")
 
     def bin_freqs_hz(self) -> np.ndarray:
         """Centre frequencies (Hz) of the ``eeg_spec`` rows."""

@@ -15,7 +15,6 @@ from typing import Any, Mapping
 import torch
 
 from hms_core import contract
-from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError
 
 _REGION_MIRROR = {"LL": "RL", "RL": "LL", "LP": "RP", "RP": "LP"}
@@ -31,6 +30,7 @@ class AugmentConfig:
     Parameters
     ----------
     hemisphere_swap_p : float, default 0.5
+        Probability that a window's left and right hemispheres are swapped.
     time_shift_max_s : float, default 5.0
         Largest circular shift of the chains, in s (0 disables).
     channel_mask_p : float, default 0.05
@@ -42,6 +42,7 @@ class AugmentConfig:
     freq_mask_p : float, default 0.3
         Probability of one zeroed frequency band in each spectrogram field.
     freq_mask_max_frac : float, default 0.1
+        Widest masked band as a fraction of the frequency axis.
     mixup_alpha : float, default 0.0
         Beta(alpha, alpha) mixup of inputs and targets per batch; 0 disables.
     mixup_p : float, default 0.5
@@ -58,13 +59,11 @@ class AugmentConfig:
     mixup_alpha: float = 0.0
     mixup_p: float = 0.5
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "AugmentConfig":
-        cfg = dataclass_from_dict(cls, d, section="training.augment")
-        for f in dataclasses.fields(cls):
-            if float(getattr(cfg, f.name)) < 0:
-                raise ConfigError(f"training.augment.{f.name}: must be >= 0")
-        return cfg
+    def validate(self, path: str = "training.augment") -> None:
+        """Every probability, fraction and length must be >= 0."""
+        for f in dataclasses.fields(self):
+            if float(getattr(self, f.name)) < 0:
+                raise ConfigError(f"{path}.{f.name}: must be >= 0")
 
 
 def swap_hemispheres(x: torch.Tensor, field: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ with bit-identical weights and optimiser state. This holds because
 
 Usage
 -----
+>>> from hms_core.config import from_mapping
 >>> from hms_core.train.engine import EngineConfig, fit
 >>> from hms_core.train.checkpoint import make_run_key
 >>> from hms_core.train.data import ArrayDataset
@@ -36,7 +37,7 @@ Usage
 >>> def eval_fn(model):                                      # no_grad, eval mode, EMA if on
 ...     return {"val_kl": float(kl_loss(model(x_val), t_val))}
 >>> result = fit(model, loss_fn=loss_fn, train_data=data, eval_fn=eval_fn,
-...              cfg=EngineConfig.from_dict({"epochs": 5, "lr": 1e-3}),
+...              cfg=from_mapping(EngineConfig, {"epochs": 5, "lr": 1e-3}, "training"),
 ...              checkpoint_dir="models/checkpoints/my_job", run_key=make_run_key(inputs, cfg))
 >>> result.model, result.history, result.best_metric
 
@@ -72,13 +73,15 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+import typing
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
+from hms_core.config import check_option
 from hms_core.errors import ConfigError
 from hms_core.status import flush_status, update_status
 from hms_core.train import checkpoint as ckpt
@@ -87,11 +90,8 @@ from hms_core.train.state import RunState, restore_rank_rng
 
 logger = logging.getLogger(__name__)
 
-_PRECISIONS = ("fp32", "bf16", "fp16")
-_SCHEDULERS = ("cosine", "linear", "constant")
-_OPTIMIZERS = ("adamw", "adam", "sgd")
-_DEVICES = ("auto", "cpu", "cuda")
-_SELECT_MODES = ("min", "max")
+Precision = Literal["fp32", "bf16", "fp16"]
+Device = Literal["auto", "cpu", "cuda"]
 # Settings that change how fast a run goes but not what it computes; left out of the run key.
 _NON_RESULT_KEYS = frozenset({"num_workers", "pin_memory", "checkpoint_every_steps",
                               "status_every_s", "progress", "device", "cuda_expandable_segments"})
@@ -106,15 +106,19 @@ class EngineConfig:
     epochs : int, default 10
         Number of passes over the (per-epoch) training indices.
     batch_size : int, default 32
+        Windows per optimiser step (the global batch with several processes).
     lr : float, default 1e-3
         Peak learning rate.
     weight_decay : float, default 1e-2
+        Decoupled (AdamW) or L2 (adam, sgd) weight decay.
     optimizer : {"adamw", "adam", "sgd"}, default "adamw"
+        The optimiser (sgd with momentum 0.9).
     scheduler : {"cosine", "linear", "constant"}, default "cosine"
         Decay after warm-up, over all steps of the run, down to ``min_lr_frac * lr``.
     warmup_frac : float, default 0.05
         Fraction of all steps with linear warm-up from 0.
     min_lr_frac : float, default 0.01
+        Final learning rate as a fraction of ``lr``.
     grad_clip : float, default 1.0
         Max global gradient norm; 0 disables clipping.
     precision : {"fp32", "bf16", "fp16"}, default "fp32"
@@ -143,11 +147,13 @@ class EngineConfig:
     seed : int, default 0
         Seeds torch/NumPy/Python at the start of a fresh run and the data order.
     device : {"auto", "cpu", "cuda"}, default "auto"
+        "auto": CUDA when available, else the CPU.
     drop_last : bool, default True
         Drop the last incomplete batch of an epoch (kept if it would be the only one).
     select_metric : str, default "val_kl"
         Key of ``eval_fn``'s dict used to pick the best epoch.
     select_mode : {"min", "max"}, default "min"
+        Whether the lowest or the highest ``select_metric`` is best.
     select_best : bool, default True
         Return (and keep) the best epoch's weights instead of the last epoch's.
     status_every_s : float, default 5.0
@@ -162,12 +168,12 @@ class EngineConfig:
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    optimizer: str = "adamw"
-    scheduler: str = "cosine"
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.01
     grad_clip: float = 1.0
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     tf32: bool = True
     channels_last: bool = False
     compile: bool = False
@@ -179,43 +185,27 @@ class EngineConfig:
     pin_memory: bool = True
     checkpoint_every_steps: int = 0
     seed: int = 0
-    device: str = "auto"
+    device: Device = "auto"
     drop_last: bool = True
     select_metric: str = "val_kl"
-    select_mode: str = "min"
+    select_mode: Literal["min", "max"] = "min"
     select_best: bool = True
     status_every_s: float = 5.0
     progress: bool = True
     cuda_expandable_segments: bool = True
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "EngineConfig":
-        """Build from a config mapping; unknown keys or bad values raise ConfigError."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in known:
-                raise ConfigError(f"training.{key}: unknown engine setting; allowed: "
-                                  f"{', '.join(sorted(known))}")
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        for key, value, allowed in (("precision", self.precision, _PRECISIONS),
-                                    ("scheduler", self.scheduler, _SCHEDULERS),
-                                    ("optimizer", self.optimizer, _OPTIMIZERS),
-                                    ("device", self.device, _DEVICES),
-                                    ("select_mode", self.select_mode, _SELECT_MODES)):
-            if value not in allowed:
-                raise ConfigError(f"training.{key}: {value!r} is not one of {', '.join(allowed)}")
+    def validate(self, path: str = "training") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for an option or range out of bounds."""
+        hints = typing.get_type_hints(type(self))
+        for key in ("precision", "scheduler", "optimizer", "device", "select_mode"):
+            check_option(f"{path}.{key}", getattr(self, key), typing.get_args(hints[key]))
         for key in ("epochs", "batch_size"):
             if int(getattr(self, key)) < 1:
-                raise ConfigError(f"training.{key}: must be >= 1, got {getattr(self, key)!r}")
+                raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)!r}")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"training.ema_decay: must be in [0, 1), got {self.ema_decay!r}")
+            raise ConfigError(f"{path}.ema_decay: must be in [0, 1), got {self.ema_decay!r}")
         if not 0.0 <= self.warmup_frac < 1.0:
-            raise ConfigError(f"training.warmup_frac: must be in [0, 1), got {self.warmup_frac!r}")
+            raise ConfigError(f"{path}.warmup_frac: must be in [0, 1), got {self.warmup_frac!r}")
 
     def result_dict(self) -> dict[str, Any]:
         """The settings that determine the result (what goes into the run key)."""

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import time
+import typing
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -27,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hms_core import atomic, contract
-from hms_core.config import dataclass_from_dict, deep_update
+from hms_core.config import FLATTEN, check_option, deep_update, from_mapping
 from hms_core.errors import ConfigError, DataError
 from hms_core.hashing import sha256_file
 from hms_core.metrics import kaggle_kl, score_predictions
+from hms_core.models.foundation import FoundationMode
 from hms_core.models.registry import create_model
 from hms_core.store import open_window_source
 from hms_core.train import augment as aug
@@ -49,16 +51,22 @@ MODEL_ENTRY_RESERVED = ("enabled", "training", "image_sizes")
 
 @dataclasses.dataclass
 class TwoStageConfig:
-    """``training.two_stage``: after ``training.epochs`` on all windows, ``epochs`` more on
-    the windows with at least ``min_votes`` votes (enabled, min_votes 10, epochs 2)."""
+    """``training.two_stage``: more epochs on the windows most experts agreed on.
+
+    Parameters
+    ----------
+    enabled : bool, default True
+        After ``training.epochs`` on all windows, train ``epochs`` more on the windows
+        with at least ``min_votes`` votes.
+    min_votes : int, default 10
+        Votes a window needs for the second stage.
+    epochs : int, default 2
+        Epochs of the second stage.
+    """
 
     enabled: bool = True
     min_votes: int = contract.HIGH_VOTE_THRESHOLD
     epochs: int = 2
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "TwoStageConfig":
-        return dataclass_from_dict(cls, d, section="training.two_stage")
 
 
 @dataclasses.dataclass
@@ -80,11 +88,12 @@ class TrainingConfig:
         out-of-fold figures stay honest. With ``select_best: false`` the last epoch is kept
         and every training window is trained on.
     eval_batch_size : int, default 64
+        Windows per forward pass when scoring the inner split and the held-out fold.
     cache_max_mb : float, default 2048
         Load the fold's windows into memory (float16) when they fit in this many MiB.
     """
 
-    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig)
+    engine: EngineConfig = dataclasses.field(default_factory=EngineConfig, metadata=FLATTEN)
     two_stage: TwoStageConfig = dataclasses.field(default_factory=TwoStageConfig)
     augment: aug.AugmentConfig = dataclasses.field(default_factory=aug.AugmentConfig)
     vote_weighting: bool = False
@@ -92,25 +101,12 @@ class TrainingConfig:
     eval_batch_size: int = 64
     cache_max_mb: float = 2048.0
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "TrainingConfig":
-        d = dict(d or {})
-        own = {}
-        for key in ("vote_weighting", "inner_val_frac", "eval_batch_size", "cache_max_mb"):
-            if key in d:
-                own[key] = d.pop(key)
-        two_stage = TwoStageConfig.from_dict(d.pop("two_stage", None))
-        augment = aug.AugmentConfig.from_dict(d.pop("augment", None))
-        engine = EngineConfig.from_dict(d)
-        cfg = cls(engine=engine, two_stage=two_stage, augment=augment, **own)
-        if engine.select_best and not 0.0 < float(cfg.inner_val_frac) < 1.0:
-            raise ConfigError(f"training.inner_val_frac: {cfg.inner_val_frac!r} must be in (0, 1) "
+    def validate(self, path: str = "training") -> None:
+        """The inner validation split must be usable when it picks the best epoch."""
+        if self.engine.select_best and not 0.0 < float(self.inner_val_frac) < 1.0:
+            raise ConfigError(f"{path}.inner_val_frac: {self.inner_val_frac!r} must be in (0, 1) "
                               "when select_best is true (the best epoch is picked on held-out "
                               "training patients, never on the validation fold)")
-        return cfg
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def resolve_model_config(cfg: Mapping[str, Any], model_name: str
@@ -122,9 +118,14 @@ def resolve_model_config(cfg: Mapping[str, Any], model_name: str
                           f"{', '.join(models) or 'none'}")
     entry = dict(models[model_name] or {})
     # A deep copy: the per-model overrides must not leak into the shared training section.
-    training = TrainingConfig.from_dict(deep_update(copy.deepcopy(dict(cfg.get("training") or {})),
-                                                    entry.get("training") or {}))
+    training = from_mapping(TrainingConfig,
+                            deep_update(copy.deepcopy(dict(cfg.get("training") or {})),
+                                        entry.get("training") or {}),
+                            f"models.{model_name}.training")
     kwargs = {k: v for k, v in entry.items() if k not in MODEL_ENTRY_RESERVED}
+    if kwargs.get("foundation_mode") is not None:
+        check_option(f"models.{model_name}.foundation_mode", kwargs["foundation_mode"],
+                     typing.get_args(FoundationMode))
     sizes = entry.get("image_sizes")
     if sizes is not None:
         sizes = [int(s) for s in sizes]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from hms_core.config import from_mapping
 from hms_core.cli import main
 from hms_core.data import io
 from hms_core.data.synthetic import SyntheticConfig, best_achievable_kl
@@ -28,11 +29,11 @@ def test_hms_synth_refuses_a_folder_that_is_not_a_data_set(tmp_path, capsys):
 
 
 def test_synthetic_config_rejects_bad_keys_and_values():
-    cfg = SyntheticConfig.from_dict({"patients": 3, "recordings_per_patient": [1, 2]})
+    cfg = from_mapping(SyntheticConfig, {"patients": 3, "recordings_per_patient": [1, 2]}, "data.synthetic")
     assert cfg.recordings_per_patient == (1, 2)
     with pytest.raises(ConfigError, match="'n_patients'"):
-        SyntheticConfig.from_dict({"n_patients": 3})
+        from_mapping(SyntheticConfig, {"n_patients": 3}, "data.synthetic")
     with pytest.raises(ConfigError, match="sub_windows"):
-        SyntheticConfig.from_dict({"sub_windows": [4, 2]})
+        from_mapping(SyntheticConfig, {"sub_windows": [4, 2]}, "data.synthetic")
     with pytest.raises(ConfigError, match="patients: 0"):
-        SyntheticConfig.from_dict({"patients": 0})
+        from_mapping(SyntheticConfig, {"patients": 0}, "data.synthetic")

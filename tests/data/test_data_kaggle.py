@@ -7,6 +7,7 @@ import zipfile
 
 import pytest
 
+from hms_core.config import from_mapping
 from hms_core.data.kaggle import COMPLETE_MARKER, KaggleConfig, fetch_kaggle
 from hms_core.errors import ConfigError, DataError
 
@@ -97,8 +98,8 @@ def test_missing_credentials_are_reported_before_any_download(tmp_path, stand_in
 
 
 def test_config_checks_the_competition_slug():
-    assert KaggleConfig.from_dict(None).competition == "hms-harmful-brain-activity-classification"
+    assert from_mapping(KaggleConfig, None, "data.kaggle").competition == "hms-harmful-brain-activity-classification"
     with pytest.raises(ConfigError, match="'Not A Slug'"):
-        KaggleConfig.from_dict({"competition": "Not A Slug"})
+        from_mapping(KaggleConfig, {"competition": "Not A Slug"}, "data.kaggle")
     with pytest.raises(ConfigError, match="'dataset'"):
-        KaggleConfig.from_dict({"dataset": "x"})
+        from_mapping(KaggleConfig, {"dataset": "x"}, "data.kaggle")

@@ -9,6 +9,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from hms_core.config import from_mapping
 from hms_core.data import io
 from hms_core.data.validate import ValidationConfig, validate_dataset
 from hms_core.errors import ConfigError, DataError
@@ -87,7 +88,7 @@ def test_bad_train_eeg_raises_or_is_reported(data, tmp_path, kind):
     with pytest.raises(DataError, match=problem) as err:
         _validate(data, tmp_path)
     assert err.value.eeg_id == eeg_id and str(path) in str(err.value)
-    report = _validate(data, tmp_path, on_bad="report")
+    report = _validate(data, tmp_path, on_bad="skip")
     assert not report["ok"]
     assert [(b["eeg_id"], b["path"]) for b in report["bad_recordings"]] == [(eeg_id, str(path))]
     assert re.search(problem, report["bad_recordings"][0]["problem"])
@@ -98,7 +99,7 @@ def test_bad_spectrogram_lists_every_recording_it_serves(data, tmp_path):
     spec_id = train["spectrogram_id"].iloc[0]
     path = io.spectrogram_path(data, spec_id)
     _swap_columns(path)
-    report = _validate(data, tmp_path, on_bad="report")
+    report = _validate(data, tmp_path, on_bad="skip")
     expected = sorted(train.loc[train["spectrogram_id"] == spec_id, "eeg_id"].unique())
     assert [b["eeg_id"] for b in report["bad_recordings"]] == expected
     assert "wrong order" in report["bad_recordings"][0]["problem"]
@@ -128,19 +129,22 @@ def test_bad_csv_always_raises(data, tmp_path):
     train = pd.read_csv(data / "train.csv")
     train.rename(columns={"lpd_vote": "lpd_votes"}).to_csv(data / "train.csv", index=False)
     with pytest.raises(DataError, match=r"train.csv.*missing \['lpd_vote'\]"):
-        _validate(data, tmp_path, on_bad="report")
+        _validate(data, tmp_path, on_bad="skip")
     train.assign(gpd_vote=train["gpd_vote"] + 0.5).to_csv(data / "train.csv", index=False)
     with pytest.raises(DataError, match="gpd_vote has dtype float64, expected int64"):
-        _validate(data, tmp_path, on_bad="report")
+        _validate(data, tmp_path, on_bad="skip")
     train.to_csv(data / "train.csv", index=False)
     (data / "test.csv").unlink()
     with pytest.raises(DataError, match=r"test.csv: file not found"):
-        _validate(data, tmp_path, on_bad="report")
+        _validate(data, tmp_path, on_bad="skip")
 
 
-def test_config_rejects_unknown_keys_and_values():
-    assert ValidationConfig.from_dict({"on_bad": "report"}).on_bad == "report"
+def test_config_rejects_unknown_keys_and_values(caplog):
+    assert from_mapping(ValidationConfig, {"on_bad": "skip"}, "data.validation").on_bad == "skip"
+    # the old word of the same option is still read, as "skip", with a deprecation warning
+    assert from_mapping(ValidationConfig, {"on_bad": "report"}, "data.validation").on_bad == "skip"
+    assert "data.validation.on_bad: 'report' is deprecated; use 'skip'" in caplog.text
     with pytest.raises(ConfigError, match="'strict'"):
-        ValidationConfig.from_dict({"strict": True})
+        from_mapping(ValidationConfig, {"strict": True}, "data.validation")
     with pytest.raises(ConfigError, match="on_bad.*'ignore'"):
-        ValidationConfig.from_dict({"on_bad": "ignore"})
+        from_mapping(ValidationConfig, {"on_bad": "ignore"}, "data.validation")

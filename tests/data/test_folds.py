@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hms_core.config import from_mapping
 from hms_core import contract
 from hms_core.errors import ConfigError
 from hms_core.data.folds import FoldsConfig, make_folds
@@ -41,7 +42,7 @@ def test_too_few_patients_and_unknown_keys_are_config_errors():
     with pytest.raises(ConfigError, match="at least 5 patients"):
         make_folds(_train_df(n_patients=3), n_folds=5, seed=0)
     with pytest.raises(ConfigError, match="folds: unknown key .k."):
-        FoldsConfig.from_dict({"k": 3})
+        from_mapping(FoldsConfig, {"k": 3}, "folds")
 
 
 def test_write_folds_from_train_csv(tiny_dataset, tmp_path):

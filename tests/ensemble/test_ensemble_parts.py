@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from hms_core.config import from_mapping
 from hms_core.ensemble.averaging import bma_summary, bma_weights, predictive_uncertainty
 from hms_core.ensemble.calibration import calibrate, fit_temperature, softmax_np
 from hms_core.ensemble.config import BMAConfig, CalibrationConfig, EnsembleConfig, SelectionConfig
@@ -14,14 +15,14 @@ from oof_factory import make_truth, member_logp
 
 
 def test_config_defaults_and_unknown_keys():
-    cfg = EnsembleConfig.from_dict({"meta_learner": {"hidden": 8}, "selection": {"max_members": 3}})
+    cfg = from_mapping(EnsembleConfig, {"meta_learner": {"hidden": 8}, "selection": {"max_members": 3}}, "ensemble")
     assert cfg.meta_learner.hidden == 8 and cfg.selection.max_members == 3 and cfg.calibration.enabled
     with pytest.raises(ConfigError, match="ensemble.meta_learner: unknown key 'hiden'"):
-        EnsembleConfig.from_dict({"meta_learner": {"hiden": 8}})
+        from_mapping(EnsembleConfig, {"meta_learner": {"hiden": 8}}, "ensemble")
     with pytest.raises(ConfigError, match="ensemble: unknown key 'stacker'"):
-        EnsembleConfig.from_dict({"stacker": {}})
-    with pytest.raises(ConfigError, match="method: 'best' is not one of greedy, all"):
-        SelectionConfig.from_dict({"method": "best"})
+        from_mapping(EnsembleConfig, {"stacker": {}}, "ensemble")
+    with pytest.raises(ConfigError, match="ensemble.selection.method: invalid value 'best'; allowed values are 'greedy', 'all'"):
+        from_mapping(SelectionConfig, {"method": "best"}, "ensemble.selection")
 
 
 def test_temperature_scaling_lowers_held_out_nll_on_miscalibrated_inputs():
@@ -84,7 +85,7 @@ def test_correlation_threshold_lets_ordinary_correlation_through():
                           SelectionConfig(correlation_penalty=2 * gain / step["max_corr"], correlation_threshold=0.0))
     assert len(flat["kept"]) == 1 and flat["steps"][-1]["stopped"]
     with pytest.raises(ConfigError, match="correlation_threshold"):
-        SelectionConfig.from_dict({"correlation_threshold": 1.5})
+        from_mapping(SelectionConfig, {"correlation_threshold": 1.5}, "ensemble.selection")
 
 
 def test_temperature_is_not_deployed_when_it_does_not_help_held_out():
@@ -138,6 +139,6 @@ def test_meta_learner_shrinkage_and_regularisation_config():
     blend = 0.7 * 0.5 * (logp[:, 0].exp() + logp_swap[:, 0].exp()) + 0.3 * 0.5 * (logp[:, 1].exp() + logp_swap[:, 1].exp())
     assert torch.allclose(model(logp, logp_swap), torch.log(blend), atol=1e-6)
     with pytest.raises(ConfigError, match="residual_l2"):
-        EnsembleConfig.from_dict({"meta_learner": {"residual_l2": -1}})
-    with pytest.raises(ConfigError, match="deploy: 'best' is not one of auto, best_member, blend, stacked"):
-        EnsembleConfig.from_dict({"meta_learner": {"deploy": "best"}})
+        from_mapping(EnsembleConfig, {"meta_learner": {"residual_l2": -1}}, "ensemble")
+    with pytest.raises(ConfigError, match="ensemble.meta_learner.deploy: invalid value 'best'; allowed values are 'auto', 'best_member'"):
+        from_mapping(EnsembleConfig, {"meta_learner": {"deploy": "best"}}, "ensemble")

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from hms_core.config import from_mapping
 from hms_core.contract import votes_to_targets
 from hms_core.ensemble.averaging import blend
 from hms_core.ensemble.calibration import softmax_np
@@ -106,7 +107,7 @@ def test_no_row_is_scored_by_a_meta_learner_that_saw_it(synthetic_oof, tmp_path)
     from hms_core.ensemble.oof import load_oof
     from hms_core.ensemble.nested import train_meta_learners
 
-    cfg = EnsembleConfig.from_dict({"meta_learner": {"epochs": 3, "batch_size": 128}})
+    cfg = from_mapping(EnsembleConfig, {"meta_learner": {"epochs": 3, "batch_size": 128}}, "ensemble")
     oof = load_oof(synthetic_oof["paths"]).subset(["alpha", "beta"])
     w = np.array([0.5, 0.5])
     learners_a, logits_a, _ = train_meta_learners(oof, w, cfg, checkpoint_dir=tmp_path / "a")

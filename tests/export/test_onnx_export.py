@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from hms_core.config import from_mapping
 from hms_core.contract import N_RAW_CHANNELS, SPEC_COLUMNS, SPEC_WINDOW_ROWS, WINDOW_SAMPLES
 from hms_core.errors import ConfigError, DataError
 from hms_core.export.config import ExportConfig
@@ -78,11 +79,11 @@ def test_ensemble_onnx_runs_on_raw_windows_and_matches_torch(tiny_run):
 
 
 def test_export_config_and_bad_files(tiny_run, tmp_path):
-    assert ExportConfig.from_dict(None).parity_atol == 1e-4
+    assert from_mapping(ExportConfig, None, "export").parity_atol == 1e-4
     with pytest.raises(ConfigError, match="export.opset: 16 must be an integer >= 17"):
-        ExportConfig.from_dict({"opset": 16})
+        from_mapping(ExportConfig, {"opset": 16}, "export")
     with pytest.raises(ConfigError, match="export: unknown key 'atol'"):
-        ExportConfig.from_dict({"atol": 1e-3})
+        from_mapping(ExportConfig, {"atol": 1e-3}, "export")
     with pytest.raises(DataError, match="nope_fold0.pth: weights file not found"):
         export_model([tmp_path / "nope_fold0.pth"], tmp_path / "x.onnx", store_paths=tiny_run["source"])
     with pytest.raises(DataError, match="members .* have no weights files"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hms_core.config import from_mapping
 from hms_core import contract
 from hms_core.errors import ConfigError, DataError
 from hms_core.models.foundation import (
@@ -56,9 +57,9 @@ def test_bad_input_shape_is_a_clear_error():
 
 def test_config_rejects_unknown_keys_and_bad_heads():
     with pytest.raises(ConfigError, match="unknown key.*'width'"):
-        FoundationModelConfig.from_dict({"width": 3})
+        from_mapping(FoundationModelConfig, {"width": 3}, "pretrain.model")
     with pytest.raises(ConfigError, match="heads"):
-        FoundationModelConfig.from_dict({"dim": 10, "heads": 4})
+        from_mapping(FoundationModelConfig, {"dim": 10, "heads": 4}, "pretrain.model")
 
 
 def test_classifier_frozen_encoder_gets_no_gradient():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hms_core.config import from_mapping
 from hms_core import contract
 from hms_core.errors import ConfigError
 from hms_core.models.foundation import EEGFoundationEncoder
@@ -25,7 +26,7 @@ NAMES = ("masked", "contrastive", "temporal")
 
 
 def only(name: str, **extra) -> ObjectivesConfig:
-    return ObjectivesConfig.from_dict({n: {"enabled": n == name, **(extra if n == name else {})} for n in NAMES})
+    return from_mapping(ObjectivesConfig, {n: {"enabled": n == name, **(extra if n == name else {})} for n in NAMES}, "pretrain.objectives")
 
 
 @pytest.mark.parametrize(
@@ -48,7 +49,7 @@ def test_weights_scale_the_total():
     torch.manual_seed(0)
     x = torch.randn(4, contract.N_CHAINS, 2000) * 50
     encoder = EEGFoundationEncoder(**TINY)
-    cfg = ObjectivesConfig.from_dict({"masked": {"weight": 2.0}, "temporal": {"weight": 0.25}})
+    cfg = from_mapping(ObjectivesConfig, {"masked": {"weight": 2.0}, "temporal": {"weight": 0.25}}, "pretrain.objectives")
     torch.manual_seed(3)
     total, parts = PretrainModel(encoder, cfg)(x)
     expected = 2.0 * parts["masked"] + 1.0 * parts["contrastive"] + 0.25 * parts["temporal"]
@@ -110,8 +111,8 @@ def test_temporal_forecast_sees_only_the_past():
 
 def test_objectives_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="masked.target.*'spectrum'"):
-        ObjectivesConfig.from_dict({"masked": {"target": "spectrum"}})
+        from_mapping(ObjectivesConfig, {"masked": {"target": "spectrum"}}, "pretrain.objectives")
     with pytest.raises(ConfigError, match="contrastive: unknown key.*'temp'"):
-        ObjectivesConfig.from_dict({"contrastive": {"temp": 0.1}})
+        from_mapping(ObjectivesConfig, {"contrastive": {"temp": 0.1}}, "pretrain.objectives")
     with pytest.raises(ConfigError, match="at least one"):
-        ObjectivesConfig.from_dict({n: {"enabled": False} for n in NAMES})
+        from_mapping(ObjectivesConfig, {n: {"enabled": False} for n in NAMES}, "pretrain.objectives")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from hms_core.config import from_mapping
 from hms_core.errors import ConfigError
 from hms_core.models.foundation import load_foundation
 from hms_core.foundation.pretrain import PretrainConfig, pretrain
@@ -92,8 +93,8 @@ def test_resume_after_sigkill_is_bit_identical(pretrained, tiny_store, tmp_path)
 
 def test_pretrain_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="pretrain: unknown key.*'epoch'"):
-        PretrainConfig.from_dict({"epoch": 3})
+        from_mapping(PretrainConfig, {"epoch": 3}, "pretrain")
     with pytest.raises(ConfigError, match="pretrain.precision"):
-        PretrainConfig.from_dict({"precision": "fp8"})
+        from_mapping(PretrainConfig, {"precision": "fp8"}, "pretrain")
     with pytest.raises(ConfigError, match="pretrain.model.dim"):
-        PretrainConfig.from_dict({"model": {"dim": 0}})
+        from_mapping(PretrainConfig, {"model": {"dim": 0}}, "pretrain")

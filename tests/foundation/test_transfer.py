@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from hms_core.config import from_mapping
 from hms_core.errors import ConfigError, DataError
 from hms_core.models.foundation import FoundationClassifier, load_foundation
 from hms_core.models.registry import create_model
@@ -78,9 +79,9 @@ def test_foundation_linear_is_registered_and_loads_the_encoder(encoder_path):
 
 def test_transfer_errors(tiny_store, encoder_path, tmp_path):
     with pytest.raises(ConfigError, match="transfer.modes"):
-        TransferConfig.from_dict({"modes": ["probe"]})
+        from_mapping(TransferConfig, {"modes": ["probe"]}, "transfer")
     with pytest.raises(ConfigError, match="label_fractions"):
-        TransferConfig.from_dict({"label_fractions": [0.0]})
+        from_mapping(TransferConfig, {"label_fractions": [0.0]}, "transfer")
     bad = tmp_path / "folds.csv"
     pd.DataFrame({"label_id": [1]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match="folds.csv.*fold"):

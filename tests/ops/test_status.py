@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from hms_core.config import from_mapping
 from hms_core.errors import ConfigError, DataError
 from hms_core import status
 from hms_core.ops.run_status import run_status
@@ -148,9 +149,9 @@ def test_gpu_status_with_gpu():
 
 
 def test_ops_config():
-    cfg = OpsConfig.from_dict({"cost_per_hour": 3.2, "backup": {"interval_min": 10}})
+    cfg = from_mapping(OpsConfig, {"cost_per_hour": 3.2, "backup": {"interval_min": 10}}, "ops")
     assert cfg.backup.interval_min == 10 and cfg.backup.keep == 5 and cfg.status_interval_s == 2.0
     with pytest.raises(ConfigError, match="ops.backup: unknown key 'every'"):
-        OpsConfig.from_dict({"backup": {"every": 3}})
+        from_mapping(OpsConfig, {"backup": {"every": 3}}, "ops")
     with pytest.raises(ConfigError, match=r"ops.cost_per_hour: must be a number >= 0, got -1"):
-        OpsConfig.from_dict({"cost_per_hour": -1})
+        from_mapping(OpsConfig, {"cost_per_hour": -1}, "ops")

@@ -3,6 +3,7 @@ import pytest
 import torch
 from scipy.ndimage import convolve1d
 
+from hms_core.config import from_mapping
 from hms_core.errors import ConfigError
 from hms_core.signal.filters import FilterConfig, ZeroPhaseFIR, design_kernel, frequency_response
 
@@ -59,4 +60,4 @@ def test_polyphase_convolution_equals_plain_convolution_with_reflect_edges():
                                  {"h_freq_hz": 150}, {"cutoff": 3}])
 def test_bad_filter_config_names_the_key(bad):
     with pytest.raises(ConfigError, match=list(bad)[0] if "cutoff" not in bad else "cutoff"):
-        FilterConfig.from_dict(bad)
+        from_mapping(FilterConfig, bad, "preprocessing.filter")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from hms_core.config import from_mapping
 from hms_core.errors import ConfigError
 from hms_core.signal.filters import ZeroPhaseFIR, design_kernel
 from hms_core.signal.frontend import FrontendConfig, WindowFrontend, kaggle_spec_image, window_shapes
@@ -78,11 +79,11 @@ def test_onnx_export_matches_torch(frontend):
 
 def test_frontend_config_rejects_unknown_keys_and_bad_values():
     with pytest.raises(ConfigError, match="colour"):
-        FrontendConfig.from_dict({"colour": 1})
+        from_mapping(FrontendConfig, {"colour": 1}, "preprocessing")
     with pytest.raises(ConfigError, match="clip_uv"):
-        FrontendConfig.from_dict({"clip_uv": -1})
+        from_mapping(FrontendConfig, {"clip_uv": -1}, "preprocessing")
     with pytest.raises(ConfigError, match="hop"):
-        FrontendConfig.from_dict({"spectrogram": {"hop": 0}})
-    cfg = FrontendConfig.from_dict({"filter": {"h_freq_hz": 40.0}, "spectrogram": {"n_fft": 256, "fmax_hz": 40.0}})
+        from_mapping(FrontendConfig, {"spectrogram": {"hop": 0}}, "preprocessing")
+    cfg = from_mapping(FrontendConfig, {"filter": {"h_freq_hz": 40.0}, "spectrogram": {"n_fft": 256, "fmax_hz": 40.0}}, "preprocessing")
     assert window_shapes(cfg)["eeg_spec"] == (4, 51, 250)
     assert isinstance(WindowFrontend(cfg).fir, ZeroPhaseFIR)

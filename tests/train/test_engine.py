@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from hms_core.config import from_mapping
 from hms_core.errors import ConfigError
 from hms_core.train.data import ArrayDataset
 from hms_core.train.engine import EngineConfig, fit, select_device
@@ -173,7 +174,7 @@ def test_status_file_and_allocator_env(tmp_path, monkeypatch):
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(ConfigError, match="training.lrr"):
-        EngineConfig.from_dict({"lrr": 1})
-    with pytest.raises(ConfigError, match="training.precision: 'fp8'"):
-        EngineConfig.from_dict({"precision": "fp8"})
+    with pytest.raises(ConfigError, match="training: unknown key 'lrr'"):
+        from_mapping(EngineConfig, {"lrr": 1}, "training")
+    with pytest.raises(ConfigError, match="training.precision: invalid value 'fp8'"):
+        from_mapping(EngineConfig, {"precision": "fp8"}, "training")

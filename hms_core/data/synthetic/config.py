@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
 
-from hms_core.config import dataclass_from_dict
 from hms_core.errors import ConfigError
 
 
@@ -41,30 +39,27 @@ class SyntheticConfig:
     nan_fraction: float = 0.35
     save_answer_key: bool = True
 
-    @classmethod
-    def from_dict(cls, d: Mapping | None) -> "SyntheticConfig":
-        """Build from a config mapping; unknown keys raise ConfigError naming the key."""
-        cfg = dataclass_from_dict(cls, d, section="data.synthetic")
-        cfg.recordings_per_patient = _int_range("recordings_per_patient", cfg.recordings_per_patient, 1)
-        cfg.sub_windows = _int_range("sub_windows", cfg.sub_windows, 1)
+    def validate(self, path: str = "data.synthetic") -> None:
+        """Check counts and fractions; the ranges become ``(min, max)`` tuples of int."""
+        self.recordings_per_patient = _int_range(path, "recordings_per_patient", self.recordings_per_patient, 1)
+        self.sub_windows = _int_range(path, "sub_windows", self.sub_windows, 1)
         for key in ("patients", "n_test"):
-            value = getattr(cfg, key)
+            value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"data.synthetic.{key}: {value!r} is not a positive integer")
+                raise ConfigError(f"{path}.{key}: {value!r} is not a positive integer")
         for key in ("two_eeg_fraction", "nan_fraction"):
-            value = getattr(cfg, key)
+            value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise ConfigError(f"data.synthetic.{key}: {value!r} is not a fraction in [0, 1]")
-        return cfg
+                raise ConfigError(f"{path}.{key}: {value!r} is not a fraction in [0, 1]")
 
 
-def _int_range(key: str, value, minimum: int) -> tuple[int, int]:
+def _int_range(path: str, key: str, value, minimum: int) -> tuple[int, int]:
     try:
         lo, hi = (int(v) for v in value)
     except (TypeError, ValueError):
-        raise ConfigError(f"data.synthetic.{key}: {value!r} is not a [min, max] pair of integers") from None
+        raise ConfigError(f"{path}.{key}: {value!r} is not a [min, max] pair of integers") from None
     if not minimum <= lo <= hi:
-        raise ConfigError(f"data.synthetic.{key}: {value!r} needs {minimum} <= min <= max")
+        raise ConfigError(f"{path}.{key}: {value!r} needs {minimum} <= min <= max")
     return lo, hi
 
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hms_core import atomic
+from hms_core.config import from_mapping
 from hms_core.contract import (
     CLASSES,
     N_CLASSES,
@@ -168,10 +169,11 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_patients: int, seed: int =
         Summary: ``out_dir``, counts of patients, recordings, spectrograms, rows and
         test recordings, ``class_counts``, vote statistics and ``seconds``.
     """
-    cfg = SyntheticConfig.from_dict({"patients": n_patients, "seed": seed, "n_test": n_test,
-                                     "recordings_per_patient": recordings_per_patient,
-                                     "sub_windows": sub_windows, "two_eeg_fraction": two_eeg_fraction,
-                                     "nan_fraction": nan_fraction, "save_answer_key": save_answer_key})
+    cfg = from_mapping(SyntheticConfig, {"patients": n_patients, "seed": seed, "n_test": n_test,
+                                         "recordings_per_patient": recordings_per_patient,
+                                         "sub_windows": sub_windows, "two_eeg_fraction": two_eeg_fraction,
+                                         "nan_fraction": nan_fraction, "save_answer_key": save_answer_key},
+                       "data.synthetic")
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "train.csv").exists():
         raise DataError(out_dir, "refusing to replace a non-empty folder that is not a data set "
