@@ -289,11 +289,6 @@ def _literal_value(value: Any, allowed: tuple) -> Any:
     return value
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as the plain nested dict of its fields (``dataclasses.asdict``)."""
-    return dataclasses.asdict(cfg)
-
-
 # ----------------------------------------------------------------------------- the workflow config
 
 
