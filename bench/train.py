@@ -23,7 +23,7 @@ import torch
 
 from hms_core.models import create_model
 from hms_core.signal.frontend import FrontendConfig, window_shapes
-from hms_core.train.engine import autocast_context
+from hms_core.train.device import autocast_context
 from hms_core.train.losses import kl_loss
 
 # Model kwargs of the CPU demo and of the full HMS run (same values as the config files).

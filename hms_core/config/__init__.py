@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping, Sequence, Union
 import yaml
 
 from hms_core.errors import ConfigError
-from hms_core.paths import CONFIG_DIR, REPO_ROOT, SCHEMA_PATH  # noqa: F401  (re-exported)
+from hms_core.paths import CONFIG_DIR, SCHEMA_PATH
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,8 @@ from hms_core.ensemble.oof import OOFSet
 from hms_core.ensemble.selection import fit_blend_weights
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import ArrayDataset
-from hms_core.train.engine import EngineConfig, fit
+from hms_core.train.engine import fit
+from hms_core.train.engine_config import EngineConfig
 from hms_core.train.losses import kl_loss
 
 logger = logging.getLogger(__name__)

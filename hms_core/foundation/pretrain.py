@@ -32,7 +32,8 @@ from hms_core.models.foundation import (
 from hms_core.store import open_window_source
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import identity_collate
-from hms_core.train.engine import EngineConfig, fit
+from hms_core.train.engine import fit
+from hms_core.train.engine_config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class PretrainConfig:
     max_windows : int | None
         Use at most this many windows, sampled with ``seed`` (default None: all).
     engine : EngineConfig
-        Every key of :class:`~hms_core.train.engine.EngineConfig`, given at the top level of
+        Every key of :class:`~hms_core.train.engine_config.EngineConfig`, given at the top level of
         the section; pretraining's defaults are ``ENGINE_DEFAULTS``, the engine's own for
         the rest.
     """

@@ -38,7 +38,9 @@ from hms_core.status import update_status
 from hms_core.store import open_window_source
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import ArrayDataset, WindowDataset, vote_targets
-from hms_core.train.engine import EngineConfig, fit, select_device
+from hms_core.train.device import select_device
+from hms_core.train.engine import fit
+from hms_core.train.engine_config import EngineConfig
 from hms_core.train.losses import kl_loss
 from hms_core.foundation.pretrain import source_fingerprint
 
@@ -76,7 +78,7 @@ class TransferConfig:
         Keep the windows (cropped to what the encoder reads) in memory when they fit in
         this many MiB (default 2048); otherwise they are read from the stores per batch.
     engine : EngineConfig
-        Every key of :class:`~hms_core.train.engine.EngineConfig`, given at the top level of
+        Every key of :class:`~hms_core.train.engine_config.EngineConfig`, given at the top level of
         the section: the fine-tuning run's settings (``epochs`` 4, ``lr`` 5e-4,
         ``batch_size`` 32 (also of feature extraction), ``weight_decay`` 0.01, ``seed`` 0 (also
         of the patient subsets and the random initialisation), ``select_best`` false,

@@ -26,7 +26,8 @@ with bit-identical weights and optimiser state. This holds because
 Usage
 -----
 >>> from hms_core.config import from_mapping
->>> from hms_core.train.engine import EngineConfig, fit
+>>> from hms_core.train.engine import fit
+>>> from hms_core.train.engine_config import EngineConfig
 >>> from hms_core.train.checkpoint import make_run_key
 >>> from hms_core.train.data import ArrayDataset
 >>> from hms_core.train.losses import kl_loss
@@ -64,7 +65,6 @@ see :func:`hms_core.train.fold.train_fold`); rank 0's metrics are used everywher
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import math
@@ -73,144 +73,23 @@ import signal
 import threading
 import time
 from pathlib import Path
-import typing
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-from hms_core.config import check_option
 from hms_core.errors import ConfigError
 from hms_core.status import flush_status, update_status
 from hms_core.train import checkpoint as ckpt
 from hms_core.train import distributed as dist_utils
+from hms_core.train.device import autocast_context, move_to_device, select_device
+from hms_core.train.engine_config import EngineConfig
+from hms_core.train.optim import ModelEma, build_optimizer, lr_at
 from hms_core.train.state import RunState, restore_rank_rng
 
 logger = logging.getLogger(__name__)
-
-Precision = Literal["fp32", "bf16", "fp16"]
-Device = Literal["auto", "cpu", "cuda"]
-# Settings that change how fast a run goes but not what it computes; left out of the run key.
-_NON_RESULT_KEYS = frozenset({"num_workers", "pin_memory", "checkpoint_every_steps",
-                              "status_every_s", "progress", "device", "cuda_expandable_segments"})
-
-
-@dataclasses.dataclass
-class EngineConfig:
-    """Settings of the training loop (config section ``training``, engine keys).
-
-    Parameters
-    ----------
-    epochs : int, default 10
-        Number of passes over the (per-epoch) training indices.
-    batch_size : int, default 32
-        Windows per optimiser step (the global batch with several processes).
-    lr : float, default 1e-3
-        Peak learning rate.
-    weight_decay : float, default 1e-2
-        Decoupled (AdamW) or L2 (adam, sgd) weight decay.
-    optimizer : {"adamw", "adam", "sgd"}, default "adamw"
-        The optimiser (sgd with momentum 0.9).
-    scheduler : {"cosine", "linear", "constant"}, default "cosine"
-        Decay after warm-up, over all steps of the run, down to ``min_lr_frac * lr``.
-    warmup_frac : float, default 0.05
-        Fraction of all steps with linear warm-up from 0.
-    min_lr_frac : float, default 0.01
-        Final learning rate as a fraction of ``lr``.
-    grad_clip : float, default 1.0
-        Max global gradient norm; 0 disables clipping.
-    precision : {"fp32", "bf16", "fp16"}, default "fp32"
-        bf16 autocast (CPU or CUDA) or fp16 autocast with a GradScaler (CUDA only).
-    tf32 : bool, default True
-        Allow TF32 matmul/cuDNN on CUDA (no effect on CPU).
-    channels_last : bool, default False
-        Put the model (and 4-D inputs) in channels-last memory format.
-    compile : bool, default False
-        ``torch.compile`` the model for training.
-    compile_backend : str, default "inductor"
-        ``torch.compile`` backend ("aot_eager" skips code generation, for quick checks).
-    compile_mode : str or None, default None
-        ``torch.compile`` mode, e.g. "max-autotune".
-    grad_checkpointing : bool, default False
-        Call ``model.set_grad_checkpointing(True)`` (activation recomputation).
-    ema_decay : float, default 0.0
-        Exponential moving average of the weights per step; 0 disables. The EMA weights
-        are the ones evaluated and returned.
-    num_workers : int, default 0
-        DataLoader worker processes (reading only; see module notes).
-    pin_memory : bool, default True
-        Pinned host memory for batches (used only on CUDA).
-    checkpoint_every_steps : int, default 0
-        Extra checkpoint every N optimiser steps; 0 = only at epoch ends.
-    seed : int, default 0
-        Seeds torch/NumPy/Python at the start of a fresh run and the data order.
-    device : {"auto", "cpu", "cuda"}, default "auto"
-        "auto": CUDA when available, else the CPU.
-    drop_last : bool, default True
-        Drop the last incomplete batch of an epoch (kept if it would be the only one).
-    select_metric : str, default "val_kl"
-        Key of ``eval_fn``'s dict used to pick the best epoch.
-    select_mode : {"min", "max"}, default "min"
-        Whether the lowest or the highest ``select_metric`` is best.
-    select_best : bool, default True
-        Return (and keep) the best epoch's weights instead of the last epoch's.
-    status_every_s : float, default 5.0
-        Seconds between status-file updates.
-    progress : bool, default True
-        Show a tqdm progress bar on stderr.
-    cuda_expandable_segments : bool, default True
-        Set ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` before CUDA starts.
-    """
-
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_frac: float = 0.05
-    min_lr_frac: float = 0.01
-    grad_clip: float = 1.0
-    precision: Precision = "fp32"
-    tf32: bool = True
-    channels_last: bool = False
-    compile: bool = False
-    compile_backend: str = "inductor"
-    compile_mode: str | None = None
-    grad_checkpointing: bool = False
-    ema_decay: float = 0.0
-    num_workers: int = 0
-    pin_memory: bool = True
-    checkpoint_every_steps: int = 0
-    seed: int = 0
-    device: Device = "auto"
-    drop_last: bool = True
-    select_metric: str = "val_kl"
-    select_mode: Literal["min", "max"] = "min"
-    select_best: bool = True
-    status_every_s: float = 5.0
-    progress: bool = True
-    cuda_expandable_segments: bool = True
-
-    def validate(self, path: str = "training") -> None:
-        """Raise ConfigError naming ``<path>.<key>`` for an option or range out of bounds."""
-        hints = typing.get_type_hints(type(self))
-        for key in ("precision", "scheduler", "optimizer", "device", "select_mode"):
-            check_option(f"{path}.{key}", getattr(self, key), typing.get_args(hints[key]))
-        for key in ("epochs", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"{path}.ema_decay: must be in [0, 1), got {self.ema_decay!r}")
-        if not 0.0 <= self.warmup_frac < 1.0:
-            raise ConfigError(f"{path}.warmup_frac: must be in [0, 1), got {self.warmup_frac!r}")
-
-    def result_dict(self) -> dict[str, Any]:
-        """The settings that determine the result (what goes into the run key)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NON_RESULT_KEYS}
-
 
 @dataclasses.dataclass
 class FitResult:
@@ -246,83 +125,6 @@ class TrainingInterrupted(SystemExit):
         super().__init__(128 + signum)
         self.signum = signum
         self.checkpoint_path = checkpoint_path
-
-
-def select_device(name: str = "auto", *, expandable_segments: bool = True) -> torch.device:
-    """Pick the device; sets the CUDA allocator config before CUDA is initialised."""
-    if expandable_segments and not torch.cuda.is_initialized():
-        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("training.device: 'cuda' requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def autocast_context(precision: str, device: torch.device):
-    """The autocast context for ``precision`` on ``device`` (a no-op for fp32)."""
-    if precision == "fp32":
-        return torch.autocast(device.type, enabled=False)
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("training.precision: 'fp16' needs CUDA (GradScaler); use 'bf16' on CPU")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def lr_at(step: int, total_steps: int, cfg: EngineConfig) -> float:
-    """Learning rate at optimiser step ``step`` (0-based) of ``total_steps``."""
-    warmup = int(cfg.warmup_frac * total_steps)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    if cfg.scheduler == "constant":
-        return cfg.lr
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    progress = min(max(progress, 0.0), 1.0)
-    floor = cfg.lr * cfg.min_lr_frac
-    if cfg.scheduler == "linear":
-        return floor + (cfg.lr - floor) * (1.0 - progress)
-    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def move_to_device(batch: Any, device: torch.device, *, channels_last: bool = False) -> Any:
-    """Move a (nested) batch of tensors to ``device``; 4-D float tensors optionally channels-last."""
-    if isinstance(batch, torch.Tensor):
-        out = batch.to(device, non_blocking=True)
-        if channels_last and out.ndim == 4 and out.is_floating_point():
-            out = out.contiguous(memory_format=torch.channels_last)
-        return out
-    if isinstance(batch, Mapping):
-        return {k: move_to_device(v, device, channels_last=channels_last) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to_device(v, device, channels_last=channels_last) for v in batch)
-    return batch
-
-
-class ModelEma:
-    """Exponential moving average of a model's floating-point parameters and buffers."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if ema_v.is_floating_point():
-                ema_v.mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
-            else:
-                ema_v.copy_(v)
-
-
-def _build_optimizer(model: nn.Module, cfg: EngineConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
 def _epoch_batches(indices: np.ndarray, order_state: torch.Tensor, cfg: EngineConfig
@@ -458,7 +260,7 @@ def _prepare(model: nn.Module, *, cfg: EngineConfig, device: torch.device,
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = _build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg)
     return TrainingSetup(
         cfg=cfg, device=device, comm=comm, model=model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),

@@ -40,7 +40,9 @@ from hms_core.train import distributed
 from hms_core.train.checkpoint import make_run_key
 from hms_core.data.folds import inner_validation_mask
 from hms_core.train.data import InMemorySource, WindowDataset, vote_targets
-from hms_core.train.engine import EngineConfig, autocast_context, fit, move_to_device, select_device
+from hms_core.train.device import autocast_context, move_to_device, select_device
+from hms_core.train.engine import fit
+from hms_core.train.engine_config import EngineConfig
 from hms_core.train.losses import kl_loss, vote_weights
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class TrainingConfig:
     Parameters
     ----------
     engine : EngineConfig
-        Every key of :class:`~hms_core.train.engine.EngineConfig` (``epochs`` = stage-1 epochs).
+        Every key of :class:`~hms_core.train.engine_config.EngineConfig` (``epochs`` = stage-1 epochs).
     two_stage : TwoStageConfig
     augment : AugmentConfig
     vote_weighting : bool, default False

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from hms_core.train import checkpoint as ckpt
+from hms_core.train.engine_config import EngineConfig
 
-if TYPE_CHECKING:
-    from hms_core.train.engine import EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +118,7 @@ class RunState:
 
     def to_checkpoint(self, *, run_key: str, model: nn.Module, optimizer: torch.optim.Optimizer,
                       scaler: torch.amp.GradScaler, ema_model: nn.Module | None,
-                      cfg: "EngineConfig", total_steps: int,
+                      cfg: EngineConfig, total_steps: int,
                       rng_per_rank: Sequence[Mapping[str, Any]],
                       seconds_in_epoch: float = 0.0) -> dict[str, Any]:
         """The ``last.pt`` mapping for :func:`hms_core.train.checkpoint.save_checkpoint`.

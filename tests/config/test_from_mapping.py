@@ -11,7 +11,7 @@ from hms_core.errors import ConfigError
 from hms_core.foundation.pretrain import ENGINE_DEFAULTS, PretrainConfig
 from hms_core.foundation.transfer import TransferConfig
 from hms_core.preprocess import PreprocessConfig
-from hms_core.train.engine import EngineConfig
+from hms_core.train.engine_config import EngineConfig
 from hms_core.train.fold import TrainingConfig
 
 

@@ -22,7 +22,8 @@ from hms_core import contract
 from hms_core.metrics import kaggle_kl
 from hms_core.train import distributed
 from hms_core.train.data import InMemorySource, WindowDataset
-from hms_core.train.engine import EngineConfig, fit
+from hms_core.train.engine import fit
+from hms_core.train.engine_config import EngineConfig
 from hms_core.train.losses import kl_loss
 
 N_TRAIN, N_VAL, N_IN = 64, 21, 12

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from hms_core.train.data import ArrayDataset
-from hms_core.train.engine import EngineConfig, fit
+from hms_core.train.engine import fit
+from hms_core.train.engine_config import EngineConfig
 from hms_core.train.losses import kl_loss
 
 

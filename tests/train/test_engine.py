@@ -11,7 +11,9 @@ from torch import nn
 from hms_core.config import from_mapping
 from hms_core.errors import ConfigError
 from hms_core.train.data import ArrayDataset
-from hms_core.train.engine import EngineConfig, fit, select_device
+from hms_core.train.device import select_device
+from hms_core.train.engine import fit
+from hms_core.train.engine_config import EngineConfig
 from hms_core.train.losses import kl_loss
 
 torch.set_num_threads(1)

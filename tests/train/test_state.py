@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from hms_core.train import checkpoint as ckpt
-from hms_core.train.engine import EngineConfig
+from hms_core.train.engine_config import EngineConfig
 from hms_core.train.state import EpochTotals, RunState, restore_rank_rng
 
 torch.set_num_threads(1)

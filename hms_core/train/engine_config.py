@@ -1,0 +1,134 @@
+"""Settings of the one training loop: :class:`EngineConfig`.
+
+The config sections ``training``, ``pretrain`` and ``transfer`` each hold one (their keys sit
+flat in the section; see :data:`hms_core.config.FLATTEN`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, Literal
+
+from hms_core.config import check_option
+from hms_core.errors import ConfigError
+
+Precision = Literal["fp32", "bf16", "fp16"]
+Device = Literal["auto", "cpu", "cuda"]
+# Settings that change how fast a run goes but not what it computes; left out of the run key.
+_NON_RESULT_KEYS = frozenset({"num_workers", "pin_memory", "checkpoint_every_steps",
+                              "status_every_s", "progress", "device", "cuda_expandable_segments"})
+
+
+@dataclasses.dataclass
+class EngineConfig:
+    """Settings of the training loop (config section ``training``, engine keys).
+
+    Parameters
+    ----------
+    epochs : int, default 10
+        Number of passes over the (per-epoch) training indices.
+    batch_size : int, default 32
+        Windows per optimiser step (the global batch with several processes).
+    lr : float, default 1e-3
+        Peak learning rate.
+    weight_decay : float, default 1e-2
+        Decoupled (AdamW) or L2 (adam, sgd) weight decay.
+    optimizer : {"adamw", "adam", "sgd"}, default "adamw"
+        The optimiser (sgd with momentum 0.9).
+    scheduler : {"cosine", "linear", "constant"}, default "cosine"
+        Decay after warm-up, over all steps of the run, down to ``min_lr_frac * lr``.
+    warmup_frac : float, default 0.05
+        Fraction of all steps with linear warm-up from 0.
+    min_lr_frac : float, default 0.01
+        Final learning rate as a fraction of ``lr``.
+    grad_clip : float, default 1.0
+        Max global gradient norm; 0 disables clipping.
+    precision : {"fp32", "bf16", "fp16"}, default "fp32"
+        bf16 autocast (CPU or CUDA) or fp16 autocast with a GradScaler (CUDA only).
+    tf32 : bool, default True
+        Allow TF32 matmul/cuDNN on CUDA (no effect on CPU).
+    channels_last : bool, default False
+        Put the model (and 4-D inputs) in channels-last memory format.
+    compile : bool, default False
+        ``torch.compile`` the model for training.
+    compile_backend : str, default "inductor"
+        ``torch.compile`` backend ("aot_eager" skips code generation, for quick checks).
+    compile_mode : str or None, default None
+        ``torch.compile`` mode, e.g. "max-autotune".
+    grad_checkpointing : bool, default False
+        Call ``model.set_grad_checkpointing(True)`` (activation recomputation).
+    ema_decay : float, default 0.0
+        Exponential moving average of the weights per step; 0 disables. The EMA weights
+        are the ones evaluated and returned.
+    num_workers : int, default 0
+        DataLoader worker processes (reading only; see module notes).
+    pin_memory : bool, default True
+        Pinned host memory for batches (used only on CUDA).
+    checkpoint_every_steps : int, default 0
+        Extra checkpoint every N optimiser steps; 0 = only at epoch ends.
+    seed : int, default 0
+        Seeds torch/NumPy/Python at the start of a fresh run and the data order.
+    device : {"auto", "cpu", "cuda"}, default "auto"
+        "auto": CUDA when available, else the CPU.
+    drop_last : bool, default True
+        Drop the last incomplete batch of an epoch (kept if it would be the only one).
+    select_metric : str, default "val_kl"
+        Key of ``eval_fn``'s dict used to pick the best epoch.
+    select_mode : {"min", "max"}, default "min"
+        Whether the lowest or the highest ``select_metric`` is best.
+    select_best : bool, default True
+        Return (and keep) the best epoch's weights instead of the last epoch's.
+    status_every_s : float, default 5.0
+        Seconds between status-file updates.
+    progress : bool, default True
+        Show a tqdm progress bar on stderr.
+    cuda_expandable_segments : bool, default True
+        Set ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`` before CUDA starts.
+    """
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_frac: float = 0.05
+    min_lr_frac: float = 0.01
+    grad_clip: float = 1.0
+    precision: Precision = "fp32"
+    tf32: bool = True
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
+    grad_checkpointing: bool = False
+    ema_decay: float = 0.0
+    num_workers: int = 0
+    pin_memory: bool = True
+    checkpoint_every_steps: int = 0
+    seed: int = 0
+    device: Device = "auto"
+    drop_last: bool = True
+    select_metric: str = "val_kl"
+    select_mode: Literal["min", "max"] = "min"
+    select_best: bool = True
+    status_every_s: float = 5.0
+    progress: bool = True
+    cuda_expandable_segments: bool = True
+
+    def validate(self, path: str = "training") -> None:
+        """Raise ConfigError naming ``<path>.<key>`` for an option or range out of bounds."""
+        hints = typing.get_type_hints(type(self))
+        for key in ("precision", "scheduler", "optimizer", "device", "select_mode"):
+            check_option(f"{path}.{key}", getattr(self, key), typing.get_args(hints[key]))
+        for key in ("epochs", "batch_size"):
+            if int(getattr(self, key)) < 1:
+                raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{path}.ema_decay: must be in [0, 1), got {self.ema_decay!r}")
+        if not 0.0 <= self.warmup_frac < 1.0:
+            raise ConfigError(f"{path}.warmup_frac: must be in [0, 1), got {self.warmup_frac!r}")
+
+    def result_dict(self) -> dict[str, Any]:
+        """The settings that determine the result (what goes into the run key)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NON_RESULT_KEYS}
