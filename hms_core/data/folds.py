@@ -11,6 +11,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from hms_core import atomic, contract
 from hms_core.config import from_mapping
+from hms_core.data.io import read_train_csv
 from hms_core.errors import ConfigError
 
 
@@ -81,8 +82,6 @@ def write_folds(train_csv: str | os.PathLike, folds_out: str | os.PathLike,
     cfg : FoldsConfig or mapping, optional
         The ``folds`` config section.
     """
-    from hms_core.data.io import read_train_csv
-
     cfg = cfg if isinstance(cfg, FoldsConfig) else from_mapping(FoldsConfig, cfg, "folds")
     folds = make_folds(read_train_csv(train_csv), cfg.n_folds, cfg.seed)
     with atomic.atomic_path(folds_out) as tmp:
