@@ -2,7 +2,8 @@
 #      -> per-model, per-fold weights + out-of-fold predictions -> ensemble -> ONNX -> results
 from snakemake.utils import min_version, validate
 
-from hms_core.config import check_config, coerce_config
+from hms_core.config import coerce_config
+from hms_core.config.sections import check_config
 
 min_version("9.0")
 

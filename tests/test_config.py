@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hms_core.config import check_config, load_config
+from hms_core.config.sections import check_config, load_config
 from hms_core.config import schema as config_schema
 from hms_core.errors import ConfigError
 

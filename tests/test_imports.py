@@ -16,9 +16,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "hms_core"
 # Highest layer first (numbered len(LAYERS) - 1 down to 0); a module belongs to the layer of
 # its longest matching prefix.
 LAYERS = (
-    # entry points and operator verbs; config.schema is a generator (a tool) that imports
-    # every section's config class to write config/schema.yaml
-    ("hms_core.cli", "hms_core.inference", "hms_core.ops", "hms_core.config.schema"),
+    # entry points and operator verbs; config.schema (the schema generator) and
+    # config.sections (the parse-time check) import every section's config class
+    ("hms_core.cli", "hms_core.inference", "hms_core.ops", "hms_core.config.schema",
+     "hms_core.config.sections"),
     # the stages after training: ensemble, ONNX export, results file and report figures
     ("hms_core.ensemble", "hms_core.export", "hms_core.report", "hms_core.results"),
     # training: the engine and train_fold, foundation pretraining and transfer, tuning

@@ -5,8 +5,8 @@ one source of keys, types and allowed values (``Literal[...]``), its numpydoc ``
 section of the descriptions. :func:`from_mapping` builds a section from a (YAML) mapping and
 reports errors with the full key path; :mod:`hms_core.config.schema` turns the same
 dataclasses into ``config/schema.yaml``. The Snakefile calls :func:`coerce_config`,
-``validate`` and :func:`check_config` at parse time, so every config error shows in
-``snakemake -n`` before a job starts.
+``validate`` and :func:`hms_core.config.sections.check_config` at parse time, so every
+config error shows in ``snakemake -n`` before a job starts.
 
 Field metadata understood by :func:`from_mapping` and the schema:
 
@@ -20,48 +20,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib
 import json
 import logging
-import os
 import re
 import types
 import typing
-from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
 import yaml
 
 from hms_core.errors import ConfigError
-from hms_core.paths import CONFIG_DIR, SCHEMA_PATH
+from hms_core.paths import SCHEMA_PATH
 
 logger = logging.getLogger(__name__)
 
 FLATTEN = {"flatten": True}
 NULL_WORDS = ("null", "~", "None")
-
-# Top-level config section -> "module:Class". Named by string because config sits at the
-# bottom of the import graph; the classes are imported only when a section is built.
-SECTIONS = {
-    "data": "hms_core.data.source:DataConfig",
-    "compute": "hms_core.workflow:ComputeConfig",
-    "preprocessing": "hms_core.preprocess:PreprocessConfig",
-    "folds": "hms_core.data.folds:FoldsConfig",
-    "training": "hms_core.train.fold:TrainingConfig",
-    "pretrain": "hms_core.foundation.pretrain:PretrainConfig",
-    "transfer": "hms_core.foundation.transfer:TransferConfig",
-    "ensemble": "hms_core.ensemble.config:EnsembleConfig",
-    "export": "hms_core.export.config:ExportConfig",
-    "ops": "hms_core.ops.config:OpsConfig",
-}
-MODELS_MODULE = "hms_core.train.fold"  # resolve_model_config: one model's merged training section
-
-
-def section_class(section: str) -> type:
-    """The dataclass of top-level config section ``section`` (see ``SECTIONS``)."""
-    module, name = SECTIONS[section].split(":")
-    return getattr(importlib.import_module(module), name)
-
 
 def _show(value: Any) -> str:
     return "null" if value is None else repr(value)
@@ -381,44 +355,6 @@ def _coerce_untyped(value: Any) -> Any:
             return value
         return value if isinstance(parsed, str) else _coerce_untyped(parsed)
     return value
-
-
-def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Build every typed section of the workflow config once; raise ConfigError on the first bad key.
-
-    Builds each section of ``SECTIONS`` and, for each enabled model, its training section
-    merged with the model's overrides and its ``foundation_mode``. Called by the Snakefile
-    after ``validate`` so that errors the schema cannot express (ranges, cross-key rules)
-    also stop ``snakemake -n`` before any job starts.
-
-    Returns
-    -------
-    dict
-        ``section -> config dataclass``, plus ``"models" -> {name: TrainingConfig}``.
-    """
-    built = {section: from_mapping(section_class(section), config.get(section), section)
-             for section in SECTIONS}
-    resolve = importlib.import_module(MODELS_MODULE).resolve_model_config
-    built["models"] = {}
-    for name, entry in (config.get("models") or {}).items():
-        if (entry or {}).get("enabled", True):
-            built["models"][name] = resolve(config, name)[0]
-    return built
-
-
-def load_config(*extra: str | os.PathLike, overrides: Mapping | None = None) -> dict:
-    """``config/config.yaml``, then each extra file, then ``overrides``; coerced, validated and
-    checked as the Snakefile does, defaults filled."""
-    config = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()) or {}
-    for path in extra:
-        deep_update(config, yaml.safe_load(Path(path).read_text()) or {})
-    if overrides:
-        deep_update(config, overrides)
-    schema = load_schema()
-    coerce_config(config, schema)
-    validate_config(config, schema)
-    check_config(config)
-    return config
 
 
 def validate_config(config: dict, schema: Mapping | None = None) -> dict:

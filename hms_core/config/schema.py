@@ -1,6 +1,6 @@
 """Generate ``config/schema.yaml`` from the config dataclasses, so the two never drift.
 
-The dataclasses of :data:`hms_core.config.SECTIONS` are the one source of every key, type,
+The dataclasses of :data:`hms_core.config.sections.SECTIONS` are the one source of every key, type,
 default, allowed value (``Literal``) and description (numpydoc ``Parameters``); this
 module turns them into the JSON schema that the Snakefile validates against.
 ``python -m hms_core.config.schema`` rewrites the file; a test fails when the committed
@@ -17,7 +17,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from hms_core.config import SECTIONS, section_class
+from hms_core.config.sections import SECTIONS
 from hms_core.paths import SCHEMA_PATH
 
 logger = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def models_schema() -> dict:
 
 def build_schema() -> dict:
     """The whole workflow config schema: every section of ``SECTIONS`` plus ``models``."""
-    properties = {section: dataclass_schema(section_class(section)) for section in SECTIONS}
+    properties = {section: dataclass_schema(cls) for section, cls in SECTIONS.items()}
     properties["models"] = models_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -1,0 +1,80 @@
+"""The workflow config's top-level sections, and the parse-time check that builds them all.
+
+This module sits above the layers it names (it imports each section's dataclass from the
+module that uses it), so the rest of :mod:`hms_core.config` stays at the bottom of the import
+graph. The Snakefile calls :func:`check_config` after ``validate``; :func:`load_config` does
+the same outside Snakemake (tests, ``hms`` verbs).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from hms_core.config import (coerce_config, deep_update, from_mapping, load_schema,
+                             validate_config)
+from hms_core.data.folds import FoldsConfig
+from hms_core.data.source import DataConfig
+from hms_core.ensemble.config import EnsembleConfig
+from hms_core.export.config import ExportConfig
+from hms_core.foundation.pretrain import PretrainConfig
+from hms_core.foundation.transfer import TransferConfig
+from hms_core.ops.config import OpsConfig
+from hms_core.paths import CONFIG_DIR
+from hms_core.preprocess import PreprocessConfig
+from hms_core.train.fold import TrainingConfig, resolve_model_config
+from hms_core.workflow import ComputeConfig
+
+# Top-level config section -> its dataclass (the ``models`` section is per model, below).
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "compute": ComputeConfig,
+    "preprocessing": PreprocessConfig,
+    "folds": FoldsConfig,
+    "training": TrainingConfig,
+    "pretrain": PretrainConfig,
+    "transfer": TransferConfig,
+    "ensemble": EnsembleConfig,
+    "export": ExportConfig,
+    "ops": OpsConfig,
+}
+
+
+def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Build every typed section of the workflow config once; raise ConfigError on the first bad key.
+
+    Builds each section of ``SECTIONS`` and, for each enabled model, its training section
+    merged with the model's overrides and its ``foundation_mode``. Called by the Snakefile
+    after ``validate`` so that errors the schema cannot express (ranges, cross-key rules)
+    also stop ``snakemake -n`` before any job starts.
+
+    Returns
+    -------
+    dict
+        ``section -> config dataclass``, plus ``"models" -> {name: TrainingConfig}``.
+    """
+    built = {section: from_mapping(cls, config.get(section), section)
+             for section, cls in SECTIONS.items()}
+    resolve = resolve_model_config
+    built["models"] = {}
+    for name, entry in (config.get("models") or {}).items():
+        if (entry or {}).get("enabled", True):
+            built["models"][name] = resolve(config, name)[0]
+    return built
+
+
+def load_config(*extra: str | os.PathLike, overrides: Mapping | None = None) -> dict:
+    """``config/config.yaml``, then each extra file, then ``overrides``; coerced, validated and
+    checked as the Snakefile does, defaults filled."""
+    config = yaml.safe_load((CONFIG_DIR / "config.yaml").read_text()) or {}
+    for path in extra:
+        deep_update(config, yaml.safe_load(Path(path).read_text()) or {})
+    if overrides:
+        deep_update(config, overrides)
+    schema = load_schema()
+    coerce_config(config, schema)
+    validate_config(config, schema)
+    check_config(config)
+    return config
