@@ -105,6 +105,27 @@ def vote_targets(index: pd.DataFrame) -> np.ndarray:
     return contract.votes_to_targets(votes).astype(np.float32)
 
 
+def train_prior(index: pd.DataFrame) -> np.ndarray:
+    """The train prior: the mean vote distribution of the rows of ``index``, shape ``(6,)``.
+
+    The constant prediction a model must beat. :func:`hms_core.train.fold.train_fold` scores
+    it on the held-out fold (``prior_kl_all``, from the fold's training windows) and
+    :mod:`hms_core.results` per out-of-fold row (from the rows of the other folds); both call
+    this function, so the two agree.
+
+    Parameters
+    ----------
+    index : pandas.DataFrame
+        Rows with the six vote columns (a window index or an out-of-fold frame).
+
+    Returns
+    -------
+    np.ndarray
+        ``(6,)`` float64 class probabilities summing to 1.
+    """
+    return vote_targets(index).mean(axis=0, dtype=np.float64)
+
+
 class WindowDataset:
     """Labelled windows of a source as batches ``{field: (B, ...), "target": (B, 6), "n_votes": (B,)}``.
 

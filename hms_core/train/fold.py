@@ -39,7 +39,7 @@ from hms_core.train import augment as aug
 from hms_core.train import distributed
 from hms_core.train.checkpoint import make_run_key
 from hms_core.data.folds import inner_validation_mask
-from hms_core.train.data import InMemorySource, WindowDataset, vote_targets
+from hms_core.train.data import InMemorySource, WindowDataset, train_prior
 from hms_core.train.device import autocast_context, move_to_device, select_device
 from hms_core.train.engine import fit
 from hms_core.train.engine_config import EngineConfig
@@ -380,7 +380,7 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
     metrics: dict[str, Any] = score_predictions(val_votes, np.exp(logp))
     tta = 0.5 * (np.exp(logp) + np.exp(logp_swap))
     metrics["kl_all_tta"] = score_predictions(val_votes, tta)["kl_all"]
-    prior = vote_targets(index.iloc[prior_rows]).mean(axis=0, dtype=np.float64)
+    prior = train_prior(index.iloc[prior_rows])
     metrics["prior_kl_all"] = kaggle_kl(contract.votes_to_targets(val_votes),
                                         np.broadcast_to(prior, val_votes.shape))
     metrics["best_epoch"] = result.best_epoch
