@@ -25,6 +25,7 @@ EEG_CHANNELS = (
     "Fp2", "F4", "C4", "P4", "F8", "T4", "T6", "O2",
 )
 EKG_CHANNEL = "EKG"
+N_EEG_CHANNELS = len(EEG_CHANNELS)  # 19 referential channels (store field ``referential``)
 RAW_CHANNELS = EEG_CHANNELS + (EKG_CHANNEL,)  # the 20 parquet columns, in file order
 N_RAW_CHANNELS = len(RAW_CHANNELS)
 CHANNEL_INDEX = {name: i for i, name in enumerate(RAW_CHANNELS)}
@@ -60,6 +61,11 @@ def _mirror(name: str) -> str:
 CHAIN_HEMISPHERE_SWAP = tuple(
     BIPOLAR_PAIRS.index((_mirror(a), _mirror(b))) for a, b in BIPOLAR_PAIRS
 )
+
+# Referential-channel permutation that swaps the hemispheres: Fp1 <-> Fp2, F3 <-> F4, ...,
+# O1 <-> O2; the midline (Fz, Cz, Pz) stays. Row i of the swapped window is channel
+# REFERENTIAL_HEMISPHERE_SWAP[i] of the original.
+REFERENTIAL_HEMISPHERE_SWAP = tuple(EEG_CHANNELS.index(_mirror(name)) for name in EEG_CHANNELS)
 
 CLASSES = ("Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other")
 N_CLASSES = len(CLASSES)

@@ -2,7 +2,7 @@
 
 Per recording: read the parquet once, clean the whole recording (NaN gaps, DC, ICA; see
 :mod:`hms_core.signal.ica`), cut all its labelled windows, run :class:`WindowFrontend` on
-them in batched torch calls, cut the Kaggle spectrogram windows, and append everything
+them in batched torch calls (chains, referential channels, spectrograms), cut the Kaggle spectrogram windows, and append everything
 to the batch store. The store is written under a temporary name and renamed when the
 batch is complete, so an interrupted batch leaves nothing behind and is redone whole.
 """
@@ -25,7 +25,8 @@ from hms_core.data.validate import OnBad
 from hms_core.errors import ConfigError, DataError
 from hms_core.status import update_status
 from hms_core.signal.filters import FilterConfig
-from hms_core.signal.frontend import FrontendConfig, WindowFrontend, kaggle_spec_image, window_shapes
+from hms_core.signal.frontend import (FRONTEND_FIELDS, FrontendConfig, WindowFrontend, kaggle_spec_image,
+                                     window_shapes)
 from hms_core.signal.ica import IcaConfig, clean_recording
 from hms_core.signal.nan import NanConfig
 from hms_core.signal.spectrogram import SpectrogramConfig
@@ -44,7 +45,7 @@ class PreprocessConfig:
     nan : NanConfig
         NaN gap handling (``max_interp_s``).
     clip_uv : float
-        Chains are clipped to +-clip_uv uV; default 1024.
+        Chains and referential channels are clipped to +-clip_uv uV; default 1024.
     filter : FilterConfig
         Window band-pass / notch.
     ica : IcaConfig
@@ -240,19 +241,19 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     slices = [eeg_window_slice(o) for o in offsets]
     windows = np.stack([cleaned[s].T for s in slices])  # (k, 20, 10000)
     nan_fraction = [float(np.isnan(raw[s, :n_eeg]).mean()) for s in slices]
-    chains, eeg_spec, eeg_mel = [], [], []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in FRONTEND_FIELDS}
     with torch.no_grad():
         for start in range(0, len(windows), cfg.frontend_batch):
-            out = frontend(torch.from_numpy(windows[start:start + cfg.frontend_batch]))
-            for acc, part in zip((chains, eeg_spec, eeg_mel), out):
-                acc.append(part.numpy())
+            out = frontend.fields(torch.from_numpy(windows[start:start + cfg.frontend_batch]))
+            for name in FRONTEND_FIELDS:
+                parts[name].append(out[name].numpy())
     kaggle = kaggle_windows(data_dir, rows, eeg_id)
     index = rows[list(INDEX_COLUMNS) + list(VOTE_COLUMNS)].reset_index(drop=True)
     index["nan_fraction"] = nan_fraction
     index["ica_removed"] = json.dumps(info["ica"]["removed"])
     index["ica_status"] = info["ica"].get("status", "")
-    fields = {"chains": np.concatenate(chains), "eeg_spec": np.concatenate(eeg_spec),
-              "eeg_mel": np.concatenate(eeg_mel), "kaggle_spec": kaggle}
+    fields = {name: np.concatenate(part) for name, part in parts.items()}
+    fields["kaggle_spec"] = kaggle
     return fields, index
 
 

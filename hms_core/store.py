@@ -3,7 +3,10 @@
 Layout of one store directory (``data/processed/batch_0000.zarr``)::
 
     zarr.json               group attributes: version, config, shapes, n_windows
-    chains/                 (n, 18, 10000)  float16 (or float32), uV
+    chains/                 (n, 18, 10000)  float16 (or float32), uV, BIPOLAR_PAIRS order
+    referential/            (n, 19, 10000)  float16 (or float32), uV, EEG_CHANNELS order
+                            (same cleaning, filter and clip as the chains; the average
+                            reference is ``x - x.mean(channel axis)``, formed by the models)
     eeg_spec/               (n, 4, F, T)    log power
     eeg_mel/                (n, 4, M, T)    log power
     kaggle_spec/            (n, 4, 100, 300) log power
@@ -29,8 +32,10 @@ from hms_core.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-STORE_VERSION = 1
-WINDOW_FIELDS = ("chains", "eeg_spec", "eeg_mel", "kaggle_spec")
+# 2: the ``referential`` field. Version-1 stores are still read (every field but that one).
+STORE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+WINDOW_FIELDS = ("chains", "referential", "eeg_spec", "eeg_mel", "kaggle_spec")
 INDEX_FILE = "index.parquet"
 INDEX_COLUMNS = ("label_id", "eeg_id", "patient_id", "eeg_label_offset_seconds", "spectrogram_id",
                  "spectrogram_label_offset_seconds")
@@ -173,8 +178,9 @@ class WindowStore:
             if attrs.get("shapes") != self.shapes:
                 raise DataError(path, f"window shapes {attrs.get('shapes')} differ from {self.shapes} of "
                                       f"{self.paths[0]}; preprocess all batches with one config")
-            if attrs.get("hms_store_version") != STORE_VERSION:
-                raise DataError(path, f"store version {attrs.get('hms_store_version')!r}, expected {STORE_VERSION}")
+            if attrs.get("hms_store_version") not in READABLE_VERSIONS:
+                raise DataError(path, f"store version {attrs.get('hms_store_version')!r}, expected one of "
+                                      f"{list(READABLE_VERSIONS)}")
             index_path = path / INDEX_FILE
             if not index_path.is_file():
                 raise DataError(path, f"incomplete store: {INDEX_FILE} missing")
@@ -218,6 +224,10 @@ class WindowStore:
         unknown = [f for f in fields if f not in WINDOW_FIELDS]
         if unknown:
             raise KeyError(f"unknown store fields {unknown}; allowed: {list(WINDOW_FIELDS)}")
+        absent = [f for f in fields if f not in self.shapes]
+        if absent and len(self.paths):
+            raise DataError(self.paths[0], f"store has no field(s) {absent} (written by an older version "
+                                           f"of preprocessing); re-run preprocessing to add them")
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"rows must lie in [0, {len(self)}), got {rows.min()}..{rows.max()}")
         out = {}

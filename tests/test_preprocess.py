@@ -78,8 +78,19 @@ def test_store_holds_every_window_and_equals_the_frontend(tiny_dataset, train_df
     window = cleaned[eeg_window_slice(row["eeg_label_offset_seconds"])].T[None]
     with torch.no_grad():
         chains, spec, mel = WindowFrontend(cfg.frontend)(torch.from_numpy(np.ascontiguousarray(window)))
-    got = store.read(np.array([row.name]), ["chains", "eeg_spec", "eeg_mel", "kaggle_spec"])
-    for name, want in (("chains", chains), ("eeg_spec", spec), ("eeg_mel", mel)):
+    got = store.read(np.array([row.name]), ["chains", "referential", "eeg_spec", "eeg_mel", "kaggle_spec"])
+    # the referential field: the same cleaned window (ICA included), DC-removed, filtered,
+    # clipped, in EEG_CHANNELS order, without the EKG channel
+    from scipy.ndimage import convolve1d
+
+    from hms_core.signal.filters import design_kernel
+
+    eeg = window[0, :19].astype(np.float64)
+    referential = np.clip(convolve1d(eeg - eeg.mean(axis=-1, keepdims=True), design_kernel(cfg.filter),
+                                     axis=-1, mode="mirror"), -cfg.clip_uv, cfg.clip_uv)[None]
+    assert got["referential"].shape == (1, 19, 10000)
+    for name, want in (("chains", chains), ("referential", torch.from_numpy(referential)),
+                       ("eeg_spec", spec), ("eeg_mel", mel)):
         want = want.numpy()
         assert np.abs(got[name] - want).max() <= 1e-3 * np.abs(want).max() + 1e-2  # float16 storage
     time_s, power = read_spectrogram(spectrogram_path(tiny_dataset, row["spectrogram_id"]))

@@ -7,7 +7,8 @@ import pytest
 from hms_core.errors import DataError
 from hms_core.store import StoreWriter, WindowStore
 
-SHAPES = {"chains": (18, 50), "eeg_spec": (4, 5, 6), "eeg_mel": (4, 3, 6), "kaggle_spec": (4, 10, 30)}
+SHAPES = {"chains": (18, 50), "referential": (19, 50), "eeg_spec": (4, 5, 6), "eeg_mel": (4, 3, 6),
+          "kaggle_spec": (4, 10, 30)}
 
 
 def write_store(path, n_recordings, seed, *, shard=4):
@@ -36,9 +37,9 @@ def test_random_access_across_two_batches(tmp_path):
     assert list(store.index["label_id"]) == list(labels_a) + list(labels_b)
     assert set(store.index["store"]) == {0, 1}
     rows = np.array([len(store) - 1, 0, len(labels_a), 3, 3, len(labels_a) - 1])
-    out = store.read(rows, ["chains", "kaggle_spec"])
+    out = store.read(rows, ["chains", "referential", "kaggle_spec"])
     both = {name: np.concatenate([a[name], b[name]]).astype(np.float16).astype(np.float32) for name in SHAPES}
-    for name in ("chains", "kaggle_spec"):
+    for name in ("chains", "referential", "kaggle_spec"):
         assert out[name].dtype == np.float32
         assert np.array_equal(out[name], both[name][rows])
     # the index names each window: the label at a row is the label written with its data
@@ -66,3 +67,22 @@ def test_empty_store_and_bad_requests(tmp_path):
         store.read(np.array([len(store)]), ["chains"])
     with pytest.raises(DataError, match="not a window store"):
         WindowStore([tmp_path / "missing.zarr"])
+
+
+def test_version_1_store_reads_its_fields_and_names_the_missing_one(tmp_path):
+    import json
+
+    a, _ = write_store(tmp_path / "old.zarr", 2, seed=5)
+    # what preprocessing wrote before the referential field: version 1, no such array
+    import shutil
+
+    shutil.rmtree(tmp_path / "old.zarr" / "referential")
+    meta = json.loads((tmp_path / "old.zarr" / "zarr.json").read_text())
+    meta["attributes"]["hms_store_version"] = 1
+    del meta["attributes"]["shapes"]["referential"]
+    (tmp_path / "old.zarr" / "zarr.json").write_text(json.dumps(meta))
+    store = WindowStore([tmp_path / "old.zarr"])
+    assert np.array_equal(store.read(np.array([0]), ["chains"])["chains"],
+                          a["chains"][[0]].astype(np.float16).astype(np.float32))
+    with pytest.raises(DataError, match="no field.*referential.*re-run preprocessing"):
+        store.read(np.array([0]), ["referential"])

@@ -7,13 +7,13 @@ Every op is exportable with ``torch.onnx.export(..., opset_version=17, dynamo=Fa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from hms_core.contract import (CENTER_SAMPLES, CENTER_START_SAMPLE, SPEC_N_FREQS, SPEC_REGIONS,
-                               SPEC_WINDOW_ROWS)
+from hms_core.contract import (CENTER_SAMPLES, CENTER_START_SAMPLE, N_EEG_CHANNELS, SPEC_N_FREQS,
+                               SPEC_REGIONS, SPEC_WINDOW_ROWS)
 from hms_core.errors import ConfigError
 from hms_core.signal.filters import FilterConfig, ZeroPhaseFIR, design_kernel
 from hms_core.signal.montage import BipolarMontage
@@ -21,6 +21,8 @@ from hms_core.signal.spectrogram import RegionSpectrogram, SpectrogramConfig
 
 KAGGLE_LOG_MIN = float(np.exp(-4))  # clip range of the public HMS notebooks
 KAGGLE_LOG_MAX = float(np.exp(8))
+# Store fields computed from the raw window (the fourth, kaggle_spec, comes from the Kaggle spectrogram).
+FRONTEND_FIELDS = ("chains", "referential", "eeg_spec", "eeg_mel")
 
 
 @dataclass
@@ -30,7 +32,8 @@ class FrontendConfig:
     Parameters
     ----------
     clip_uv : float
-        Chains are clipped to +-clip_uv microvolts after filtering; default 1024.
+        Chains and referential channels are clipped to +-clip_uv microvolts after
+        filtering; default 1024.
     filter : FilterConfig
         Band-pass and notch (default 0.5-20 Hz, 60 Hz notch, 801 taps).
     spectrogram : SpectrogramConfig
@@ -54,9 +57,15 @@ class WindowFrontend(torch.nn.Module):
     """``raw_uv (B, 20, 10000) -> (chains (B, 18, 10000), eeg_spec (B, 4, F, T), eeg_mel (B, 4, M, T))``.
 
     Steps: NaN -> 0 after removing each channel's mean over its finite samples (per window
-    DC removal), zero-phase FIR band-pass and notch, double-banana montage, clip to
-    +-clip_uv, then region-averaged log-power STFT and mel spectrograms of the chains.
-    Defaults give F=50 bins (0.78-19.9 Hz), M=64 mel rows, T=250 frames (0.2 s apart).
+    DC removal), zero-phase FIR band-pass and notch of the 19 EEG channels (the EKG channel
+    is dropped), double-banana montage, clip to +-clip_uv, then region-averaged log-power
+    STFT and mel spectrograms of the chains. Defaults give F=50 bins (0.78-19.9 Hz), M=64
+    mel rows, T=250 frames (0.2 s apart).
+
+    :meth:`signals` also returns the filtered referential channels ``(B, 19, 10000)``
+    (``EEG_CHANNELS`` order, clipped to +-clip_uv; store field ``referential``), and
+    :meth:`fields` any set of store fields by name. The average reference is
+    ``referential - referential.mean(dim=1)``; models form it themselves.
     """
 
     def __init__(self, cfg: FrontendConfig | None = None):
@@ -68,17 +77,47 @@ class WindowFrontend(torch.nn.Module):
         self.spectrogram = RegionSpectrogram(self.cfg.spectrogram)
         self.center_spectrogram = RegionSpectrogram(self.cfg.spectrogram, hop=self.cfg.spectrogram.center_hop)
 
+    def signals(self, raw_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Filtered, clipped ``(chains (B, 18, T), referential (B, 19, T))`` in uV from ``raw_uv (B, 20, T)``.
+
+        The 19 EEG channels are filtered once; the chains are their bipolar differences
+        (the montage is linear and per-sample, so it commutes with the filter). Each output
+        is clipped to +-clip_uv after the montage, so a chain is the difference of the
+        unclipped referential channels, as it always was.
+        """
+        eeg = raw_uv[:, :N_EEG_CHANNELS]
+        finite = ~torch.isnan(eeg)
+        zeroed = torch.where(finite, eeg, torch.zeros_like(eeg))
+        count = finite.to(eeg.dtype).sum(dim=-1, keepdim=True)
+        mean = zeroed.sum(dim=-1, keepdim=True) / torch.clamp(count, min=1.0)
+        centred = torch.where(finite, eeg - mean, torch.zeros_like(eeg))
+        referential = self.fir(centred)  # (B, 19, T)
+        chains = self.montage(referential)  # (B, 18, T)
+        return (torch.clamp(chains, min=-self.clip_uv, max=self.clip_uv),
+                torch.clamp(referential, min=-self.clip_uv, max=self.clip_uv))
+
     def chains(self, raw_uv: torch.Tensor) -> torch.Tensor:
         """Filtered, clipped chains ``(B, 18, T)`` in uV from ``raw_uv (B, 20, T)``."""
-        finite = ~torch.isnan(raw_uv)
-        zeroed = torch.where(finite, raw_uv, torch.zeros_like(raw_uv))
-        count = finite.to(raw_uv.dtype).sum(dim=-1, keepdim=True)
-        mean = zeroed.sum(dim=-1, keepdim=True) / torch.clamp(count, min=1.0)
-        centred = torch.where(finite, raw_uv - mean, torch.zeros_like(raw_uv))
-        # Montage first: it is linear and per-sample, so it commutes with the filter, and
-        # filtering 18 chains is cheaper than filtering 20 channels.
-        chains = self.fir(self.montage(centred))
-        return torch.clamp(chains, min=-self.clip_uv, max=self.clip_uv)
+        return self.signals(raw_uv)[0]
+
+    def referential(self, raw_uv: torch.Tensor) -> torch.Tensor:
+        """Filtered, clipped referential channels ``(B, 19, T)`` in uV (``EEG_CHANNELS`` order)."""
+        return self.signals(raw_uv)[1]
+
+    def fields(self, raw_uv: torch.Tensor, names: Sequence[str] = FRONTEND_FIELDS) -> dict[str, torch.Tensor]:
+        """The store fields ``names`` (any of ``FRONTEND_FIELDS``) of ``raw_uv (B, 20, T)``.
+
+        Spectrograms are computed only when asked for; the signals always (they are cheap
+        next to the filter, which both need).
+        """
+        unknown = [n for n in names if n not in FRONTEND_FIELDS]
+        if unknown:
+            raise ValueError(f"the front end computes {list(FRONTEND_FIELDS)}, not {unknown}")
+        chains, referential = self.signals(raw_uv)
+        out = {"chains": chains, "referential": referential}
+        if "eeg_spec" in names or "eeg_mel" in names:
+            out["eeg_spec"], out["eeg_mel"] = self.spectrogram(chains)
+        return {n: out[n] for n in names}
 
     def forward(self, raw_uv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         chains = self.chains(raw_uv)
@@ -115,13 +154,14 @@ def kaggle_spec_image(power: torch.Tensor, *, min_power: float = KAGGLE_LOG_MIN,
 
 
 def window_shapes(cfg: FrontendConfig) -> dict[str, tuple[int, ...]]:
-    """Per-window shapes of the four store fields that :class:`WindowFrontend` and
+    """Per-window shapes of the five store fields that :class:`WindowFrontend` and
     :func:`kaggle_spec_image` produce with ``cfg``."""
     from hms_core.contract import N_CHAINS, WINDOW_SAMPLES
 
     spec = cfg.spectrogram
     n_frames = spec.n_frames()
     return {"chains": (N_CHAINS, WINDOW_SAMPLES),
+            "referential": (N_EEG_CHANNELS, WINDOW_SAMPLES),
             "eeg_spec": (len(SPEC_REGIONS), len(spec.bin_freqs_hz()), n_frames),
             "eeg_mel": (len(SPEC_REGIONS), spec.n_mels, n_frames),
             "kaggle_spec": (len(SPEC_REGIONS), SPEC_N_FREQS, SPEC_WINDOW_ROWS)}

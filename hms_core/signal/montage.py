@@ -11,12 +11,13 @@ CATHODE_INDEX = tuple(CHANNEL_INDEX[b] for _, b in BIPOLAR_PAIRS)
 
 
 def bipolar_montage(raw_uv: np.ndarray) -> np.ndarray:
-    """Chains ``(..., 18, T)`` in ``BIPOLAR_PAIRS`` order from ``raw_uv (..., 20, T)`` in uV."""
+    """Chains ``(..., 18, T)`` in ``BIPOLAR_PAIRS`` order from ``raw_uv (..., 20 or 19, T)`` in uV
+    (``RAW_CHANNELS`` order; the EKG channel, last, is not used)."""
     return raw_uv[..., ANODE_INDEX, :] - raw_uv[..., CATHODE_INDEX, :]
 
 
 class BipolarMontage(torch.nn.Module):
-    """Torch form of :func:`bipolar_montage`: ``(B, 20, T) -> (B, 18, T)`` (two gathers, one subtraction)."""
+    """Torch form of :func:`bipolar_montage`: ``(B, 20 or 19, T) -> (B, 18, T)`` (two gathers, one subtraction)."""
 
     def __init__(self):
         super().__init__()

@@ -1,10 +1,12 @@
 """Batch augmentations on device tensors (main process, global torch RNG, so resume is exact).
 
 - hemisphere swap: left/right mirror of the montage (chains by ``contract.CHAIN_HEMISPHERE_SWAP``,
+  referential channels by ``contract.REFERENTIAL_HEMISPHERE_SWAP`` (midline unchanged),
   spectrogram regions LL<->RL, LP<->RP); labels unchanged. Also the test-time augmentation.
-- time shift: circular shift of the chains along time.
-- channel masking (chains) and time / frequency masking (all fields; SpecAugment style;
-  spectrogram cells are set to the window's mean log power, chains to 0 uV).
+- time shift: circular shift of the signal fields (chains, referential) along time, the same
+  shift for every signal field of a window.
+- channel masking (signal fields) and time / frequency masking (all fields; SpecAugment style;
+  spectrogram cells are set to the window's mean log power, signal samples to 0 uV).
 - mixup of inputs and soft targets.
 """
 from __future__ import annotations
@@ -21,6 +23,10 @@ _REGION_MIRROR = {"LL": "RL", "RL": "LL", "LP": "RP", "RP": "LP"}
 REGION_HEMISPHERE_SWAP = tuple(contract.SPEC_REGIONS.index(_REGION_MIRROR[r])
                                for r in contract.SPEC_REGIONS)
 CHAIN_FIELD = "chains"
+REFERENTIAL_FIELD = "referential"
+SIGNAL_FIELDS = (CHAIN_FIELD, REFERENTIAL_FIELD)  # (B, channels, samples) in uV
+SIGNAL_SWAPS = {CHAIN_FIELD: contract.CHAIN_HEMISPHERE_SWAP,
+                REFERENTIAL_FIELD: contract.REFERENTIAL_HEMISPHERE_SWAP}
 
 
 @dataclasses.dataclass
@@ -32,9 +38,9 @@ class AugmentConfig:
     hemisphere_swap_p : float, default 0.5
         Probability that a window's left and right hemispheres are swapped.
     time_shift_max_s : float, default 5.0
-        Largest circular shift of the chains, in s (0 disables).
+        Largest circular shift of the signal fields (chains, referential), in s (0 disables).
     channel_mask_p : float, default 0.05
-        Probability that each chain of a window is zeroed.
+        Probability that each channel of a window's signal fields (chains, referential) is zeroed.
     time_mask_p : float, default 0.3
         Probability that a window gets one zeroed time stretch (every field).
     time_mask_max_frac : float, default 0.1
@@ -67,8 +73,9 @@ class AugmentConfig:
 
 
 def swap_hemispheres(x: torch.Tensor, field: str) -> torch.Tensor:
-    """Mirror left and right: chains ``(B, 18, T)`` or region spectrograms ``(B, 4, F, T)``."""
-    perm = contract.CHAIN_HEMISPHERE_SWAP if field == CHAIN_FIELD else REGION_HEMISPHERE_SWAP
+    """Mirror left and right: chains ``(B, 18, T)``, referential channels ``(B, 19, T)`` or
+    region spectrograms ``(B, 4, F, T)``."""
+    perm = SIGNAL_SWAPS.get(field, REGION_HEMISPHERE_SWAP)
     if x.shape[1] != len(perm):
         raise ValueError(f"{field}: expected {len(perm)} channels on axis 1, got {tuple(x.shape)}")
     return x[:, list(perm)]
@@ -87,17 +94,22 @@ def _stretch_mask(n: int, length: int, max_frac: float, device) -> torch.Tensor:
 
 
 def _neutral(x: torch.Tensor, field: str) -> torch.Tensor:
-    """Fill value of masked cells: 0 uV for chains, each window's mean for log-power images
+    """Fill value of masked cells: 0 uV for signal fields, each window's mean for log-power images
     (a 0 in log power would be an extreme outlier after the model's normalisation)."""
-    if field == CHAIN_FIELD:
+    if field in SIGNAL_FIELDS:
         return torch.zeros((), dtype=x.dtype, device=x.device)
     return x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
 
 
-def time_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Circularly shift each row of ``x (B, C, T)`` by a random -max..max samples."""
+def time_shift(x: torch.Tensor, max_shift: int, *, shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Circularly shift each row of ``x (B, C, T)`` by a random -max..max samples.
+
+    ``shift (B,)`` (samples) replaces the random draw, so several fields of a window can
+    share one shift.
+    """
     b, _, t = x.shape
-    shift = torch.randint(-max_shift, max_shift + 1, (b,), device=x.device)
+    if shift is None:
+        shift = torch.randint(-max_shift, max_shift + 1, (b,), device=x.device)
     idx = (torch.arange(t, device=x.device)[None, :] - shift[:, None]) % t
     return torch.gather(x, 2, idx[:, None, :].expand_as(x))
 
@@ -119,15 +131,20 @@ def augment_batch(batch: dict[str, torch.Tensor], fields: tuple[str, ...],
         swap = torch.rand(n, device=device) < cfg.hemisphere_swap_p
         for f in fields:
             out[f] = torch.where(_rows(swap, out[f].ndim), swap_hemispheres(out[f], f), out[f])
-    if CHAIN_FIELD in fields:
-        chains = out[CHAIN_FIELD]
+    signals = [f for f in fields if f in SIGNAL_FIELDS]
+    if signals:
         max_shift = int(cfg.time_shift_max_s * contract.SAMPLING_RATE_HZ)
-        if max_shift > 0:
-            chains = time_shift(chains, min(max_shift, chains.shape[-1] - 1))
-        if cfg.channel_mask_p > 0:
-            keep = torch.rand(chains.shape[:2], device=device) >= cfg.channel_mask_p
-            chains = chains * keep[:, :, None].to(chains.dtype)
-        out[CHAIN_FIELD] = chains
+        max_shift = min(max_shift, min(out[f].shape[-1] for f in signals) - 1)
+        shift = (torch.randint(-max_shift, max_shift + 1, (n,), device=device) if max_shift > 0
+                 else None)
+        for f in signals:
+            x = out[f]
+            if shift is not None:
+                x = time_shift(x, max_shift, shift=shift)
+            if cfg.channel_mask_p > 0:
+                keep = torch.rand(x.shape[:2], device=device) >= cfg.channel_mask_p
+                x = x * keep[:, :, None].to(x.dtype)
+            out[f] = x
     if cfg.time_mask_p > 0 and cfg.time_mask_max_frac > 0:
         hit = torch.rand(n, device=device) < cfg.time_mask_p
         for f in fields:

@@ -46,6 +46,30 @@ def test_chains_equal_numpy_reference(frontend):
     assert np.abs(got - expected).max() < 1e-3
 
 
+def test_referential_is_the_filtered_clipped_eeg_and_chains_are_its_differences(frontend):
+    rng = np.random.default_rng(1)
+    x = (rng.standard_normal((2, 20, 10000)) * 20 + 50).astype(np.float32)
+    x[0, 5, 3000:3400] = np.nan  # a NaN stretch: it counts as 0 after the channel's mean
+    x[1, 2, 7000:7050] = 5e4  # an artifact far above the clip level
+    x[:, 19] *= 100  # the EKG channel never reaches the referential field
+    finite = ~np.isnan(x[:, :19])
+    mean = np.where(finite, x[:, :19], 0).sum(-1, keepdims=True) / finite.sum(-1, keepdims=True)
+    centred = np.where(finite, x[:, :19] - mean, 0).astype(np.float64)
+    from scipy.ndimage import convolve1d
+
+    filtered = convolve1d(centred, design_kernel(frontend.cfg.filter), axis=-1, mode="mirror")
+    with torch.no_grad():
+        chains, referential = frontend.signals(torch.from_numpy(x))
+        fields = frontend.fields(torch.from_numpy(x), ("referential", "eeg_mel"))
+    assert tuple(referential.shape[1:]) == window_shapes(frontend.cfg)["referential"] == (19, 10000)
+    assert np.abs(referential.numpy() - np.clip(filtered, -1024, 1024)).max() < 1e-3
+    assert referential.abs().max() == 1024  # the artifact is clipped
+    assert np.abs(chains.numpy() - np.clip(bipolar_montage(filtered), -1024, 1024)).max() < 1e-3
+    assert torch.equal(fields["referential"], referential) and list(fields) == ["referential", "eeg_mel"]
+    with pytest.raises(ValueError, match="kaggle_spec"):
+        frontend.fields(torch.from_numpy(x), ("kaggle_spec",))
+
+
 def test_onnx_export_matches_torch(frontend):
     import onnxruntime
 
@@ -55,7 +79,7 @@ def test_onnx_export_matches_torch(frontend):
             self.frontend = frontend
 
         def forward(self, raw_uv, power):
-            return (*self.frontend(raw_uv), kaggle_spec_image(power))
+            return (*self.frontend(raw_uv), self.frontend.referential(raw_uv), kaggle_spec_image(power))
 
     raw = torch.randn(2, 20, 10000) * 30
     power = torch.rand(2, 300, 400) * 50

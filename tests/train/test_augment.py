@@ -16,6 +16,38 @@ def test_chain_swap_maps_left_to_right_and_twice_is_identity():
     assert torch.equal(aug.swap_hemispheres(swapped, "chains"), x)
 
 
+def test_referential_swap_maps_homologous_electrodes_and_keeps_the_midline():
+    x = torch.randn(3, contract.N_EEG_CHANNELS, 50)
+    swapped = aug.swap_hemispheres(x, "referential")
+    names = contract.EEG_CHANNELS
+    for left, right in (("Fp1", "Fp2"), ("F3", "F4"), ("C3", "C4"), ("P3", "P4"), ("F7", "F8"),
+                        ("T3", "T4"), ("T5", "T6"), ("O1", "O2")):
+        assert torch.equal(swapped[:, names.index(right)], x[:, names.index(left)])
+        assert torch.equal(swapped[:, names.index(left)], x[:, names.index(right)])
+    for mid in ("Fz", "Cz", "Pz"):
+        assert torch.equal(swapped[:, names.index(mid)], x[:, names.index(mid)])
+    assert torch.equal(aug.swap_hemispheres(swapped, "referential"), x)
+    # the swap commutes with the montage: chains of swapped channels = swapped chains
+    from hms_core.signal.montage import bipolar_montage
+
+    assert torch.equal(aug.swap_hemispheres(bipolar_montage(x), "chains"), bipolar_montage(swapped))
+
+
+def test_signal_fields_share_one_time_shift():
+    torch.manual_seed(0)
+    from hms_core.signal.montage import bipolar_montage
+
+    referential = torch.randn(6, contract.N_EEG_CHANNELS, 400)
+    batch = {"chains": bipolar_montage(referential), "referential": referential,
+             "target": torch.softmax(torch.randn(6, 6), 1)}
+    cfg = aug.AugmentConfig(hemisphere_swap_p=0.5, time_shift_max_s=1.0, channel_mask_p=0.0,
+                            time_mask_p=0.0, freq_mask_p=0.0)
+    out = aug.augment_batch(batch, ("chains", "referential"), cfg)
+    assert not torch.equal(out["referential"], referential)  # shifted (and some swapped)
+    # chains and referential channels of a window moved together: the montage still holds
+    assert torch.allclose(out["chains"], bipolar_montage(out["referential"]), atol=1e-6)
+
+
 def test_region_swap_maps_ll_rl_lp_rp_and_twice_is_identity():
     x = torch.randn(2, 4, 5, 7)
     swapped = aug.swap_hemispheres(x, "kaggle_spec")
