@@ -85,8 +85,8 @@ from hms_core.status import flush_status, update_status
 from hms_core.train import checkpoint as ckpt
 from hms_core.train import distributed as dist_utils
 from hms_core.train.device import autocast_context, move_to_device, select_device
-from hms_core.train.engine_config import EngineConfig
-from hms_core.train.optim import ModelEma, build_optimizer, lr_at
+from hms_core.train.engine_config import EngineConfig, epochs_for_steps, n_batches
+from hms_core.train.optim import LrSchedule, ModelEma, build_optimizer
 from hms_core.train.state import RunState, restore_rank_rng
 
 logger = logging.getLogger(__name__)
@@ -144,11 +144,6 @@ def _epoch_batches(indices: np.ndarray, order_state: torch.Tensor, cfg: EngineCo
     return [order[i * bs:(i + 1) * bs].tolist() for i in range(n_batches)], order_gen.get_state()
 
 
-def _n_batches(n: int, cfg: EngineConfig) -> int:
-    n_full = n // cfg.batch_size
-    return n_full if (cfg.drop_last and n_full > 0) else math.ceil(n / cfg.batch_size)
-
-
 class _SignalGuard:
     """Record SIGTERM/SIGINT instead of dying, so the loop can checkpoint first."""
 
@@ -201,6 +196,8 @@ class TrainingSetup:
         The caller's ``epoch_indices`` (None: every row in every epoch).
     n_items : int
         Rows of the training dataset.
+    schedule : LrSchedule
+        The learning rate as a function of the global step (restarts included).
     total_steps : int
         Optimiser steps of the whole run.
     """
@@ -217,6 +214,7 @@ class TrainingSetup:
     best_path: Path
     epoch_indices: Callable[[int], Sequence[int]] | None
     n_items: int
+    schedule: LrSchedule
     total_steps: int
 
     def indices(self, epoch: int) -> np.ndarray:
@@ -236,17 +234,34 @@ def _epoch_rows(epoch: int, n_items: int,
     return idx.astype(np.int64)
 
 
+def resolve_length(cfg: EngineConfig, n_items: int,
+                   epoch_indices: Callable[[int], Sequence[int]] | None = None) -> EngineConfig:
+    """``cfg`` with ``epochs`` set from ``steps`` when ``steps`` > 0 (else ``cfg`` itself).
+
+    The epochs are the fewest whose optimiser steps over the per-epoch training indices
+    (``epoch_indices``, default all ``n_items`` rows) reach ``steps``.
+    """
+    if cfg.steps <= 0:
+        return cfg
+    epochs = epochs_for_steps(
+        cfg.steps, lambda e: n_batches(len(_epoch_rows(e, n_items, epoch_indices)), cfg))
+    logger.info("training.steps=%d: %d epochs of %d rows", cfg.steps, epochs, n_items)
+    return dataclasses.replace(cfg, epochs=epochs)
+
+
 def _prepare(model: nn.Module, *, cfg: EngineConfig, device: torch.device,
              comm: dist_utils.Communicator, n_items: int, checkpoint_dir: str | os.PathLike,
-             run_key: str, epoch_indices: Callable[[int], Sequence[int]] | None
-             ) -> TrainingSetup:
+             run_key: str, epoch_indices: Callable[[int], Sequence[int]] | None,
+             lr_restarts: Mapping[int, float] | None = None) -> TrainingSetup:
     """Count the steps, put the model on the device, build optimiser, scaler and EMA."""
     checkpoint_dir = Path(checkpoint_dir)
     paths = dict(last_path=checkpoint_dir / ckpt.LAST_NAME,
                  best_path=checkpoint_dir / ckpt.BEST_NAME)
-    key = ckpt.make_run_key(run_key, cfg.result_dict())
-    total_steps = sum(_n_batches(len(_epoch_rows(e, n_items, epoch_indices)), cfg)
-                      for e in range(cfg.epochs))
+    restarts = sorted((int(e), float(s)) for e, s in (lr_restarts or {}).items())
+    key = ckpt.make_run_key(run_key, cfg.result_dict(), *([restarts] if restarts else []))
+    schedule = LrSchedule.from_epochs(
+        cfg, [n_batches(len(_epoch_rows(e, n_items, epoch_indices)), cfg)
+              for e in range(cfg.epochs)], dict(restarts))
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
@@ -265,8 +280,8 @@ def _prepare(model: nn.Module, *, cfg: EngineConfig, device: torch.device,
         cfg=cfg, device=device, comm=comm, model=model, optimizer=optimizer,
         scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
         ema=ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
-        run_key=key, epoch_indices=epoch_indices, n_items=n_items, total_steps=total_steps,
-        **paths)
+        run_key=key, epoch_indices=epoch_indices, n_items=n_items, schedule=schedule,
+        total_steps=schedule.total_steps, **paths)
 
 
 def start_or_resume(setup: TrainingSetup) -> RunState:
@@ -301,7 +316,7 @@ def train_step(setup: TrainingSetup, state: RunState, train_model: nn.Module,
     """
     cfg, optimizer, scaler = setup.cfg, setup.optimizer, setup.scaler
     # -- learning rate: a pure function of the global step
-    lr = lr_at(state.global_step, setup.total_steps, cfg)
+    lr = setup.schedule(state.global_step)
     for group in optimizer.param_groups:
         group["lr"] = lr
     # -- forward / backward
@@ -337,8 +352,9 @@ def end_epoch(setup: TrainingSetup, state: RunState,
     cfg = setup.cfg
     eval_model = setup.ema_model if setup.ema is not None else setup.model
     metrics = _evaluate(setup, eval_model, eval_fn)
-    record = {"epoch": state.epoch, "train_loss": state.totals.mean_loss(),
-              "lr": lr_at(max(state.global_step - 1, 0), setup.total_steps, cfg),
+    record = {"epoch": state.epoch, "step": state.global_step,
+              "train_loss": state.totals.mean_loss(),
+              "lr": setup.schedule(max(state.global_step - 1, 0)),
               "seconds": state.totals.seconds + time.time() - epoch_started,
               **{f"train_{k}": v for k, v in state.totals.mean_logs().items()},
               **metrics}
@@ -395,7 +411,8 @@ def save_last(setup: TrainingSetup, state: RunState, *, epoch_started: float | N
         ckpt.save_checkpoint(setup.last_path, state.to_checkpoint(
             run_key=setup.run_key, model=setup.model, optimizer=setup.optimizer,
             scaler=setup.scaler, ema_model=setup.ema_model, cfg=setup.cfg,
-            total_steps=setup.total_steps, rng_per_rank=rng_per_rank, seconds_in_epoch=seconds))
+            total_steps=setup.total_steps, lr_segments=setup.schedule.describe(),
+            rng_per_rank=rng_per_rank, seconds_in_epoch=seconds))
     setup.comm.barrier()
 
 
@@ -405,6 +422,7 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
         epoch_indices: Callable[[int], Sequence[int]] | None = None,
         on_epoch_start: Callable[[int, nn.Module], None] | None = None,
         on_step_end: Sequence[Callable[[RunState], None]] = (),
+        lr_restarts: Mapping[int, float] | None = None,
         status_path: str | os.PathLike | None = None, status_job: str | None = None,
         status_fields: Mapping[str, Any] | None = None) -> FitResult:
     """Train ``model``, resuming from ``checkpoint_dir`` when it holds this run's checkpoint.
@@ -436,6 +454,12 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
         ``hook(state)`` after every optimiser step, before that step's checkpoint, with
         the :class:`~hms_core.train.state.RunState` (read it, do not change it). The
         resume tests use one to kill the process at a chosen step.
+    lr_restarts : mapping of int to float, optional
+        ``{epoch: peak_scale}``: the learning-rate schedule restarts at the start of each
+        named epoch (0-based, > 0) with a new warm-up to ``peak_scale * cfg.lr`` and a new
+        decay that ends where the next segment (or the run) does
+        (:class:`~hms_core.train.optim.LrSchedule`). Two-stage training restarts it for
+        its second stage. Part of the run key.
     status_path, status_job : optional
         Status file and job name for :func:`hms_core.status.update_status`.
     status_fields : mapping, optional
@@ -446,11 +470,13 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
     FitResult
     """
     cfg.validate()
+    cfg = resolve_length(cfg, len(train_data), epoch_indices)
     dinfo = dist_utils.init_from_env(cfg.device)
     device = select_device(cfg.device, expandable_segments=cfg.cuda_expandable_segments)
     comm = dist_utils.communicator(dinfo, device)
     setup = _prepare(model, cfg=cfg, device=device, comm=comm, n_items=len(train_data),
-                     checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices)
+                     checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices,
+                     lr_restarts=lr_restarts)
     state = start_or_resume(setup)
     if state.finished:
         return _finish(setup, state)

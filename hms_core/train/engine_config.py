@@ -6,6 +6,7 @@ flat in the section; see :data:`hms_core.config.FLATTEN`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from typing import Any, Literal
 
@@ -26,7 +27,12 @@ class EngineConfig:
     Parameters
     ----------
     epochs : int, default 10
-        Number of passes over the (per-epoch) training indices.
+        Number of passes over the (per-epoch) training indices; ignored when ``steps`` > 0.
+    steps : int, default 0
+        Training length in optimiser steps, so that one recipe means the same amount of
+        training whatever the data set's size; > 0 replaces ``epochs`` by the fewest whole
+        epochs whose steps reach it (:func:`epochs_for_steps`; at most one epoch's steps
+        more). 0: ``epochs`` sets the length.
     batch_size : int, default 32
         Windows per optimiser step (the global batch with several processes).
     lr : float, default 1e-3
@@ -87,6 +93,7 @@ class EngineConfig:
     """
 
     epochs: int = 10
+    steps: int = 0
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
@@ -124,6 +131,8 @@ class EngineConfig:
         for key in ("epochs", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)!r}")
+        if int(self.steps) < 0:
+            raise ConfigError(f"{path}.steps: must be >= 0 (0: use epochs), got {self.steps!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"{path}.ema_decay: must be in [0, 1), got {self.ema_decay!r}")
         if not 0.0 <= self.warmup_frac < 1.0:
@@ -132,3 +141,36 @@ class EngineConfig:
     def result_dict(self) -> dict[str, Any]:
         """The settings that determine the result (what goes into the run key)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in _NON_RESULT_KEYS}
+
+
+def n_batches(n_rows: int, cfg: EngineConfig) -> int:
+    """Optimiser steps of an epoch over ``n_rows`` rows (``batch_size``, ``drop_last``)."""
+    n_full = n_rows // cfg.batch_size
+    return n_full if (cfg.drop_last and n_full > 0) else math.ceil(n_rows / cfg.batch_size)
+
+
+def epochs_for_steps(steps: int, steps_per_epoch: typing.Callable[[int], int]) -> int:
+    """The fewest whole epochs whose optimiser steps add up to at least ``steps``.
+
+    Parameters
+    ----------
+    steps : int
+        Wanted training length in optimiser steps (>= 1).
+    steps_per_epoch : callable
+        ``steps_per_epoch(epoch) -> int`` (> 0), the steps of epoch ``epoch`` (0-based).
+
+    Returns
+    -------
+    int
+        Number of epochs (>= 1).
+    """
+    if int(steps) < 1:
+        raise ConfigError(f"training.steps: must be >= 1 to set the length, got {steps!r}")
+    epochs, done = 0, 0
+    while done < steps:
+        n = int(steps_per_epoch(epochs))
+        if n < 1:
+            raise ConfigError(f"training.steps: epoch {epochs} has no optimiser step")
+        done += n
+        epochs += 1
+    return epochs

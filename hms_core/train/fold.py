@@ -42,7 +42,7 @@ from hms_core.data.folds import inner_validation_mask
 from hms_core.train.data import InMemorySource, WindowDataset, train_prior
 from hms_core.train.device import autocast_context, move_to_device, select_device
 from hms_core.train.engine import fit
-from hms_core.train.engine_config import EngineConfig
+from hms_core.train.engine_config import EngineConfig, epochs_for_steps, n_batches
 from hms_core.train.losses import kl_loss, vote_weights
 
 logger = logging.getLogger(__name__)
@@ -58,17 +58,28 @@ class TwoStageConfig:
     Parameters
     ----------
     enabled : bool, default True
-        After ``training.epochs`` on all windows, train ``epochs`` more on the windows
-        with at least ``min_votes`` votes.
+        After stage 1 (``training.epochs`` or ``training.steps`` on all windows), train
+        ``epochs`` (or ``steps``) more on the windows with at least ``min_votes`` votes.
     min_votes : int, default 10
         Votes a window needs for the second stage.
     epochs : int, default 2
-        Epochs of the second stage.
+        Epochs of the second stage; ignored when ``steps`` > 0.
+    steps : int, default 0
+        Length of the second stage in optimiser steps over the high-vote windows (the
+        fewest whole epochs that reach it); 0: ``epochs`` sets it.
+    lr_scale : float or None, default 0.2
+        The learning-rate schedule restarts for stage 2: a new warm-up
+        (``training.warmup_frac`` of the stage's steps) to ``lr_scale * training.lr``, then
+        the decay of ``training.scheduler`` to ``min_lr_frac`` of that peak. Stage 1's
+        schedule ends with stage 1. None: one schedule over both stages (stage 2 then runs
+        at the tail of stage 1's decay and changes little).
     """
 
     enabled: bool = True
     min_votes: int = contract.HIGH_VOTE_THRESHOLD
     epochs: int = 2
+    steps: int = 0
+    lr_scale: float | None = 0.2
 
 
 @dataclasses.dataclass
@@ -104,11 +115,37 @@ class TrainingConfig:
     cache_max_mb: float = 2048.0
 
     def validate(self, path: str = "training") -> None:
-        """The inner validation split must be usable when it picks the best epoch."""
+        """The inner split must be usable when it picks the best epoch; lengths >= 0."""
+        two = self.two_stage
+        if int(two.steps) < 0 or int(two.epochs) < 0:
+            raise ConfigError(f"{path}.two_stage: epochs ({two.epochs!r}) and steps "
+                              f"({two.steps!r}) must be >= 0")
+        if two.lr_scale is not None and not float(two.lr_scale) > 0:
+            raise ConfigError(f"{path}.two_stage.lr_scale: {two.lr_scale!r} must be > 0, or null "
+                              "for one schedule over both stages")
         if self.engine.select_best and not 0.0 < float(self.inner_val_frac) < 1.0:
             raise ConfigError(f"{path}.inner_val_frac: {self.inner_val_frac!r} must be in (0, 1) "
                               "when select_best is true (the best epoch is picked on held-out "
                               "training patients, never on the validation fold)")
+
+
+def stage_epochs(training: TrainingConfig, n_train: int, n_high: int) -> tuple[int, int]:
+    """Epochs of stage 1 (all ``n_train`` windows) and stage 2 (the ``n_high`` high-vote ones).
+
+    A stage whose length is given in optimiser steps (``training.steps``,
+    ``training.two_stage.steps``) gets the fewest whole epochs that reach it; stage 2 has
+    0 epochs when two-stage training is off.
+    """
+    engine, two = training.engine, training.two_stage
+    stage1 = (epochs_for_steps(engine.steps, lambda e: n_batches(n_train, engine))
+              if engine.steps > 0 else int(engine.epochs))
+    if not two.enabled:
+        return stage1, 0
+    if two.steps == 0:
+        return stage1, int(two.epochs)
+    if n_high == 0:
+        return stage1, 1  # steps wanted but no high-vote window: the caller says so
+    return stage1, epochs_for_steps(two.steps, lambda e: n_batches(n_high, engine))
 
 
 def resolve_model_config(cfg: Mapping[str, Any], model_name: str
@@ -295,14 +332,16 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
         inner_set = WindowDataset(inner_src, inner_pos, fields)
         inner_votes = index.iloc[inner_rows][list(contract.VOTE_COLUMNS)].to_numpy(dtype=np.float64)
 
-    stage1 = training.engine.epochs
     two = training.two_stage
     high = train_set.high_vote_positions(two.min_votes)
-    if two.enabled and two.epochs > 0 and len(high) == 0:
+    stage1, stage2 = stage_epochs(training, len(train_set), len(high))
+    if stage2 > 0 and len(high) == 0:
         raise ConfigError(f"training.two_stage.min_votes: no training window of fold {fold} "
                           f"has >= {two.min_votes} votes; lower it or disable two_stage")
-    n_epochs = stage1 + (two.epochs if two.enabled else 0)
-    engine_cfg = dataclasses.replace(training.engine, epochs=n_epochs)
+    n_epochs = stage1 + stage2
+    # Lengths given in steps are resolved here (per stage), so the engine sees epochs.
+    engine_cfg = dataclasses.replace(training.engine, epochs=n_epochs, steps=0)
+    lr_restarts = {stage1: float(two.lr_scale)} if stage2 > 0 and two.lr_scale is not None else None
     all_pos = np.arange(len(train_set))
 
     def epoch_indices(epoch: int) -> np.ndarray:
@@ -353,7 +392,8 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
     job = f"train_{model_name}_fold{fold}"
     result = fit(model, loss_fn=loss_fn, train_data=train_set, eval_fn=eval_fn, cfg=engine_cfg,
                  checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices,
-                 on_epoch_start=on_epoch_start, status_path=status_path, status_job=job,
+                 on_epoch_start=on_epoch_start, lr_restarts=lr_restarts,
+                 status_path=status_path, status_job=job,
                  status_fields={"model": model_name, "fold": int(fold)})
     model = result.model
     if image_sizes:

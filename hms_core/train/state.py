@@ -120,6 +120,7 @@ class RunState:
                       scaler: torch.amp.GradScaler, ema_model: nn.Module | None,
                       cfg: EngineConfig, total_steps: int,
                       rng_per_rank: Sequence[Mapping[str, Any]],
+                      lr_segments: Sequence[Mapping[str, float]] = (),
                       seconds_in_epoch: float = 0.0) -> dict[str, Any]:
         """The ``last.pt`` mapping for :func:`hms_core.train.checkpoint.save_checkpoint`.
 
@@ -137,6 +138,9 @@ class RunState:
         rng_per_rank : sequence of mapping
             :func:`~hms_core.train.checkpoint.capture_rng_state` of every rank, in rank
             order (one entry for a single process).
+        lr_segments : sequence of mapping, default ()
+            The learning-rate schedule's segments
+            (:meth:`~hms_core.train.optim.LrSchedule.describe`), saved for inspection.
         seconds_in_epoch : float, default 0.0
             Training time of the current epoch since this process started it, in s.
         """
@@ -147,7 +151,7 @@ class RunState:
             "global_step": self.global_step, "finished": self.finished,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": {"name": cfg.scheduler, "global_step": self.global_step,
-                          "total_steps": total_steps},
+                          "total_steps": total_steps, "segments": list(lr_segments)},
             "scaler": scaler.state_dict(),
             "ema": ema_model.state_dict() if ema_model is not None else None,
             "rng": rng_per_rank[0], "rng_per_rank": list(rng_per_rank),

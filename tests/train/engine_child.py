@@ -61,6 +61,7 @@ def train(checkpoint_dir, out_file, progress_file=None, kill_at=None) -> None:
                        seed=7, progress=False)
     result = fit(model, loss_fn=loss_fn, train_data=data, eval_fn=eval_fn, cfg=cfg,
                  checkpoint_dir=checkpoint_dir, run_key="child-v1", epoch_indices=epoch_indices,
+                 lr_restarts={2: 0.5},  # stage 2 restarts the schedule: resume must honour it
                  on_step_end=[kill_at_step(kill_at)] if kill_at else [])
     last = torch.load(os.path.join(checkpoint_dir, "last.pt"), weights_only=True)
     torch.save({"returned": result.model.state_dict(), "model": last["model"],

@@ -42,9 +42,11 @@ def test_state_round_trips_through_a_checkpoint_file(tmp_path):
     rng = ckpt.capture_rng_state()
     saved = state.to_checkpoint(run_key="k", model=model, optimizer=optimizer, scaler=scaler,
                                 ema_model=ema, cfg=EngineConfig(), total_steps=20,
-                                rng_per_rank=[rng], seconds_in_epoch=1.5)
+                                rng_per_rank=[rng], seconds_in_epoch=1.5,
+                                lr_segments=[{"first_step": 0, "steps": 20, "peak_lr": 1e-3}])
     assert saved["accum"]["seconds"] == 3.5 and state.totals.seconds == 2.0
-    assert saved["scheduler"] == {"name": "cosine", "global_step": 9, "total_steps": 20}
+    assert saved["scheduler"] == {"name": "cosine", "global_step": 9, "total_steps": 20,
+                                  "segments": [{"first_step": 0, "steps": 20, "peak_lr": 1e-3}]}
     assert saved["engine_config"]["lr"] == EngineConfig().lr and saved["world_size"] == 1
     ckpt.save_checkpoint(tmp_path / "last.pt", saved)
 
