@@ -203,6 +203,58 @@ def plot_per_class_kl(oof: Mapping[str, pd.DataFrame], out_png: str | os.PathLik
     return _save(fig, out_png)
 
 
+def plot_gap_to_floor(gap: Mapping[str, Any], out_png: str | os.PathLike) -> Path:
+    """The gap table as bars: train prior, model and answer-key floor KL, and the share closed.
+
+    One panel for all rows, one for rows with >= 10 votes; one bar group per model and the
+    deployed ensemble. Without an answer key the floor is not drawn and the share reads n/a.
+
+    Parameters
+    ----------
+    gap : mapping
+        ``training_results.json["gap_to_floor"]`` (:func:`hms_core.results.gap_table`).
+    out_png : path-like
+        Figure to write.
+    """
+    table = gap.get("table") or {}
+    if not table:
+        raise DataError(out_png, "the results file has an empty gap table")
+    names = list(table)
+    y = np.arange(len(names))[::-1]
+    subsets = (("all", "all rows"), ("high_vote", f"rows with >= {HIGH_VOTE_THRESHOLD} votes"))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.6 * len(names) + 1.8), sharey=True, squeeze=False)
+
+    def num(v: Any) -> float:
+        return float(v) if isinstance(v, (int, float)) else np.nan
+
+    for ax, (subset, title) in zip(axes[0], subsets):
+        rows = [table[n].get(subset, {}) for n in names]
+        prior = np.array([num(r.get("prior_kl")) for r in rows])
+        model = np.array([num(r.get("model_kl")) for r in rows])
+        floor = np.array([num(r.get("floor_kl")) for r in rows])
+        ax.barh(y, prior, height=0.7, color="lightgrey", label="train prior")
+        ax.barh(y, model, height=0.45, color="C0", label="model (OOF)")
+        if np.isfinite(floor).any():
+            ax.barh(y, floor, height=0.7, color="none", edgecolor="C2", hatch="///",
+                    label="answer-key floor")
+        for yi, r, p in zip(y, rows, prior):
+            share = r.get("gap_closed")
+            text = f"{share:.0%} closed" if isinstance(share, (int, float)) else "closed: n/a"
+            ax.text((p if np.isfinite(p) else 0) * 1.01, yi, text, va="center", fontsize=8)
+        n = max((int(r.get("n_rows", 0)) for r in rows), default=0)
+        ax.set(title=f"{title} (n={n})", xlabel="Kaggle KL (nats)",
+               xlim=(0, 1.25 * max(np.nanmax(np.r_[prior, model, 0.1]), 0.1)))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y)
+    axes[0][0].set_yticklabels(names)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, -0.08))
+    subtitle = ("share closed = (prior - model) / (prior - floor)" if gap.get("answer_key")
+                else "no answer key (not synthetic data): floor and share unknown")
+    fig.suptitle(f"How far from the floor: {subtitle}", fontsize=9)
+    return _save(fig, out_png)
+
+
 def ica_components_removed(value: Any) -> tuple[int, list[str]]:
     """Number of ICA components removed and their reasons, from an index ``ica_removed`` cell.
 
@@ -254,8 +306,18 @@ def plot_preprocessing_summary(index: pd.DataFrame, out_png: str | os.PathLike) 
     return _save(fig, out_png)
 
 
-def make_report_figures(workdir: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Any]:
+def make_report_figures(workdir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                        results_path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Make every figure the run's artifacts allow; skip the others with a note.
+
+    Parameters
+    ----------
+    workdir : path-like
+        The run folder.
+    out_dir : path-like
+        Where the PNGs go.
+    results_path : path-like or None
+        ``training_results.json`` (its gap table); default ``workdir/training_results.json``.
 
     Returns
     -------
@@ -290,6 +352,12 @@ def make_report_figures(workdir: str | os.PathLike, out_dir: str | os.PathLike) 
     else:
         for name in ("confusion_matrix", "per_class_kl", "reliability"):
             skipped[name] = oof_problem
+    results_path = Path(results_path) if results_path is not None else workdir / "training_results.json"
+    gap = json.loads(results_path.read_text()).get("gap_to_floor") if results_path.is_file() else None
+    if gap:
+        attempt("gap_to_floor", lambda out: plot_gap_to_floor(gap, out))
+    else:
+        skipped["gap_to_floor"] = f"no gap table in {results_path} yet"
     stores = sorted((workdir / "data" / "processed").glob("batch_*.zarr"))
     if stores:
         attempt("preprocessing", lambda out: plot_preprocessing_summary(_store_index(stores), out))

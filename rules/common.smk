@@ -56,6 +56,12 @@ def foundation_targets():
     return targets
 
 
+def has_answer_key():
+    """A generated synthetic set keeps its latent class vectors (the answer key)."""
+    data = config["data"]
+    return data["source"] == "synthetic" and bool(data["synthetic"].get("save_answer_key", True))
+
+
 def uses_foundation(model):
     return bool(config["pretrain"]["enabled"]) and config["models"][model].get("foundation_mode") is not None
 

@@ -61,6 +61,9 @@ def results_inputs(wildcards):
         inputs["encoder"] = FOUNDATION
         if config["transfer"]["enabled"]:
             inputs["transfer"] = rules.foundation_transfer.output.study
+    if has_answer_key():
+        # the script reads <data dir>/answer_key/latent.parquet for the gap table's floor
+        inputs["answer_key_source"] = rules.fetch_data.output.source
     return inputs
 
 

@@ -63,16 +63,41 @@ def _tiny_store(path: Path) -> None:
     writer.close()
 
 
+def _gap(run_dir: Path, answer_key: Path | None, pattern: str = "*.parquet") -> dict:
+    """The gap table of ``run_dir``'s OOF frames (hms_core.results.gap_table), members only."""
+    from hms_core.results import _score_oofs, gap_table
+
+    oof = report.read_oof(sorted((run_dir / "oof").glob(pattern)))
+    return gap_table(oof, {m: _score_oofs(df) for m, df in oof.items()}, None, [], answer_key)
+
+
 def test_make_report_figures(run_dir, tmp_path):
     result = report.make_report_figures(run_dir, tmp_path / "figures")
     assert set(result["figures"]) == {"learning_curves", "confusion_matrix", "per_class_kl", "reliability"}
     assert all(_is_png(Path(p)) for p in result["figures"].values())
     assert "no data/processed/batch_*.zarr" in result["skipped"]["preprocessing"]
+    assert "no gap table" in result["skipped"]["gap_to_floor"]
     assert not list((tmp_path / "figures").glob(".*.tmp"))
 
     _tiny_store(run_dir / "data" / "processed" / "batch_0000.zarr")
+    (run_dir / "training_results.json").write_text(json.dumps({"gap_to_floor": _gap(run_dir, None)}))
     result = report.make_report_figures(run_dir, tmp_path / "figures")
     assert _is_png(Path(result["figures"]["preprocessing"])) and result["skipped"] == {}
+    assert _is_png(Path(result["figures"]["gap_to_floor"]))
+
+
+def test_gap_figure_with_an_answer_key(run_dir, tmp_path):
+    rows = report.read_oof(sorted((run_dir / "oof").glob("resnet1d_gru_*.parquet")))["resnet1d_gru"]
+    near_votes = 0.8 * votes_to_targets(rows[list(VOTE_COLUMNS)].to_numpy()) + 0.2 / 6  # below the prior's KL
+    latent = pd.DataFrame(near_votes, columns=[f"p_{c.lower()}" for c in CLASSES])
+    latent.insert(0, "label_id", rows["label_id"].to_numpy())
+    key = tmp_path / "latent.parquet"
+    latent.to_parquet(key)
+    gap = _gap(run_dir, key, "resnet1d_gru_*.parquet")  # the fixture's members disagree on votes
+    assert all(isinstance(e["all"]["gap_closed"], float) for e in gap["table"].values())
+    assert _is_png(report.plot_gap_to_floor(gap, tmp_path / "gap.png"))
+    with pytest.raises(report.DataError, match="empty gap table"):
+        report.plot_gap_to_floor({"table": {}}, tmp_path / "empty.png")
 
 
 def test_bad_oof_file_is_named_and_skipped(run_dir, tmp_path):
@@ -86,7 +111,7 @@ def test_make_report_figures_on_an_empty_run(workdir, tmp_path):
     result = report.make_report_figures(workdir, tmp_path / "figures")
     assert result["figures"] == {}
     assert set(result["skipped"]) == {"learning_curves", "confusion_matrix", "per_class_kl",
-                                      "reliability", "preprocessing"}
+                                      "reliability", "preprocessing", "gap_to_floor"}
 
 
 def test_per_class_kl_sums_to_kaggle_kl(run_dir):

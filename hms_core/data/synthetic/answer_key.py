@@ -39,6 +39,41 @@ def write_answer_key(data_dir: Path, latent: pd.DataFrame, test_latent: pd.DataF
                    data_dir / ANSWER_KEY_DIR / TEST_LATENT_FILE)
 
 
+def read_latent(key_path: str | os.PathLike, label_id: np.ndarray) -> np.ndarray:
+    """The latent class probabilities of the rows ``label_id``, in that order.
+
+    Parameters
+    ----------
+    key_path : path-like
+        ``answer_key/latent.parquet`` of a synthetic data set.
+    label_id : np.ndarray
+        ``(n_rows,)`` label ids of ``train.csv`` rows.
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_rows, 6)`` float64 probabilities (the columns of ``LATENT_COLUMNS``).
+
+    Raises
+    ------
+    DataError
+        The file is missing or lacks a column, or a label_id has no latent vector.
+    """
+    key_path = Path(key_path)
+    if not key_path.is_file():
+        raise DataError(key_path, "no answer key: only synthetic data sets have latent vectors")
+    key = pd.read_parquet(key_path)
+    missing = [c for c in ("label_id", *LATENT_COLUMNS) if c not in key.columns]
+    if missing:
+        raise DataError(key_path, f"answer key lacks column(s) {', '.join(missing)}")
+    latent = key.set_index("label_id").reindex(np.asarray(label_id, dtype=np.int64))[list(LATENT_COLUMNS)]
+    absent = latent.isna().any(axis=1).to_numpy()
+    if absent.any():
+        raise DataError(key_path, f"answer key lacks latent vectors for {int(absent.sum())} label_id(s), "
+                                  f"e.g. {int(np.asarray(label_id)[absent][0])}")
+    return latent.to_numpy(dtype=np.float64)
+
+
 def best_achievable_kl(data_dir: str | os.PathLike, *, min_votes: int = 1) -> float:
     """Kaggle KL of the latent vectors against the vote distributions (the noise floor).
 
