@@ -16,10 +16,9 @@ from torch import nn
 
 from hms_core.ensemble.averaging import PROB_FLOOR, predictive_uncertainty
 from hms_core.ensemble.stacking import StackedHead
-from hms_core.signal.frontend import WindowFrontend, kaggle_spec_image
+from hms_core.signal.frontend import FRONTEND_FIELDS, WindowFrontend, kaggle_spec_image
 from hms_core.train.augment import swap_hemispheres
 
-FRONTEND_FIELDS = ("chains", "eeg_spec", "eeg_mel")
 KAGGLE_FIELD = "kaggle_spec"
 ENSEMBLE_INPUTS = ("raw_uv", "spec_power")
 ENSEMBLE_OUTPUTS = ("probs", "entropy", "member_spread")
@@ -87,17 +86,13 @@ class EnsembleGraph(nn.Module):
         unknown = needed - set(FRONTEND_FIELDS) - {KAGGLE_FIELD}
         if unknown:
             raise ValueError(f"no way to compute input fields {sorted(unknown)} from a raw window")
-        self.needs_spectrograms = bool(needed & {"eeg_spec", "eeg_mel"})
+        self.frontend_fields = tuple(f for f in FRONTEND_FIELDS if f in needed)
         self.needs_kaggle = KAGGLE_FIELD in needed
         weights = [torch.full((len(m.folds),), float(w) / len(m.folds)) for m, w in zip(members, bma_weights)]
         self.register_buffer("sample_weights", torch.cat(weights))
 
     def _fields(self, raw_uv: torch.Tensor, spec_power: torch.Tensor) -> dict[str, torch.Tensor]:
-        fields: dict[str, torch.Tensor] = {}
-        if self.needs_spectrograms:
-            fields["chains"], fields["eeg_spec"], fields["eeg_mel"] = self.frontend(raw_uv)
-        else:
-            fields["chains"] = self.frontend.chains(raw_uv)
+        fields = self.frontend.fields(raw_uv, self.frontend_fields)
         if self.needs_kaggle:
             fields[KAGGLE_FIELD] = kaggle_spec_image(spec_power)
         return fields

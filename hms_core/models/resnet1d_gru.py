@@ -1,6 +1,9 @@
-"""``resnet1d_gru``: a 1-D residual conv stack over the 18 bipolar chains, then a bidirectional GRU.
+"""``resnet1d_gru``: a 1-D residual conv stack over EEG signals, then a bidirectional GRU.
 
-The chains (uV) are scaled, average-pooled by ``input_downsample``, and passed through a
+The input montage is an option: the 18 bipolar chains (default), the 19 referential
+channels, their average reference (each channel minus the mean of the 19, formed here from
+the stored ``referential`` field), or chains and average reference side by side (37 rows).
+The signals (uV) are scaled, average-pooled by ``input_downsample``, and passed through a
 strided stem and residual stages that shorten time (each stage by its stride) while
 widening channels; a bidirectional GRU reads the remaining sequence; mean- and max-pooled
 GRU outputs form the feature vector. An optional pretrained foundation encoder
@@ -19,11 +22,48 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from hms_core import contract
+from hms_core.config import check_option
 from hms_core.errors import ConfigError
 from hms_core.models.foundation import FoundationMode
 from hms_core.models.registry import register_model
 
 FOUNDATION_MODES = typing.get_args(FoundationMode)
+Montage = typing.Literal["chains", "referential", "average", "chains+average"]
+MONTAGES = typing.get_args(Montage)
+# Store fields each montage reads, in forward() argument order.
+MONTAGE_FIELDS = {"chains": ("chains",), "referential": ("referential",), "average": ("referential",),
+                  "chains+average": ("chains", "referential")}
+_MONTAGE_CHANNELS = {"chains": contract.N_CHAINS, "referential": contract.N_EEG_CHANNELS,
+                     "average": contract.N_EEG_CHANNELS,
+                     "chains+average": contract.N_CHAINS + contract.N_EEG_CHANNELS}
+
+
+def montage_signals(montage: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The network input ``(B, C, T)`` in uV of ``montage`` from store fields.
+
+    Parameters
+    ----------
+    montage : {"chains", "referential", "average", "chains+average"}
+    inputs : dict
+        ``chains (B, 18, T)`` and/or ``referential (B, 19, T)`` in uV, as
+        ``MONTAGE_FIELDS[montage]`` names.
+
+    Returns
+    -------
+    torch.Tensor
+        chains: 18 rows; referential: 19; average: 19 (each referential channel minus the
+        mean of the 19 at each sample); chains+average: the 18 chains then the 19
+        average-reference rows.
+    """
+    if montage == "chains":
+        return inputs["chains"]
+    referential = inputs["referential"]
+    if montage == "referential":
+        return referential
+    average = referential - referential.mean(dim=1, keepdim=True)
+    if montage == "average":
+        return average
+    return torch.cat([inputs["chains"], average], dim=1)
 
 
 class ResBlock1d(nn.Module):
@@ -47,20 +87,25 @@ class ResBlock1d(nn.Module):
 
 
 class ResNet1dGRU(nn.Module):
-    """1-D ResNet + bidirectional GRU classifier of raw bipolar chains.
+    """1-D ResNet + bidirectional GRU classifier of raw EEG (bipolar chains by default).
 
     Parameters
     ----------
     n_outputs : int, default 6
         Number of classes.
-    n_chans : int, default 18
-        Input chains (``contract.N_CHAINS``).
+    n_chans : int, optional
+        Input rows; default (None) the montage's: 18 chains, 19 referential or average,
+        37 for chains+average. A value that disagrees with the montage is an error.
     n_times : int, default 10000
         Samples per window (``contract.WINDOW_SAMPLES``, 50 s at 200 Hz).
     sfreq : float, default 200
         Sampling rate in Hz.
+    montage : {"chains", "referential", "average", "chains+average"}, default "chains"
+        What the network reads: the stored ``chains``, the stored ``referential`` channels,
+        their average reference (formed in ``forward``), or chains and average reference
+        concatenated along the channel axis. Sets ``input_fields``.
     input_scale_uv : float, default 100.0
-        Chains are divided by this many uV.
+        Signals are divided by this many uV.
     input_downsample : int, default 2
         Average-pooling factor applied first (the chains are band-limited to ~20 Hz).
     stem_width : int, default 32
@@ -77,18 +122,20 @@ class ResNet1dGRU(nn.Module):
     foundation_path : str, optional
         Pretrained foundation encoder file (``load_foundation``).
     foundation_mode : {"frozen", "finetune", None}, default None
-        How to use the foundation encoder; None ignores ``foundation_path``.
+        How to use the foundation encoder; None ignores ``foundation_path``. The encoder
+        reads the chains (it was pretrained on them), so with a montage without chains the
+        model also reads ``chains`` (last in ``input_fields``).
     foundation_kwargs : dict, optional
         Build the encoder from these ``EEGFoundationEncoder`` kwargs instead of loading
         ``foundation_path`` (used when reloading a trained model whose state_dict already
         holds the encoder weights).
     """
 
-    input_fields = ("chains",)
+    input_fields = ("chains",)  # the default montage's; each instance sets its own
 
-    def __init__(self, n_outputs: int = contract.N_CLASSES, n_chans: int = contract.N_CHAINS,
+    def __init__(self, n_outputs: int = contract.N_CLASSES, n_chans: int | None = None,
                  n_times: int = contract.WINDOW_SAMPLES, sfreq: float = contract.SAMPLING_RATE_HZ,
-                 *, input_scale_uv: float = 100.0, input_downsample: int = 2, stem_width: int = 32,
+                 *, montage: Montage = "chains", input_scale_uv: float = 100.0, input_downsample: int = 2, stem_width: int = 32,
                  widths: Sequence[int] = (32, 64, 128, 256), strides: Sequence[int] = (2, 2, 2, 2),
                  stem_stride: int = 2, kernel_size: int = 7, gru_hidden: int = 128,
                  gru_layers: int = 1, dropout: float = 0.2, foundation_path: str | None = None,
@@ -97,13 +144,24 @@ class ResNet1dGRU(nn.Module):
         if len(widths) != len(strides) or not widths:
             raise ConfigError(f"models.resnet1d_gru: widths {list(widths)} and strides "
                               f"{list(strides)} must be non-empty and of equal length")
+        check_option("models.resnet1d_gru.montage", montage, MONTAGES)
+        if n_chans is None:
+            n_chans = _MONTAGE_CHANNELS[montage]
+        elif int(n_chans) != _MONTAGE_CHANNELS[montage]:
+            raise ConfigError(f"models.resnet1d_gru.n_chans: {n_chans!r} does not match montage "
+                              f"{montage!r} ({_MONTAGE_CHANNELS[montage]} rows); leave it unset")
         if foundation_mode is not None and foundation_mode not in FOUNDATION_MODES:
             raise ConfigError(f"models.resnet1d_gru.foundation_mode: {foundation_mode!r} is not "
                               f"one of {', '.join(FOUNDATION_MODES)} or null")
         if foundation_mode is not None and foundation_path is None and foundation_kwargs is None:
             raise ConfigError("models.resnet1d_gru.foundation_mode is set but no foundation_path "
                               "(pretrained encoder file) was given")
-        self.n_outputs, self.n_chans, self.n_times, self.sfreq = n_outputs, n_chans, n_times, sfreq
+        self.n_outputs, self.n_chans, self.n_times, self.sfreq = n_outputs, int(n_chans), n_times, sfreq
+        self.montage = montage
+        fields = MONTAGE_FIELDS[montage]
+        if foundation_mode is not None and "chains" not in fields:
+            fields = (*fields, "chains")  # the foundation encoder reads the chains
+        self.input_fields = fields
         self.input_scale_uv = float(input_scale_uv)
         self.grad_checkpointing = False
         self.pool = nn.AvgPool1d(input_downsample) if input_downsample > 1 else nn.Identity()
@@ -153,9 +211,14 @@ class ResNet1dGRU(nn.Module):
         """Recompute the residual blocks' activations in backward (saves memory)."""
         self.grad_checkpointing = enable
 
-    def forward_features(self, chains: torch.Tensor) -> torch.Tensor:
-        """``chains (B, n_chans, n_times)`` in uV -> features ``(B, feature_dim)``."""
-        x = self.stem(self.pool(chains / self.input_scale_uv))  # (B, stem_width, T')
+    def forward_features(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Store fields in ``input_fields`` order (``(B, 18 or 19, n_times)`` in uV) -> features
+        ``(B, feature_dim)``."""
+        if len(inputs) != len(self.input_fields):
+            raise ValueError(f"expected {len(self.input_fields)} inputs {self.input_fields}, got {len(inputs)}")
+        named = dict(zip(self.input_fields, inputs))
+        signals = montage_signals(self.montage, named)  # (B, n_chans, n_times)
+        x = self.stem(self.pool(signals / self.input_scale_uv))  # (B, stem_width, T')
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
                 x = checkpoint(block, x, use_reentrant=False)
@@ -164,6 +227,7 @@ class ResNet1dGRU(nn.Module):
         seq, _ = self.gru(x.transpose(1, 2))  # (B, T'', 2 * gru_hidden)
         features = torch.cat([seq.mean(dim=1), seq.amax(dim=1)], dim=1)
         if self.foundation is not None:
+            chains = named["chains"]
             if self.foundation_mode == "frozen":
                 with torch.no_grad():
                     extra = self.foundation.forward_features(chains)
@@ -176,9 +240,10 @@ class ResNet1dGRU(nn.Module):
         """Features ``(B, feature_dim)`` -> logits ``(B, n_outputs)``."""
         return self.head(self.head_dropout(features))
 
-    def forward(self, chains: torch.Tensor) -> torch.Tensor:
-        """``chains (B, 18, 10000)`` in uV -> logits ``(B, 6)``."""
-        return self.forward_head(self.forward_features(chains))
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Store fields in ``input_fields`` order (default ``chains (B, 18, 10000)`` in uV) ->
+        logits ``(B, 6)``."""
+        return self.forward_head(self.forward_features(*inputs))
 
 
 @register_model

@@ -24,8 +24,10 @@ from hms_core.data.folds import make_folds
 
 PREPROCESSING = {"ica": {"enabled": False}, "n_batches": 1}
 MODELS = {
+    # chains + average reference: the export, the ensemble graph's front end and its swap TTA
+    # must produce both signal fields from the raw window as preprocessing stored them
     "resnet1d_gru": {"stem_width": 8, "widths": [8, 8], "strides": [4, 4], "gru_hidden": 8,
-                     "input_downsample": 4, "dropout": 0.0},
+                     "input_downsample": 4, "dropout": 0.0, "montage": "chains+average"},
     "efficientnet": {"backbone": "test_efficientnet", "image_size": 48,
                      "input_fields": ["eeg_spec", "kaggle_spec"], "drop_rate": 0.0,
                      "crop_s": {"kaggle_spec": 120}, "time_bins": 4},

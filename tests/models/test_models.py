@@ -20,6 +20,7 @@ TINY_KWARGS = {
 }
 FIELD_SHAPES = {
     "chains": (contract.N_CHAINS, contract.WINDOW_SAMPLES),
+    "referential": (contract.N_EEG_CHANNELS, contract.WINDOW_SAMPLES),
     "eeg_spec": (4, 32, 48),
     "eeg_mel": (4, 16, 48),
     "kaggle_spec": (4, contract.SPEC_N_FREQS, contract.SPEC_WINDOW_ROWS),
@@ -28,7 +29,7 @@ FIELD_SHAPES = {
 
 def _inputs(model, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, *FIELD_SHAPES[f], generator=g) * (50 if f == "chains" else 1)
+    return [torch.randn(batch, *FIELD_SHAPES[f], generator=g) * (50 if f in ("chains", "referential") else 1)
             for f in model.input_fields]
 
 
@@ -102,6 +103,48 @@ def test_resnet_foundation_branch_frozen_and_portable(tmp_path):
     assert torch.equal(model(*x), rebuilt(*x))
     with pytest.raises(ConfigError, match="foundation_path"):
         create_model("resnet1d_gru", foundation_mode="frozen")
+
+
+@pytest.mark.parametrize("montage, fields, n_chans", [
+    ("chains", ("chains",), 18), ("referential", ("referential",), 19),
+    ("average", ("referential",), 19), ("chains+average", ("chains", "referential"), 37)])
+def test_resnet_montages_read_their_fields_and_export(montage, fields, n_chans, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from hms_core.models.resnet1d_gru import montage_signals
+
+    torch.manual_seed(0)
+    model = create_model("resnet1d_gru", montage=montage, **TINY_KWARGS["resnet1d_gru"]).eval()
+    assert model.input_fields == fields and model.n_chans == n_chans == model.stem[0].in_channels
+    x = _inputs(model, batch=3)
+    assert model(*x).shape == (3, contract.N_CLASSES)
+    named = dict(zip(fields, x))
+    signals = montage_signals(montage, named)
+    if montage in ("average", "chains+average"):
+        average = signals[:, -19:]
+        assert torch.allclose(average.mean(dim=1), torch.zeros(3, contract.WINDOW_SAMPLES), atol=1e-4)
+        # a signal common to every electrode (generalised) vanishes from the average reference
+        common = named["referential"] + 40.0 * torch.randn(3, 1, contract.WINDOW_SAMPLES)
+        assert torch.allclose(montage_signals(montage, {**named, "referential": common})[:, -19:], average, atol=1e-3)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(model, tuple(x), str(path), dynamo=False, opset_version=17, input_names=list(fields),
+                      output_names=["logits"], dynamic_axes={n: {0: "batch"} for n in (*fields, "logits")})
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {f: t.numpy() for f, t in zip(fields, x)})[0]
+    np.testing.assert_allclose(got, model(*x).detach().numpy(), atol=1e-4)
+
+
+def test_resnet_montage_errors_and_foundation_reads_chains(tmp_path):
+    with pytest.raises(ConfigError, match="montage.*'bipolar'.*'chains', 'referential', 'average'"):
+        create_model("resnet1d_gru", montage="bipolar")
+    with pytest.raises(ConfigError, match="n_chans.*average"):
+        create_model("resnet1d_gru", montage="average", n_chans=18)
+    foundation = pytest.importorskip("hms_core.models.foundation")
+    path = tmp_path / "enc.pth"
+    foundation.save_foundation(foundation.EEGFoundationEncoder(dim=16, depth=1, heads=2, max_patches=4), path)
+    model = create_model("resnet1d_gru", montage="average", foundation_path=str(path), foundation_mode="frozen",
+                         **TINY_KWARGS["resnet1d_gru"]).eval()
+    assert model.input_fields == ("referential", "chains")  # the encoder was pretrained on chains
+    assert model(*_inputs(model)).shape == (2, contract.N_CLASSES)
 
 
 def test_efficientnet_image_and_progressive_sizes():
