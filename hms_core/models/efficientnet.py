@@ -19,6 +19,7 @@ Progressive resizing: the trainer changes ``image_size`` between epochs
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Mapping, Sequence
 
 import torch
@@ -134,13 +135,24 @@ class SpectrogramEfficientNet(nn.Module):
         Stochastic depth.
     input_fields : sequence of str, default ("eeg_spec", "eeg_mel", "kaggle_spec")
         Which spectrogram sources to tile (any non-empty subset, in this order).
+    pretrained : bool, default False
+        Start the backbone from timm's pretrained (ImageNet) weights, as every top HMS
+        solution did; the classifier is new (6 outputs). Without ``pretrained_path`` timm
+        fetches them from the Hugging Face hub (needs the internet once, then its cache).
+    pretrained_path : str or None, default None
+        A local file of the backbone's timm weights (``.pth``/``.bin`` state dict, read with
+        ``weights_only=True``, or ``.safetensors``) for machines without the internet, e.g.
+        ``hf download timm/efficientnet_b5.sw_in12k_ft_in1k model.safetensors``. Needs
+        ``pretrained: true``. Neither key is kept in the trained model's weights file
+        (:meth:`portable_kwargs`): the fine-tuned weights are all it needs.
     """
 
     def __init__(self, n_outputs: int = contract.N_CLASSES, *, backbone: str = "efficientnet_b0",
                  image_size: int = 256, in_chans: int = 1, position_channels: bool = True,
                  crop_s: Mapping[str, float] | None = None, time_bins: int = 0,
                  drop_rate: float = 0.2,
-                 drop_path_rate: float = 0.0, input_fields: Sequence[str] = SPEC_FIELDS):
+                 drop_path_rate: float = 0.0, input_fields: Sequence[str] = SPEC_FIELDS,
+                 pretrained: bool = False, pretrained_path: str | None = None):
         super().__init__()
         import timm
 
@@ -166,10 +178,26 @@ class SpectrogramEfficientNet(nn.Module):
         self.in_chans = int(in_chans)
         self.position_channels = bool(position_channels)
         stem_chans = self.in_chans + (N_POSITION_CHANNELS if self.position_channels else 0)
-        self.backbone = timm.create_model(backbone, pretrained=False, in_chans=stem_chans,
+        if pretrained_path is not None:
+            if not pretrained:
+                raise ConfigError("models.efficientnet.pretrained_path is set but pretrained is "
+                                  "false; set pretrained: true to load it")
+            if not os.path.isfile(pretrained_path):
+                raise ConfigError(f"models.efficientnet.pretrained_path: {pretrained_path!r} is "
+                                  "not a file (timm weights of the backbone, saved locally)")
+        overlay = {"file": str(pretrained_path)} if pretrained_path is not None else None
+        # timm adapts the stem to in_chans (3 here: grey image + 2 position channels) and
+        # leaves the new classifier randomly initialised.
+        self.backbone = timm.create_model(backbone, pretrained=bool(pretrained),
+                                          pretrained_cfg_overlay=overlay, in_chans=stem_chans,
                                           num_classes=n_outputs, drop_rate=drop_rate,
                                           drop_path_rate=drop_path_rate)
         self.feature_dim = int(self.backbone.num_features)
+
+    def portable_kwargs(self, kwargs: dict) -> dict:
+        """``kwargs`` to rebuild this model from its trained weights: no pretrained load
+        (predicting and exporting must neither read the ImageNet file nor download it)."""
+        return {k: v for k, v in kwargs.items() if k not in ("pretrained", "pretrained_path")}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
