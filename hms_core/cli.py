@@ -64,6 +64,16 @@ def _deploy(args: argparse.Namespace) -> int:
                          snakemake_args=args.snakemake_args)
 
 
+def _curves(args: argparse.Namespace) -> int:
+    import json
+
+    from hms_core.train import curves
+
+    result = curves.best_length(args.weights, metric=args.metric, mode=args.mode)
+    sys.stdout.write(json.dumps(result) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hms", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -113,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_remote(p)
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="extra snakemake arguments")
     p.set_defaults(func=_resume)
+
+    p = verbs.add_parser("curves", help="training length where the mean CV learning curve is best")
+    p.add_argument("weights", nargs="+", help="one model's train_fold weights files "
+                   "(models/final/<model>_fold*.pth)")
+    p.add_argument("--metric", default="oof_kl", help="history key (default oof_kl)")
+    p.add_argument("--mode", choices=("min", "max"), default="min", help="best is min or max")
+    p.set_defaults(func=_curves)
 
     p = verbs.add_parser("deploy", help="copy the project to a host and start the run there")
     p.add_argument("--host", required=True, help="user@host")
