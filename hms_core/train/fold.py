@@ -388,7 +388,10 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
               "vote_weighting": training.vote_weighting, "inner_val_frac": training.inner_val_frac}
     run_key = make_run_key("train_fold", model_name, model_kwargs, int(fold), recipe,
                            image_sizes, sha256_file(folds_csv), _index_digest(index),
-                           _foundation_digest(model_kwargs.get("foundation_path")))
+                           _foundation_digest(model_kwargs.get("foundation_path")),
+                           # the pretrained backbone file's content, not just its name
+                           *([sha256_file(model_kwargs["pretrained_path"])]
+                             if model_kwargs.get("pretrained_path") else []))
     job = f"train_{model_name}_fold{fold}"
     result = fit(model, loss_fn=loss_fn, train_data=train_set, eval_fn=eval_fn, cfg=engine_cfg,
                  checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices,
