@@ -17,6 +17,7 @@ from hms_core.export.onnx import build_ensemble_graph, export_model
 from hms_core.export.parity import ParityError
 from hms_core.export.runtime import ort_session, read_metadata
 from hms_core.inference.predict import cleaning_config, read_test_window
+from hms_core.preprocess import PreprocessConfig
 
 
 @pytest.mark.parametrize("model", ["resnet1d_gru", "efficientnet"])
@@ -94,3 +95,30 @@ def test_export_config_and_bad_files(tiny_run, tmp_path):
     given = {m: w for m, w in tiny_run["weights"].items() if m != kept[0]}
     with pytest.raises(DataError, match=f"members \\['{kept[0]}'\\] have no weights files"):
         build_ensemble_graph(given, tiny_run["ensemble"])
+
+
+def test_raw_windows_give_the_stored_fields_and_the_same_member_output(tiny_run):
+    """Prediction sees what training saw: the ensemble graph's front end on raw training windows
+    reproduces the stored chains and referential channels, and a member reading both (the tiny
+    run's resnet, chains + average reference) predicts the same from either."""
+    from hms_core.export.onnx import load_fold_models
+    from hms_core.export.parity import parity_rows, train_windows
+    from hms_core.signal.frontend import WindowFrontend
+
+    import sys
+
+    mod = sys.modules["hms_tiny_run"]  # tiny_run.py, loaded by the fixture
+    source = tiny_run["source"]
+    raw, _ = train_windows(tiny_run["data_dir"], source, n=3, preprocessing=mod.PREPROCESSING)
+    stored = source.read(parity_rows(len(source.index), 3), ["chains", "referential"])
+    frontend = WindowFrontend(from_mapping(PreprocessConfig, mod.PREPROCESSING, "preprocessing").frontend)
+    with torch.no_grad():
+        fields = frontend.fields(torch.from_numpy(raw), ("chains", "referential"))
+        for name in ("chains", "referential"):
+            want = stored[name]
+            assert np.abs(fields[name].numpy() - want).max() <= 1e-3 * np.abs(want).max() + 1e-2  # float16
+        member = load_fold_models(tiny_run["weights"]["resnet1d_gru"])
+        assert member.input_fields == ("chains", "referential")
+        from_raw = member(fields["chains"], fields["referential"]).numpy()
+        from_store = member(*(torch.from_numpy(stored[f]) for f in member.input_fields)).numpy()
+    assert np.abs(from_raw - from_store).max() < 1e-3
