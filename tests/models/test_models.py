@@ -17,6 +17,7 @@ TINY_KWARGS = {
                          input_downsample=4),
     "efficientnet": dict(backbone="test_efficientnet", image_size=48),
     "foundation_linear": dict(dim=16, depth=1, heads=2, max_patches=4),
+    "qeeg": dict(inputs=("chains", "average"), hidden=4),
 }
 FIELD_SHAPES = {
     "chains": (contract.N_CHAINS, contract.WINDOW_SAMPLES),
