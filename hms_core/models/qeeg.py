@@ -7,9 +7,8 @@ labelled:
 
 - Welch band powers (Hann segments of ``segment_s``, half overlapping, mean removed) per
   signal and per region (mean power of the region's signals): natural-log power in uV^2 per
-  band (default delta 0.5-4, theta 4-8, alpha 8-13, beta 13-30 Hz and everything above 30 Hz,
-  the last one by Parseval: the segment's total power minus the bins below 30 Hz), log total
-  power, and log relative power (band / sum of the bands).
+  band (default delta 0.5-4, theta 4-8, alpha 8-13, beta 13-30 Hz and everything above 30 Hz),
+  log total power, and log relative power (band / sum of the bands).
 - Left-right asymmetry ``log P(left) - log P(right)`` per band for every homologous pair of
   signals and of regions (**positive when the left side is stronger**) and its absolute value
   (the focal, side-free part, which a linear head cannot form from the signed one).
@@ -158,8 +157,7 @@ class QEEGFeatures(nn.Module):
     sfreq : float, default 200
         Sampling rate in Hz.
     bands_hz : sequence of (float, float or None), default delta/theta/alpha/beta/30+
-        Band edges in Hz, lower edge inclusive; an upper edge of None means "to Nyquist"
-        (computed as total power minus the bins below the lower edge).
+        Band edges in Hz, lower edge inclusive; an upper edge of None means "to Nyquist".
     segment_s : float, default 2.0
         Welch segment length in s (frequency resolution ``1 / segment_s`` Hz).
     center_s : float, default 10.0
@@ -210,31 +208,22 @@ class QEEGFeatures(nn.Module):
         self.register_buffer("center_segments", torch.tensor(center_segments, dtype=torch.long),
                              persistent=False)
         window = np.hanning(seg + 1)[:-1]  # periodic Hann
-        top = max(hi if hi is not None else lo for lo, hi in self.bands)
         freqs = np.arange(seg // 2 + 1) * sfreq / seg
-        freqs = freqs[freqs < top]
+        if all(hi is not None for _, hi in self.bands):  # no bin above the top edge is needed
+            freqs = freqs[freqs < max(hi for _, hi in self.bands)]
         phase = 2 * np.pi * np.outer(np.arange(seg), freqs) / sfreq
         dft = np.concatenate([np.cos(phase), np.sin(phase)], axis=1) * window[:, None]
-        # Mean removal folded in: (I - 11'/seg) @ dft. Two more columns give each segment's
-        # sum(w^2 s) and mean, from which its windowed, mean-removed energy follows.
+        # Mean removal folded in: (I - 11'/seg) @ dft is the DFT of the mean-removed segment.
         dft = dft - dft.mean(axis=0, keepdims=True)
-        w2 = window ** 2
         self.n_bins = len(freqs)
-        basis = np.concatenate([dft, w2[:, None], np.full((seg, 1), 1.0 / seg)], axis=1)
-        self.register_buffer("basis", torch.tensor(basis, dtype=torch.float32), persistent=False)
-        self.register_buffer("window_sq", torch.tensor(w2, dtype=torch.float32), persistent=False)
+        self.register_buffer("dft", torch.tensor(dft, dtype=torch.float32), persistent=False)
         # One-sided PSD * bin width: 2 |X_k|^2 / (seg * sum(w^2)) (1x at DC and Nyquist).
-        energy = float(np.sum(w2))
-        one_sided = np.where((freqs == 0) | (np.isclose(freqs, sfreq / 2)), 1.0, 2.0) / (seg * energy)
-        # Closed band: its bins. Open band (to Nyquist): the bins below it, subtracted from
-        # the segment's total power (Parseval) in segment_powers.
-        band_w = np.stack([one_sided * ((freqs >= lo) & (freqs < hi)) if hi is not None
-                           else one_sided * (freqs < lo) for lo, hi in self.bands], axis=1)
+        one_sided = (np.where((freqs == 0) | np.isclose(freqs, sfreq / 2), 1.0, 2.0)
+                     / (seg * float(np.sum(window ** 2))))
+        band_w = np.stack([one_sided * ((freqs >= lo) & (freqs < (hi if hi is not None else np.inf)))
+                           for lo, hi in self.bands], axis=1)
         self.register_buffer("band_weights", torch.tensor(band_w, dtype=torch.float32),
                              persistent=False)
-        self.register_buffer("open_band", torch.tensor([hi is None for _, hi in self.bands]),
-                             persistent=False)
-        self.window_energy = energy
 
         # Envelope and its autocorrelation.
         self.env_step = int(round(envelope_s * sfreq))
@@ -330,23 +319,12 @@ class QEEGFeatures(nn.Module):
     def segment_powers(self, x: torch.Tensor) -> torch.Tensor:
         """Band powers of every Welch segment: ``x (B, C, T)`` -> ``(B, C, n_segments, n_bands)`` uV^2."""
         batch, chans = x.shape[0], x.shape[1]
-        squared = x * x
         out = []
         for start, count in ((0, self.n_even), (self.half, self.n_odd)):
-            stop = start + count * self.seg
-            segments = x[..., start:stop].reshape(batch, chans, count, self.seg)
-            segments_sq = squared[..., start:stop].reshape(batch, chans, count, self.seg)
-            proj = segments @ self.basis  # (B, C, S, 2K + 2)
-            k = self.n_bins
-            real, imag = proj[..., :k], proj[..., k:2 * k]
-            power = real * real + imag * imag
-            bands = power @ self.band_weights  # (B, C, S, n_bands)
-            # sum w^2 (s - m)^2 = sum w^2 s^2 - 2 m sum w^2 s + m^2 sum w^2
-            weighted, mean = proj[..., 2 * k], proj[..., 2 * k + 1]
-            energy = (segments_sq @ self.window_sq - 2 * mean * weighted
-                      + mean.square() * self.window_energy)
-            total = (energy / self.window_energy)[..., None]
-            out.append(torch.where(self.open_band, (total - bands).clamp_min(0.0), bands))
+            segments = x[..., start:start + count * self.seg].reshape(batch, chans, count, self.seg)
+            spectrum = segments @ self.dft  # (B, C, S, 2K)
+            real, imag = spectrum[..., :self.n_bins], spectrum[..., self.n_bins:]
+            out.append((real * real + imag * imag) @ self.band_weights)  # (B, C, S, n_bands)
         return torch.cat(out, dim=2)
 
     def envelope(self, x: torch.Tensor) -> torch.Tensor:
