@@ -62,3 +62,12 @@ def test_bad_value_names_key_and_allowed_values():
         load_config(overrides={"training": {"unknown_key": 1}})
     with pytest.raises(ConfigError, match=r"models\.efficientnet\.training\.augment: unknown key 'flip'"):
         load_config(overrides={"models": {"efficientnet": {"training": {"augment": {"flip": 0.5}}}}})
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(CONFIGS) if n != "full"])
+def test_offline_configs_load_no_pretrained_weights(name):
+    """The demo and test configs run without the internet: no model asks for downloaded weights."""
+    config = load_config(*CONFIGS[name])
+    for model, entry in config["models"].items():
+        if entry.get("enabled", True) and entry.get("pretrained"):
+            assert entry.get("pretrained_path"), f"{name}: models.{model} would download weights"

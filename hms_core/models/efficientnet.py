@@ -188,10 +188,18 @@ class SpectrogramEfficientNet(nn.Module):
         overlay = {"file": str(pretrained_path)} if pretrained_path is not None else None
         # timm adapts the stem to in_chans (3 here: grey image + 2 position channels) and
         # leaves the new classifier randomly initialised.
-        self.backbone = timm.create_model(backbone, pretrained=bool(pretrained),
-                                          pretrained_cfg_overlay=overlay, in_chans=stem_chans,
-                                          num_classes=n_outputs, drop_rate=drop_rate,
-                                          drop_path_rate=drop_path_rate)
+        try:
+            self.backbone = timm.create_model(backbone, pretrained=bool(pretrained),
+                                              pretrained_cfg_overlay=overlay, in_chans=stem_chans,
+                                              num_classes=n_outputs, drop_rate=drop_rate,
+                                              drop_path_rate=drop_path_rate)
+        except OSError as exc:  # no network and no local file: say how to fix it
+            if not pretrained or pretrained_path is not None:
+                raise
+            raise ConfigError(
+                f"models.efficientnet.pretrained: the {backbone!r} weights could not be fetched "
+                f"({type(exc).__name__}); on an offline machine set pretrained_path to a local "
+                "timm weights file, or pretrained: false") from exc
         self.feature_dim = int(self.backbone.num_features)
 
     def portable_kwargs(self, kwargs: dict) -> dict:

@@ -76,3 +76,18 @@ def test_pretrained_path_errors(tmp_path, weights_file):
 def _inputs():
     torch.manual_seed(0)
     return (torch.randn(2, 4, 33, 25), torch.randn(2, 4, 32, 25), torch.randn(2, 4, 100, 300))
+
+
+def test_unreachable_weights_name_the_setting_that_fixes_it(monkeypatch):
+    """Offline with pretrained on and no local file: one ConfigError naming pretrained_path."""
+    import timm.models._builder as builder
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def offline(*args, **kwargs):
+        raise LocalEntryNotFoundError("no connection and no cached file")
+
+    for name in ("download_cached_file", "load_state_dict_from_hf", "load_state_dict_from_url"):
+        if hasattr(builder, name):
+            monkeypatch.setattr(builder, name, offline)
+    with pytest.raises(ConfigError, match="pretrained_path"):
+        create_model("efficientnet", pretrained=True, **KW)
