@@ -26,6 +26,7 @@ from hms_core.ops.config import OpsConfig
 from hms_core.paths import CONFIG_DIR
 from hms_core.preprocess import PreprocessConfig
 from hms_core.train.fold import TrainingConfig, resolve_model_config
+from hms_core.tune.config import TuningConfig
 from hms_core.workflow import ComputeConfig
 
 # Top-level config section -> its dataclass (the ``models`` section is per model, below).
@@ -40,6 +41,7 @@ SECTIONS: dict[str, type] = {
     "ensemble": EnsembleConfig,
     "export": ExportConfig,
     "ops": OpsConfig,
+    "tuning": TuningConfig,
 }
 
 
@@ -64,6 +66,10 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
     for name, entry in (config.get("models") or {}).items():
         if (entry or {}).get("enabled", True):
             built["models"][name] = resolve(config, name)[0]
+    for name in built["tuning"].models or []:
+        if name not in built["models"]:
+            raise ConfigError(f"tuning.models: {name!r} is not an enabled model; enabled: "
+                              f"{', '.join(built['models']) or 'none'}")
     return built
 
 
