@@ -250,8 +250,8 @@ def tune_model(store_paths: Any, folds_csv: str | os.PathLike, model_name: str,
               for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     if counts[TrialState.COMPLETE] == 0:
         raise HMSError(f"tuning: no trial of {model_name} fold {fold} completed "
-                          f"({counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed); "
-                          f"see {study_db} (study {study_name})")
+                       f"({counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed); "
+                       f"see {study_db} (study {study_name})")
     best = study.best_trial
     out = {
         "model": model_name, "fold": int(fold), "params": dict(best.params),

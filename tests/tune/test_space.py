@@ -1,8 +1,6 @@
 """The searched space, the tuning config section and how tuned parameters reach train_fold."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from hms_core.atomic import write_json
