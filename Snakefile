@@ -22,6 +22,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
 include: "rules/pretrain.smk"
+include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/ensemble.smk"
 include: "rules/export.smk"
@@ -45,6 +46,7 @@ rule all:
         rules.validate_data.output,
         rules.make_folds.output,
         all_stores(),
+        all_tuned_params(),
         all_weights(),
         all_oofs(),
         rules.ensemble.output,

@@ -13,6 +13,7 @@ STORE = "data/processed/batch_{batch}.zarr"
 WEIGHTS = "models/final/{model}_fold{fold}.pth"
 OOF = "oof/{model}_fold{fold}.parquet"
 FOUNDATION = "models/final/eeg_foundation_pretrained.pth"
+TUNED_PARAMS = "models/tuning/{model}_fold{fold}_params.json"
 
 
 def batch_ids():
@@ -66,10 +67,36 @@ def uses_foundation(model):
     return bool(config["pretrain"]["enabled"]) and config["models"][model].get("foundation_mode") is not None
 
 
-def train_inputs(wildcards):
+def tuned_models():
+    """Models searched by the tune rule: none unless tuning.enabled."""
+    tuning = config["tuning"]
+    if not tuning["enabled"]:
+        return []
+    chosen = tuning.get("models")
+    return [m for m in enabled_models() if chosen is None or m in chosen]
+
+
+def all_tuned_params():
+    return [path for model in tuned_models()
+            for path in expand(TUNED_PARAMS, model=model, fold=fold_ids())]
+
+
+def tuning_study(model, fold):
+    """The Optuna study (SQLite) of one model and outer fold; resumed, never deleted."""
+    return f"models/tuning/{model}_fold{fold}.db"
+
+
+def tune_inputs(wildcards):
     inputs = {"stores": all_stores(), "folds": "data/folds.csv"}
     if uses_foundation(wildcards.model):
         inputs["foundation"] = FOUNDATION
+    return inputs
+
+
+def train_inputs(wildcards):
+    inputs = tune_inputs(wildcards)
+    if wildcards.model in tuned_models():  # the best parameters of this model and fold
+        inputs["tuned_params"] = expand(TUNED_PARAMS, model=wildcards.model, fold=wildcards.fold)[0]
     return inputs
 
 

@@ -4,6 +4,7 @@
 rule pretrain:
     input:
         stores=all_stores(),
+        folds=rules.make_folds.output.folds,  # pretrain.holdout_fold's windows are left out
     output:
         encoder=FOUNDATION,
     params:

@@ -3,11 +3,13 @@ from pathlib import Path
 from hms_core.train.distributed import launch_torchrun, visible_gpu_ids
 from hms_core.train.fold_main import fold_args
 from hms_core.train.fold import train_fold
+from hms_core.tune.space import apply_tuned_params
 from hms_core.workflow import rule_context
 
 with rule_context(snakemake) as smk:
     model, fold = smk.wildcards.model, int(smk.wildcards.fold)
-    cfg = {"training": smk.params.training, "models": {model: smk.params.model}}
+    cfg = apply_tuned_params({"training": smk.params.training, "models": {model: smk.params.model}},
+                             model, smk.input.get("tuned_params"))  # None: tuning disabled
     job = dict(weights_out=smk.output.weights, oof_out=smk.output.oof,
                checkpoint_dir=smk.params.checkpoint_dir, foundation_path=smk.input.get("foundation"),
                status_path=smk.params.status)

@@ -15,6 +15,7 @@ import yaml
 
 from hms_core.config import (coerce_config, deep_update, from_mapping, load_schema,
                              validate_config)
+from hms_core.errors import ConfigError
 from hms_core.data.folds import FoldsConfig
 from hms_core.data.source import DataConfig
 from hms_core.ensemble.config import EnsembleConfig
@@ -25,6 +26,7 @@ from hms_core.ops.config import OpsConfig
 from hms_core.paths import CONFIG_DIR
 from hms_core.preprocess import PreprocessConfig
 from hms_core.train.fold import TrainingConfig, resolve_model_config
+from hms_core.tune.config import TuningConfig
 from hms_core.workflow import ComputeConfig
 
 # Top-level config section -> its dataclass (the ``models`` section is per model, below).
@@ -39,6 +41,7 @@ SECTIONS: dict[str, type] = {
     "ensemble": EnsembleConfig,
     "export": ExportConfig,
     "ops": OpsConfig,
+    "tuning": TuningConfig,
 }
 
 
@@ -57,12 +60,29 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """
     built = {section: from_mapping(cls, config.get(section), section)
              for section, cls in SECTIONS.items()}
+    _check_holdout(built)
     resolve = resolve_model_config
     built["models"] = {}
     for name, entry in (config.get("models") or {}).items():
         if (entry or {}).get("enabled", True):
             built["models"][name] = resolve(config, name)[0]
+    for name in built["tuning"].models or []:
+        if name not in built["models"]:
+            raise ConfigError(f"tuning.models: {name!r} is not an enabled model; enabled: "
+                              f"{', '.join(built['models']) or 'none'}")
     return built
+
+
+def _check_holdout(built: Mapping[str, Any]) -> None:
+    """The transfer study validates on the fold pretraining held out, and both folds exist."""
+    pre, transfer, n_folds = built["pretrain"], built["transfer"], built["folds"].n_folds
+    for key, fold in (("pretrain.holdout_fold", pre.holdout_fold), ("transfer.val_fold", transfer.val_fold)):
+        if fold is not None and not 0 <= fold < n_folds:
+            raise ConfigError(f"{key}: {fold} is not a fold of folds.n_folds = {n_folds} (0..{n_folds - 1})")
+    if pre.enabled and transfer.enabled and pre.holdout_fold != transfer.val_fold:
+        raise ConfigError(f"transfer.val_fold {transfer.val_fold} must be pretrain.holdout_fold "
+                          f"({pre.holdout_fold}): the study validates on windows the encoder never saw "
+                          "(or set transfer.enabled: false)")
 
 
 def load_config(*extra: str | os.PathLike, overrides: Mapping | None = None) -> dict:

@@ -2,8 +2,10 @@
 
 The objectives are in :mod:`hms_core.foundation.objectives`, the model that applies them
 in :mod:`hms_core.foundation.head`. Every window of the stores is used, labelled or not
-(low-vote rows included); labels are never read. The loop is :mod:`hms_core.train.engine`
-(epoch/step checkpoints, emergency save on SIGTERM, exact resume).
+(low-vote rows included), except those of the patients of ``holdout_fold``: the transfer
+study validates on that fold, so the encoder it assesses has never seen those windows. Labels
+are never read. The loop is :mod:`hms_core.train.engine` (epoch/step checkpoints, emergency
+save on SIGTERM, exact resume).
 """
 from __future__ import annotations
 
@@ -13,14 +15,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from hms_core import contract
 from hms_core.config import FLATTEN, from_mapping
-from hms_core.errors import ConfigError
+from hms_core.errors import ConfigError, DataError
 from hms_core.foundation.head import PretrainModel
 from hms_core.foundation.objectives import ObjectivesConfig
 from hms_core.models.foundation import (
@@ -64,6 +68,12 @@ class PretrainConfig:
         instead of the centre.
     max_windows : int | None
         Use at most this many windows, sampled with ``seed`` (default None: all).
+    holdout_fold : int | None
+        Never pretrain on the windows of this fold's patients (``data/folds.csv``; default 0,
+        the transfer study's ``transfer.val_fold``), so the study validates on windows the
+        encoder has not seen. None: every window. The main models that use the encoder train
+        per fold; only the model validated on this fold gets an encoder that never saw its
+        validation windows, and all of them get an encoder pretrained on (k-1)/k of the data.
     engine : EngineConfig
         Every key of :class:`~hms_core.train.engine_config.EngineConfig`, given at the top level of
         the section; pretraining's defaults are ``ENGINE_DEFAULTS``, the engine's own for
@@ -75,12 +85,15 @@ class PretrainConfig:
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     random_crop: bool = True
     max_windows: int | None = None
+    holdout_fold: int | None = 0
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(**ENGINE_DEFAULTS), metadata=FLATTEN)
 
     def validate(self, path: str = "pretrain") -> None:
         """Raise ConfigError naming ``<path>.<key>`` for a bad ``max_windows`` or engine setting."""
         if self.max_windows is not None and (not isinstance(self.max_windows, int) or self.max_windows < 2):
             raise ConfigError(f"{path}.max_windows: expected an integer >= 2 or null, got {self.max_windows!r}")
+        if self.holdout_fold is not None and (not isinstance(self.holdout_fold, int) or self.holdout_fold < 0):
+            raise ConfigError(f"{path}.holdout_fold: expected a fold number >= 0 or null, got {self.holdout_fold!r}")
         self.engine.validate(path)
 
     def to_dict(self, *, engine: bool = True) -> dict[str, Any]:
@@ -88,7 +101,7 @@ class PretrainConfig:
         own = {
             "enabled": self.enabled, "model": dataclasses.asdict(self.model),
             "objectives": dataclasses.asdict(self.objectives), "random_crop": self.random_crop,
-            "max_windows": self.max_windows,
+            "max_windows": self.max_windows, "holdout_fold": self.holdout_fold,
         }
         if not engine:
             return own
@@ -145,24 +158,60 @@ def source_fingerprint(source: Any) -> dict[str, Any]:
     return fingerprint
 
 
+def holdout_patients(folds_csv, fold: int) -> np.ndarray:
+    """Sorted patient ids of ``fold`` in ``folds_csv`` (``label_id, patient_id, fold``).
+
+    Raises
+    ------
+    DataError
+        When the file is missing, lacks a column, or has no row in ``fold``.
+    """
+    folds_path = Path(folds_csv)
+    if not folds_path.exists():
+        raise DataError(folds_path, "folds file not found")
+    folds = pd.read_csv(folds_path)
+    missing = {"patient_id", "fold"} - set(folds.columns)
+    if missing:
+        raise DataError(folds_path, f"missing column(s) {sorted(missing)}")
+    patients = np.unique(folds.loc[folds["fold"] == fold, "patient_id"].to_numpy(dtype=np.int64))
+    if len(patients) == 0:
+        raise DataError(folds_path, f"pretrain.holdout_fold: fold {fold} has no rows "
+                                    f"(folds present: {sorted(folds['fold'].unique().tolist())})")
+    return patients
+
+
+def read_holdout(path) -> dict[str, Any] | None:
+    """The ``holdout`` record :func:`pretrain` wrote into an encoder file, None when it held none out.
+
+    ``{"fold": int, "patient_ids": [int, ...], "n_windows_excluded": int}``: pretraining never
+    read a window of these patients.
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    return payload.get("holdout") if isinstance(payload, dict) else None
+
+
 def pretrain(
     store_paths: Any,
     cfg: PretrainConfig | Mapping | None,
     *,
     out_path,
     checkpoint_dir,
+    folds_csv=None,
     status_path=None,
     on_step_end: Sequence[Callable[[Any], None]] = (),
 ) -> dict[str, Any]:
-    """Pretrain the foundation encoder on every window of the stores and save it.
+    """Pretrain the foundation encoder on the windows of the stores and save it.
 
     Parameters
     ----------
     store_paths : path or sequence of paths
         Zarr window stores (``data/processed/batch_*.zarr``); all their windows are used,
-        labelled or not. A WindowStore-like object is accepted too.
+        labelled or not, except the held-out fold's. A WindowStore-like object is accepted too.
     cfg : PretrainConfig | Mapping | None
         The ``pretrain`` config section.
+    folds_csv : path | None
+        ``data/folds.csv``; required when ``cfg.holdout_fold`` is set: the windows of that
+        fold's patients are left out.
     out_path : path
         ``models/final/eeg_foundation_pretrained.pth``, written atomically by
         :func:`hms_core.models.foundation.save_foundation` (encoder ``state_dict``, its
@@ -177,7 +226,7 @@ def pretrain(
     Returns
     -------
     dict
-        ``n_windows, n_parameters, epochs, global_step, resumed_from_step, seconds,
+        ``n_windows`` (pretrained on), ``n_windows_excluded`` (the held-out fold's), ``n_parameters, epochs, global_step, resumed_from_step, seconds,
         loss_history`` (per epoch: ``total`` and each objective's unweighted loss),
         ``first_epoch_loss``, ``last_epoch_loss``.
     """
@@ -188,8 +237,23 @@ def pretrain(
     if n_total < 2:
         raise ConfigError(f"pretrain: the stores hold {n_total} window(s); pretraining needs at least 2")
     rows = np.arange(n_total)
-    if cfg.max_windows is not None and cfg.max_windows < n_total:
-        rows = np.sort(np.random.default_rng(engine_cfg.seed).choice(n_total, cfg.max_windows, replace=False))
+    holdout = None
+    if cfg.holdout_fold is not None:
+        if folds_csv is None:
+            raise ConfigError(f"pretrain.holdout_fold is {cfg.holdout_fold} but no folds file was given; "
+                              "pass folds_csv or set pretrain.holdout_fold: null")
+        patients = holdout_patients(folds_csv, cfg.holdout_fold)
+        held = np.isin(source.index["patient_id"].to_numpy(dtype=np.int64), patients)
+        rows = rows[~held]
+        if len(rows) < 2:
+            raise ConfigError(f"pretrain.holdout_fold: leaving out fold {cfg.holdout_fold} leaves "
+                              f"{len(rows)} window(s); pretraining needs at least 2")
+        holdout = {"fold": int(cfg.holdout_fold), "patient_ids": [int(p) for p in patients],
+                   "n_windows_excluded": int(held.sum())}
+        logger.info("pretrain: leaving out the %d windows of the %d patients of fold %d",
+                    holdout["n_windows_excluded"], len(patients), cfg.holdout_fold)
+    if cfg.max_windows is not None and cfg.max_windows < len(rows):
+        rows = np.sort(np.random.default_rng(engine_cfg.seed).choice(rows, cfg.max_windows, replace=False))
     n_times = int(source.read(rows[:1], ["chains"])["chains"].shape[-1])
     torch.manual_seed(engine_cfg.seed)  # same initial weights on every (re)start
     encoder = EEGFoundationEncoder(n_chans=contract.N_CHAINS, n_times=n_times, sfreq=contract.SAMPLING_RATE_HZ,
@@ -217,6 +281,7 @@ def pretrain(
     ]
     metrics = {
         "n_windows": int(len(rows)),
+        "n_windows_excluded": 0 if holdout is None else holdout["n_windows_excluded"],
         "n_parameters": n_parameters(result.model.encoder),
         "n_tokens": result.model.encoder.n_tokens,
         "epochs": engine_cfg.epochs,
@@ -230,7 +295,8 @@ def pretrain(
     }
     save_foundation(
         result.model.encoder.cpu(), out_path,
-        extra={"objectives": dataclasses.asdict(cfg.objectives), "pretrain_config": cfg.to_dict(), "metrics": metrics},
+        extra={"objectives": dataclasses.asdict(cfg.objectives), "pretrain_config": cfg.to_dict(), "metrics": metrics,
+               "holdout": holdout},
     )
     logger.info("pretrained encoder on %d windows: loss %.4f -> %.4f; wrote %s",
                 len(rows), history[0]["total"], history[-1]["total"], out_path)

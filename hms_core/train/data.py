@@ -97,6 +97,28 @@ class InMemorySource:
         return {f: self.fields[f][rows].astype(np.float32) for f in fields}
 
 
+class RowSubset:
+    """Some rows of a window source, as a window source of their own (a view: nothing copied).
+
+    Parameters
+    ----------
+    source : WindowStore-like
+    rows : np.ndarray
+        Positions in ``source.index``; row ``i`` of the subset is ``rows[i]`` of ``source``.
+    """
+
+    def __init__(self, source: Any, rows: np.ndarray):
+        self.source = source
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.index = source.index.iloc[self.rows].reset_index(drop=True)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def read(self, rows: np.ndarray, fields: Sequence[str]) -> dict[str, np.ndarray]:
+        return self.source.read(self.rows[np.asarray(rows, dtype=np.int64)], fields)
+
+
 def vote_targets(index: pd.DataFrame) -> np.ndarray:
     """Vote distributions ``(n, 6)`` float32 from the vote columns of ``index``."""
     votes = index[list(contract.VOTE_COLUMNS)].to_numpy(dtype=np.float64)

@@ -172,7 +172,14 @@ def resolve_model_config(cfg: Mapping[str, Any], model_name: str
     return training, kwargs, sizes
 
 
-def _fold_of_windows(index: pd.DataFrame, folds_csv: str | os.PathLike) -> np.ndarray:
+def fold_of_windows(index: pd.DataFrame, folds_csv: str | os.PathLike) -> np.ndarray:
+    """The fold of every window of ``index`` (``(n,)`` int64) from ``folds_csv`` by ``label_id``.
+
+    Raises
+    ------
+    DataError
+        The file is unreadable, lacks ``label_id``/``fold``, or misses a window.
+    """
     try:
         folds = pd.read_csv(folds_csv)
     except (OSError, pd.errors.ParserError) as exc:
@@ -308,7 +315,7 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
 
     source = open_window_source(store_paths)
     index = source.index.reset_index(drop=True)
-    window_fold = _fold_of_windows(index, folds_csv)
+    window_fold = fold_of_windows(index, folds_csv)
     train_rows = np.flatnonzero(window_fold != fold)
     val_rows = np.flatnonzero(window_fold == fold)
     if len(val_rows) == 0 or len(train_rows) == 0:

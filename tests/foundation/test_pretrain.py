@@ -15,7 +15,8 @@ import torch
 from hms_core.config import from_mapping
 from hms_core.errors import ConfigError
 from hms_core.models.foundation import load_foundation
-from hms_core.foundation.pretrain import PretrainConfig, pretrain
+from hms_core.foundation.pretrain import PretrainConfig, pretrain, read_holdout
+from hms_core.store import open_window_source
 
 torch.set_num_threads(1)
 
@@ -27,6 +28,7 @@ def tiny_cfg(**engine) -> dict:
         "epochs": 3, "batch_size": 8, "lr": 2e-3, "progress": False, "device": "cpu",
         "model": {"dim": 16, "depth": 1, "heads": 2, "max_patches": 4},
         "objectives": {"masked": {"mask_ratio": 0.5, "target": "both"}, "temporal": {"n_future": 1}},
+        "holdout_fold": None,
         **engine,
     }
 
@@ -91,6 +93,39 @@ def test_resume_after_sigkill_is_bit_identical(pretrained, tiny_store, tmp_path)
     assert not different, f"killed at step {kill_at}: {different}"
 
 
+class _RecordingSource:
+    """A window source that records every row pretraining reads."""
+
+    def __init__(self, source):
+        self.source, self.index, self.rows_read = source, source.index, set()
+
+    def read(self, rows, fields):
+        self.rows_read.update(int(r) for r in rows)
+        return self.source.read(rows, fields)
+
+
+def test_pretraining_never_reads_the_held_out_fold(tiny_store, tmp_path):
+    import pandas as pd
+
+    source = _RecordingSource(open_window_source([tiny_store.store]))
+    folds = pd.read_csv(tiny_store.folds_csv)
+    held = set(folds.loc[folds["fold"] == 1, "patient_id"])
+    patient = source.index["patient_id"].to_numpy()
+    held_rows = {i for i, p in enumerate(patient) if p in held}
+    assert held_rows and len(held_rows) < len(patient)
+    metrics = pretrain(source, tiny_cfg(epochs=1, holdout_fold=1), out_path=tmp_path / "enc.pth",
+                       checkpoint_dir=tmp_path / "ckpt", folds_csv=tiny_store.folds_csv)
+    kept = set(range(len(patient))) - held_rows
+    assert not source.rows_read & held_rows
+    assert source.rows_read <= kept and len(source.rows_read) > len(kept) - 8  # the engine drops a last partial batch
+    assert metrics["n_windows"] == len(patient) - len(held_rows)
+    assert metrics["n_windows_excluded"] == len(held_rows)
+    holdout = read_holdout(tmp_path / "enc.pth")
+    assert holdout["fold"] == 1 and set(holdout["patient_ids"]) == held
+    with pytest.raises(ConfigError, match="holdout_fold is 0 but no folds file"):
+        pretrain(source, tiny_cfg(holdout_fold=0), out_path=tmp_path / "x.pth", checkpoint_dir=tmp_path / "c2")
+
+
 def test_pretrain_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="pretrain: unknown key.*'epoch'"):
         from_mapping(PretrainConfig, {"epoch": 3}, "pretrain")
@@ -98,3 +133,5 @@ def test_pretrain_config_errors_name_the_key():
         from_mapping(PretrainConfig, {"precision": "fp8"}, "pretrain")
     with pytest.raises(ConfigError, match="pretrain.model.dim"):
         from_mapping(PretrainConfig, {"model": {"dim": 0}}, "pretrain")
+    with pytest.raises(ConfigError, match="pretrain.holdout_fold.*-1"):
+        from_mapping(PretrainConfig, {"holdout_fold": -1}, "pretrain")
