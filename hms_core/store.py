@@ -74,6 +74,10 @@ class StoreWriter:
         self.dtype = dtype
         self.shard = max(1, int(windows_per_shard))
         self.group = zarr.open_group(self.path, mode="w", zarr_format=3)
+        missing = [name for name in WINDOW_FIELDS if name not in shapes]
+        if missing:
+            raise ValueError(f"{self.path}: no window shape for field(s) {', '.join(missing)} "
+                             f"(a store holds {', '.join(WINDOW_FIELDS)})")
         self.shapes = {name: tuple(int(s) for s in shapes[name]) for name in WINDOW_FIELDS}
         self.arrays = {}
         for name, shape in self.shapes.items():

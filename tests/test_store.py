@@ -86,3 +86,9 @@ def test_version_1_store_reads_its_fields_and_names_the_missing_one(tmp_path):
                           a["chains"][[0]].astype(np.float16).astype(np.float32))
     with pytest.raises(DataError, match="no field.*referential.*re-run preprocessing"):
         store.read(np.array([0]), ["referential"])
+
+
+def test_writer_names_a_field_without_a_shape(tmp_path):
+    shapes = {k: v for k, v in SHAPES.items() if k != "referential"}
+    with pytest.raises(ValueError, match=r"old\.zarr: no window shape for field\(s\) referential"):
+        StoreWriter(tmp_path / "old.zarr", max_windows=1, shapes=shapes)

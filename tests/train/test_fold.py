@@ -12,7 +12,8 @@ from hms_core.train.fold import WEIGHTS_KEYS, load_trained, predict_logp, resolv
 from hms_core.train.data import WindowDataset
 
 torch.set_num_threads(1)
-SHAPES = {"chains": (contract.N_CHAINS, contract.WINDOW_SAMPLES), "eeg_spec": (4, 16, 20),
+SHAPES = {"chains": (contract.N_CHAINS, contract.WINDOW_SAMPLES),
+          "referential": (contract.N_EEG_CHANNELS, contract.WINDOW_SAMPLES), "eeg_spec": (4, 16, 20),
           "eeg_mel": (4, 8, 20), "kaggle_spec": (4, contract.SPEC_N_FREQS, contract.SPEC_WINDOW_ROWS)}
 N_WINDOWS = 30
 
@@ -30,7 +31,7 @@ def _write_store(path, n=N_WINDOWS, seed=0, relabel_fold=None):
     for j, col in enumerate(contract.VOTE_COLUMNS):
         index[col] = votes[:, j]
     w = StoreWriter(path, max_windows=n, shapes=SHAPES, windows_per_shard=4)
-    fields = {k: (rng.normal(size=(n, *s)) * (30 if k == "chains" else 1)).astype(np.float32)
+    fields = {k: (rng.normal(size=(n, *s)) * (30 if k in ("chains", "referential") else 1)).astype(np.float32)
               for k, s in SHAPES.items()}
     w.append(fields, index)
     w.close()
