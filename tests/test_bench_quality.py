@@ -1,21 +1,19 @@
 """bench/quality.py: what a seed changes, the statistics over seeds, the reuse check."""
 from __future__ import annotations
 
-import importlib.util
 import statistics
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bench_loader import load_bench
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", REPO / "bench" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("quality")
 
 
 def test_a_seed_changes_training_seeds_only():

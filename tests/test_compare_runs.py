@@ -1,7 +1,6 @@
 """bench/compare_runs.py: the refactor check finds a changed artifact of every kind."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -11,17 +10,11 @@ import pytest
 import torch
 import zarr
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_loader import load_bench
 
 
-def _load_compare_runs():
-    spec = importlib.util.spec_from_file_location("compare_runs", REPO / "bench" / "compare_runs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
-
-compare_runs = _load_compare_runs()
+compare_runs = load_bench("compare_runs")
 
 
 def _make_run(root: Path) -> Path:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from hms_core import atomic, contract
 from hms_core.config import from_mapping
 from hms_core.data.io import read_train_csv
-from hms_core.errors import ConfigError
+from hms_core.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass
@@ -86,6 +87,23 @@ def write_folds(train_csv: str | os.PathLike, folds_out: str | os.PathLike,
     folds = make_folds(read_train_csv(train_csv), cfg.n_folds, cfg.seed)
     with atomic.atomic_path(folds_out) as tmp:
         folds.to_csv(tmp, index=False)
+    return folds
+
+
+def read_folds(folds_csv: str | os.PathLike, columns: Sequence[str] = ("label_id", "fold")
+               ) -> pd.DataFrame:
+    """Read ``data/folds.csv``; one DataError naming the file when it is missing, unreadable or
+    lacks one of ``columns``."""
+    path = Path(folds_csv)
+    if not path.exists():
+        raise DataError(path, "folds file not found")
+    try:
+        folds = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(path, f"cannot read the folds file: {exc}") from exc
+    missing = sorted(set(columns) - set(folds.columns))
+    if missing:
+        raise DataError(path, f"missing column(s) {missing} (have {list(folds.columns)})")
     return folds
 
 

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from hms_core import contract
 from hms_core.config import FLATTEN, from_mapping
+from hms_core.data.folds import read_folds
 from hms_core.errors import ConfigError, DataError
 from hms_core.foundation.head import PretrainModel
 from hms_core.foundation.objectives import ObjectivesConfig
@@ -167,12 +167,7 @@ def holdout_patients(folds_csv, fold: int) -> np.ndarray:
         When the file is missing, lacks a column, or has no row in ``fold``.
     """
     folds_path = Path(folds_csv)
-    if not folds_path.exists():
-        raise DataError(folds_path, "folds file not found")
-    folds = pd.read_csv(folds_path)
-    missing = {"patient_id", "fold"} - set(folds.columns)
-    if missing:
-        raise DataError(folds_path, f"missing column(s) {sorted(missing)}")
+    folds = read_folds(folds_path, ("patient_id", "fold"))
     patients = np.unique(folds.loc[folds["fold"] == fold, "patient_id"].to_numpy(dtype=np.int64))
     if len(patients) == 0:
         raise DataError(folds_path, f"pretrain.holdout_fold: fold {fold} has no rows "

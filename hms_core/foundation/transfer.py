@@ -38,6 +38,7 @@ from torch import nn
 
 from hms_core import atomic, contract
 from hms_core.config import FLATTEN, check_option, from_mapping
+from hms_core.data.folds import read_folds
 from hms_core.errors import ConfigError, DataError
 from hms_core.hashing import sha256_file
 from hms_core.metrics import kaggle_kl, score_predictions
@@ -148,12 +149,7 @@ class TransferConfig:
 def _split_rows(source: Any, folds_csv, cfg: TransferConfig) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Store rows of the training folds and of ``val_fold``, and the joined index."""
     folds_path = Path(folds_csv)
-    if not folds_path.exists():
-        raise DataError(folds_path, "folds file not found")
-    folds = pd.read_csv(folds_path)
-    missing = {"label_id", "fold"} - set(folds.columns)
-    if missing:
-        raise DataError(folds_path, f"missing column(s) {sorted(missing)}")
+    folds = read_folds(folds_path, ("label_id", "fold"))
     index = source.index.reset_index(drop=True).copy()
     index["_row"] = np.arange(len(index))
     joined = index.merge(folds[["label_id", "fold"]], on="label_id", how="inner")

@@ -38,7 +38,7 @@ from hms_core.store import open_window_source
 from hms_core.train import augment as aug
 from hms_core.train import distributed
 from hms_core.train.checkpoint import make_run_key
-from hms_core.data.folds import inner_validation_mask
+from hms_core.data.folds import inner_validation_mask, read_folds
 from hms_core.train.data import InMemorySource, WindowDataset, train_prior
 from hms_core.train.device import autocast_context, move_to_device, select_device
 from hms_core.train.engine import fit
@@ -180,13 +180,7 @@ def fold_of_windows(index: pd.DataFrame, folds_csv: str | os.PathLike) -> np.nda
     DataError
         The file is unreadable, lacks ``label_id``/``fold``, or misses a window.
     """
-    try:
-        folds = pd.read_csv(folds_csv)
-    except (OSError, pd.errors.ParserError) as exc:
-        raise DataError(folds_csv, f"cannot read the folds file: {exc}") from exc
-    for col in ("label_id", "fold"):
-        if col not in folds.columns:
-            raise DataError(folds_csv, f"missing column {col!r} (have {list(folds.columns)})")
+    folds = read_folds(folds_csv, ("label_id", "fold"))
     by_label = folds.drop_duplicates("label_id").set_index("label_id")["fold"]
     fold = index["label_id"].map(by_label)
     if fold.isna().any():

@@ -67,3 +67,17 @@ def test_inner_validation_holds_out_whole_patients():
     assert two.any() and not two.all()
     with pytest.raises(ConfigError, match="at least 2 training patients"):
         inner_validation_mask(np.array([3, 3, 3]), 0.15, seed=0)
+
+
+def test_read_folds_names_the_file_and_the_problem(tmp_path):
+    from hms_core.data.folds import read_folds
+    from hms_core.errors import DataError
+
+    path = tmp_path / "folds.csv"
+    with pytest.raises(DataError, match="folds.csv: folds file not found"):
+        read_folds(path)
+    path.write_text("label_id,patient_id\n1,7\n")
+    with pytest.raises(DataError, match=r"folds.csv: missing column\(s\) \['fold'\]"):
+        read_folds(path)
+    path.write_text("label_id,patient_id,fold\n1,7,0\n")
+    assert read_folds(path, ("patient_id", "fold"))["fold"].tolist() == [0]
