@@ -19,7 +19,6 @@ Progressive resizing: the trainer changes ``image_size`` between epochs
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Mapping, Sequence
 
 import torch
@@ -29,6 +28,7 @@ from torch import nn
 from hms_core import contract
 from hms_core.errors import ConfigError
 from hms_core.models.registry import register_model
+from hms_core.models.timm_backbone import create_timm_backbone
 
 SPEC_FIELDS = ("eeg_spec", "eeg_mel", "kaggle_spec")
 SOURCE_SPAN_S = {"eeg_spec": float(contract.WINDOW_S), "eeg_mel": float(contract.WINDOW_S),
@@ -154,15 +154,10 @@ class SpectrogramEfficientNet(nn.Module):
                  drop_path_rate: float = 0.0, input_fields: Sequence[str] = SPEC_FIELDS,
                  pretrained: bool = False, pretrained_path: str | None = None):
         super().__init__()
-        import timm
-
         bad = [f for f in input_fields if f not in SPEC_FIELDS]
         if bad or not input_fields:
             raise ConfigError(f"models.efficientnet.input_fields: {list(input_fields)} must be a "
                               f"non-empty subset of {', '.join(SPEC_FIELDS)}")
-        if not timm.is_model(backbone):
-            raise ConfigError(f"models.efficientnet.backbone: {backbone!r} is not a timm model "
-                              "(e.g. efficientnet_b0, efficientnet_b5, test_efficientnet)")
         crop_s = dict(crop_s or {})
         bad = [f"{k}={v!r}" for k, v in crop_s.items()
                if k not in input_fields or not isinstance(v, (int, float)) or v <= 0]
@@ -178,28 +173,12 @@ class SpectrogramEfficientNet(nn.Module):
         self.in_chans = int(in_chans)
         self.position_channels = bool(position_channels)
         stem_chans = self.in_chans + (N_POSITION_CHANNELS if self.position_channels else 0)
-        if pretrained_path is not None:
-            if not pretrained:
-                raise ConfigError("models.efficientnet.pretrained_path is set but pretrained is "
-                                  "false; set pretrained: true to load it")
-            if not os.path.isfile(pretrained_path):
-                raise ConfigError(f"models.efficientnet.pretrained_path: {pretrained_path!r} is "
-                                  "not a file (timm weights of the backbone, saved locally)")
-        overlay = {"file": str(pretrained_path)} if pretrained_path is not None else None
         # timm adapts the stem to in_chans (3 here: grey image + 2 position channels) and
         # leaves the new classifier randomly initialised.
-        try:
-            self.backbone = timm.create_model(backbone, pretrained=bool(pretrained),
-                                              pretrained_cfg_overlay=overlay, in_chans=stem_chans,
-                                              num_classes=n_outputs, drop_rate=drop_rate,
-                                              drop_path_rate=drop_path_rate)
-        except OSError as exc:  # no network and no local file: say how to fix it
-            if not pretrained or pretrained_path is not None:
-                raise
-            raise ConfigError(
-                f"models.efficientnet.pretrained: the {backbone!r} weights could not be fetched "
-                f"({type(exc).__name__}); on an offline machine set pretrained_path to a local "
-                "timm weights file, or pretrained: false") from exc
+        self.backbone = create_timm_backbone(
+            "models.efficientnet", backbone, pretrained=pretrained, pretrained_path=pretrained_path,
+            in_chans=stem_chans, num_classes=n_outputs, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate)
         self.feature_dim = int(self.backbone.num_features)
 
     def portable_kwargs(self, kwargs: dict) -> dict:

@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _BUILTIN_MODULES = ("hms_core.models.resnet1d_gru", "hms_core.models.efficientnet",
-                    "hms_core.models.foundation", "hms_core.models.qeeg")
+                    "hms_core.models.foundation", "hms_core.models.qeeg",
+                    "hms_core.models.eeg_image")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -15,7 +15,7 @@ merged config's values:
   gives steps, else ``training.epochs``, half ... twice the configured value (integer);
 - ``resnet1d_gru``: ``dropout`` 0 ... 0.5, ``training.augment.mixup_alpha`` 0 ... 0.8
   (0: no mixup);
-- ``efficientnet``: ``drop_rate`` 0 ... 0.6, ``drop_path_rate`` 0 ... 0.3,
+- ``efficientnet`` and ``eeg_image``: ``drop_rate`` 0 ... 0.6, ``drop_path_rate`` 0 ... 0.3,
   ``training.augment.mixup_alpha`` 0 ... 0.8;
 - ``qeeg``: ``dropout`` 0 ... 0.5 when it has an MLP head (``hidden`` > 0).
 """
@@ -45,8 +45,8 @@ def default_space(model_name: str, training: TrainingConfig, model_kwargs: Mappi
     Parameters
     ----------
     model_name : str
-        Registered model name; families other than ``resnet1d_gru``, ``efficientnet`` and
-        ``qeeg`` get the shared keys only (lr, weight decay, length).
+        Registered model name; families other than ``resnet1d_gru``, ``efficientnet``,
+        ``eeg_image`` and ``qeeg`` get the shared keys only (lr, weight decay, length).
     training : TrainingConfig
         The model's merged training config (shared section + model overrides).
     model_kwargs : mapping
@@ -66,7 +66,7 @@ def default_space(model_name: str, training: TrainingConfig, model_kwargs: Mappi
     if model_name == "resnet1d_gru":
         space["dropout"] = ParamRange(0.0, 0.5)
         space[MIXUP] = ParamRange(0.0, 0.8)
-    elif model_name == "efficientnet":
+    elif model_name in ("efficientnet", "eeg_image"):  # timm backbones
         space["drop_rate"] = ParamRange(0.0, 0.6)
         space["drop_path_rate"] = ParamRange(0.0, 0.3)
         space[MIXUP] = ParamRange(0.0, 0.8)

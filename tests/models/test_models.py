@@ -18,6 +18,7 @@ TINY_KWARGS = {
     "efficientnet": dict(backbone="test_efficientnet", image_size=48),
     "foundation_linear": dict(dim=16, depth=1, heads=2, max_patches=4),
     "qeeg": dict(inputs=("chains", "average"), hidden=4),
+    "eeg_image": dict(backbone="test_efficientnet", image_size=48),
 }
 FIELD_SHAPES = {
     "chains": (contract.N_CHAINS, contract.WINDOW_SAMPLES),

@@ -67,6 +67,12 @@ def test_default_space_follows_the_merged_config():
     assert configured_values(CFG, "resnet1d_gru", default_space("resnet1d_gru", training, kwargs)) == {
         "training.lr": 1e-3, "training.weight_decay": 0.01, "training.steps": 480, "dropout": 0.2,
         "training.augment.mixup_alpha": 0.2}
+    # eeg_image searches the same regularisation as the other timm backbone
+    cfg = {**CFG, "models": {"eeg_image": {"enabled": True, "drop_rate": 0.3}}}
+    training, kwargs, _ = resolve_model_config(cfg, "eeg_image")
+    space = default_space("eeg_image", training, kwargs)
+    assert {"drop_rate", "drop_path_rate", "training.augment.mixup_alpha"} <= set(space)
+    assert configured_values(cfg, "eeg_image", space)["drop_rate"] == 0.3
 
 
 def test_configured_space_replaces_the_built_in_one_and_is_checked():
