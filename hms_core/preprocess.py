@@ -1,7 +1,8 @@
 """Preprocessing of one batch of recordings into one Zarr window store.
 
-Per recording: read the parquet once, clean the whole recording (NaN gaps, DC, ICA; see
-:mod:`hms_core.signal.ica`), cut all its labelled windows, run :class:`WindowFrontend` on
+Per recording: read the parquet once, clean it (NaN gaps, DC, ICA; see
+:mod:`hms_core.signal.ica`) and cut all its labelled windows (``ica.fit_on``: the cleaning is
+fitted on the whole recording, or on each 50 s window as ``hms predict`` does), run :class:`WindowFrontend` on
 them in batched torch calls (chains, referential channels, spectrograms), cut the Kaggle spectrogram windows, and append everything
 to the batch store. The store is written under a temporary name and renamed when the
 batch is complete, so an interrupted batch leaves nothing behind and is redone whole.
@@ -236,10 +237,9 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     if raw.shape[0] < needed:
         raise DataError(path, f"recording has {raw.shape[0]} samples ({raw.shape[0] / SAMPLING_RATE_HZ:.1f} s) "
                               f"but offset {offsets.max():g} s needs {needed}", eeg_id=eeg_id)
-    cleaned, info = clean_recording(raw, cfg, eeg_id=eeg_id, path=path)
     n_eeg = len(EEG_CHANNELS)
     slices = [eeg_window_slice(o) for o in offsets]
-    windows = np.stack([cleaned[s].T for s in slices])  # (k, 20, 10000)
+    windows, infos = clean_windows(raw, slices, cfg, eeg_id=eeg_id, path=path)  # (k, 20, 10000)
     nan_fraction = [float(np.isnan(raw[s, :n_eeg]).mean()) for s in slices]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in FRONTEND_FIELDS}
     with torch.no_grad():
@@ -250,11 +250,48 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     kaggle = kaggle_windows(data_dir, rows, eeg_id)
     index = rows[list(INDEX_COLUMNS) + list(VOTE_COLUMNS)].reset_index(drop=True)
     index["nan_fraction"] = nan_fraction
-    index["ica_removed"] = json.dumps(info["ica"]["removed"])
-    index["ica_status"] = info["ica"].get("status", "")
+    index["ica_removed"] = [json.dumps(info["ica"]["removed"]) for info in infos]
+    index["ica_status"] = [info["ica"].get("status", "") for info in infos]
     fields = {name: np.concatenate(part) for name, part in parts.items()}
     fields["kaggle_spec"] = kaggle
     return fields, index
+
+
+def clean_windows(raw_uv: np.ndarray, slices: Sequence[slice], cfg: PreprocessConfig, *,
+                  eeg_id: int | None = None, path=None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The cleaned labelled windows of one recording, fitted as ``cfg.ica.fit_on`` says.
+
+    Parameters
+    ----------
+    raw_uv : np.ndarray
+        ``(n_samples, 20)`` the whole recording in uV, 200 Hz; may contain NaN.
+    slices : sequence of slice
+        The windows' sample ranges (:func:`hms_core.data.io.eeg_window_slice`).
+    cfg : PreprocessConfig
+        ``ica.fit_on`` "recording": :func:`clean_recording` runs once on the whole
+        recording and the windows are cut from it. "window": it runs on each window's raw
+        samples by themselves, as ``hms predict`` cleans a 50 s test file.
+    eeg_id, path
+        Named in errors and warnings.
+
+    Returns
+    -------
+    windows : np.ndarray
+        float32 ``(k, 20, window samples)``.
+    infos : list of dict
+        :func:`clean_recording`'s info for each window (the same dict for every window of
+        the recording when fitted on the recording).
+
+    Raises
+    ------
+    DataError
+        From :func:`clean_recording` (with "window": a window whose EEG is all NaN).
+    """
+    if cfg.ica.fit_on == "window":
+        cleaned = [clean_recording(raw_uv[s], cfg, eeg_id=eeg_id, path=path) for s in slices]
+        return np.stack([c.T for c, _ in cleaned]), [info for _, info in cleaned]
+    cleaned, info = clean_recording(raw_uv, cfg, eeg_id=eeg_id, path=path)
+    return np.stack([cleaned[s].T for s in slices]), [info] * len(slices)
 
 
 def kaggle_windows(data_dir, rows: pd.DataFrame, eeg_id: int) -> np.ndarray:

@@ -21,8 +21,7 @@ from hms_core.data import io
 from hms_core.errors import DataError, HMSError
 from hms_core.export.config import ExportConfig
 from hms_core.export.runtime import ort_session
-from hms_core.preprocess import PreprocessConfig
-from hms_core.signal.ica import clean_recording
+from hms_core.preprocess import PreprocessConfig, clean_windows
 from hms_core.store import open_window_source
 
 
@@ -92,8 +91,8 @@ def train_windows(data_dir: str | os.PathLike, store_paths: Any = None, *, n: in
     """``n`` labelled training windows as raw ensemble inputs (for the ONNX parity check).
 
     Rows are spread over the store index (``store_paths``: paths or a window source), or over
-    train.csv when no store is given; each recording is read and cleaned once, like
-    preprocessing does, and its windows cut at ``eeg_label_offset_seconds``.
+    train.csv when no store is given; each recording is read once and its windows at
+    ``eeg_label_offset_seconds`` cleaned as preprocessing cleans them (``ica.fit_on``).
 
     Returns
     -------
@@ -113,16 +112,20 @@ def train_windows(data_dir: str | os.PathLike, store_paths: Any = None, *, n: in
     raws, specs = [], []
     for eeg_id, group in pick.groupby("eeg_id", sort=False):
         path = io.eeg_path(data_dir, int(eeg_id))
-        cleaned, _ = clean_recording(io.read_eeg(path, eeg_id=int(eeg_id)), cleaning, eeg_id=int(eeg_id), path=path)
-        for _, row in group.iterrows():
-            window = cleaned[io.eeg_window_slice(row["eeg_label_offset_seconds"])]
+        raw = io.read_eeg(path, eeg_id=int(eeg_id))
+        slices = [io.eeg_window_slice(o) for o in group["eeg_label_offset_seconds"]]
+        if any(s.stop > len(raw) for s in slices):
+            raise DataError(path, f"a window runs past the end of the recording ({len(raw)} samples)",
+                            eeg_id=int(eeg_id))
+        windows, _ = clean_windows(raw, slices, cleaning, eeg_id=int(eeg_id), path=path)
+        for (_, row), window in zip(group.iterrows(), windows):  # window: (20, 10000)
             spec_file = io.spectrogram_path(data_dir, int(row["spectrogram_id"]))
             _, power = io.read_spectrogram(spec_file, spectrogram_id=int(row["spectrogram_id"]))
             first = io.spectrogram_first_row(row["spectrogram_label_offset_seconds"])
             spec = power[first:first + SPEC_WINDOW_ROWS]
-            if len(window) < WINDOW_SAMPLES or len(spec) < SPEC_WINDOW_ROWS:
+            if window.shape[1] < WINDOW_SAMPLES or len(spec) < SPEC_WINDOW_ROWS:
                 raise DataError(path, f"label_id {int(row['label_id'])}: window runs past the end of the "
                                       "recording or spectrogram", eeg_id=int(eeg_id))
-            raws.append(window.T)
+            raws.append(window)
             specs.append(spec)
     return np.stack(raws).astype(np.float32), np.stack(specs).astype(np.float32)

@@ -3,7 +3,8 @@
 Per test row: read the 50 s EEG and the 600 s Kaggle spectrogram, clean the recording with
 :func:`hms_core.signal.ica.clean_recording` (NaN gaps, ICA: the one step that cannot go
 inside ONNX; its settings, the ``preprocessing`` config section, are read from the model's
-``hms.preprocessing`` metadata), then
+``hms.preprocessing`` metadata; it is fitted on the 50 s window, which matches training
+when ``preprocessing.ica.fit_on`` is "window", and a warning says so when it is "recording"), then
 run ``ensemble.onnx`` (window preprocessing, members, stacker, temperature, uncertainty).
 """
 from __future__ import annotations
@@ -34,6 +35,21 @@ def cleaning_config(preprocessing: Mapping[str, Any] | None) -> PreprocessConfig
     """The ``preprocessing`` section (as stored in ``ensemble.onnx``) as the config that
     :func:`clean_recording` takes (it uses the ``nan`` and ``ica`` parts)."""
     return from_mapping(PreprocessConfig, preprocessing, "preprocessing")
+
+
+def cleaning_skew(cleaning: PreprocessConfig) -> str | None:
+    """How prediction-time cleaning differs from the training stores', or None when it does not.
+
+    A test file is 50 s, so ``hms predict`` always fits the cleaning (ICA included) on that
+    window. It matches training when ICA was off or ``preprocessing.ica.fit_on`` was
+    "window"; with "recording" the training windows were cleaned by an ICA fitted on their
+    whole (often minutes-long) recording.
+    """
+    if cleaning.ica.enabled and cleaning.ica.fit_on == "recording":
+        return ("ICA is fitted on each 50 s test window here, but the model was trained on windows "
+                "cleaned by an ICA fitted on their whole recording (preprocessing.ica.fit_on: "
+                "recording): a train/test skew; train with fit_on: window to remove it")
+    return None
 
 
 def _middle(n_have: int, n_need: int) -> slice:
@@ -137,6 +153,12 @@ def predict(data_dir: str | os.PathLike, out_csv: str | os.PathLike, *,
         raise DataError(model_path, f"not an exported ensemble (hms.kind is {meta.get('kind')!r}); "
                                     "use models/onnx/ensemble.onnx")
     cleaning = cleaning_config(meta.get("preprocessing"))
+    skew = cleaning_skew(cleaning)
+    if skew is not None:
+        logger.warning("%s", skew)
+    else:
+        logger.info("cleaning each 50 s test window as the training windows were cleaned "
+                    "(ICA %s)", f"fitted on the {cleaning.ica.fit_on}" if cleaning.ica.enabled else "off")
     test = _check_test_folder(data_dir)
     session = ort_session(model_path, provider=provider, threads=threads)
     outputs = ["probs", *UNCERTAINTY_COLUMNS]

@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 IcaMethod = Literal["picard", "fastica"]
 ICA_METHODS = typing.get_args(IcaMethod)
+IcaFitOn = Literal["recording", "window"]
+ICA_FIT_ON = typing.get_args(IcaFitOn)
 FRONTAL_CHANNELS = ("Fp1", "Fp2")
 _FLAT_STD_UV = 1e-3  # a channel with less spread than this is treated as flat
 _ACTIVE_FRACTION = 0.1  # spectral rules look at each component's loudest 10% of 2 s segments
@@ -40,12 +42,19 @@ _ACTIVE_FRACTION = 0.1  # spectral rules look at each component's loudest 10% of
 
 @dataclass
 class IcaConfig:
-    """ICA artifact removal, once per recording.
+    """ICA artifact removal, once per recording or once per labelled window.
 
     Parameters
     ----------
     enabled : bool
         Run ICA at all; default True.
+    fit_on : {"recording", "window"}
+        What the cleaning (NaN gaps, median, EKG regression, ICA) is fitted on when the
+        window stores are written. "recording" (default): once on the whole recording
+        (often many minutes), before its windows are cut. "window": on each labelled 50 s
+        window by itself, exactly as ``hms predict`` cleans a 50 s test file, so training
+        and prediction see the same cleaning. ``hms predict`` always fits on the 50 s it
+        is given; with "recording" it logs that skew.
     method : {"picard", "fastica"}
         ICA solver; default "picard".
     n_components : int | None
@@ -79,6 +88,7 @@ class IcaConfig:
     """
 
     enabled: bool = True
+    fit_on: IcaFitOn = "recording"
     method: IcaMethod = "picard"
     n_components: int | None = None
     highpass_hz: float = 1.0
@@ -100,6 +110,7 @@ class IcaConfig:
     def validate(self, path: str = "preprocessing.ica") -> None:
         """Raise ConfigError naming ``<path>.<key>`` for a solver, size or threshold out of range."""
         check_option(f"{path}.method", self.method, ICA_METHODS)
+        check_option(f"{path}.fit_on", self.fit_on, ICA_FIT_ON)
         if self.n_components is not None and not 2 <= self.n_components <= len(EEG_CHANNELS):
             raise ConfigError(f"{path}.n_components: {self.n_components!r} must be null or in "
                               f"[2, {len(EEG_CHANNELS)}]")
