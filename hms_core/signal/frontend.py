@@ -145,12 +145,14 @@ def kaggle_spec_image(power: torch.Tensor, *, min_power: float = KAGGLE_LOG_MIN,
     -------
     torch.Tensor
         ``(B, 4, 100, 300)``: region (LL, RL, LP, RP), frequency (row 0 = 0.59 Hz, ascending),
-        time. NaN cells become 0.
+        time. NaN cells (gaps in the recording) take the log floor ``log(min_power)``, the
+        value of zero power: models that leave the floor out of their statistics then treat
+        them as gaps (0 would read as a plausible power of 1 uV^2).
     """
     batch = power.shape[0]
     image = power.reshape(batch, SPEC_WINDOW_ROWS, len(SPEC_REGIONS), SPEC_N_FREQS).permute(0, 2, 3, 1)
     logged = torch.log(torch.clamp(image, min=min_power, max=max_power))
-    return torch.where(torch.isnan(image), torch.zeros_like(logged), logged)
+    return torch.where(torch.isnan(image), torch.full_like(logged, float(np.log(min_power))), logged)
 
 
 def window_shapes(cfg: FrontendConfig) -> dict[str, tuple[int, ...]]:

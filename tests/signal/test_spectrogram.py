@@ -70,7 +70,7 @@ def test_kaggle_spec_image_layout_log_and_nan():
     power[0, 0, 0] = 1e9  # clipped at exp(8)
     image = kaggle_spec_image(torch.from_numpy(power)).numpy()
     assert image.shape == (b, r, f, t)
-    assert np.isclose(image[1, 2, 50, 10], 0.0)  # NaN -> 0; column 250 = LP (region 2), bin 50
+    assert np.isclose(image[1, 2, 50, 10], -4.0)  # NaN -> the log floor; column 250 = LP (region 2), bin 50
     assert np.isclose(image[0, 0, 0, 0], 8.0)
     assert np.isclose(image[0, 3, 7, 123], np.log(power[0, 123, 307]))
     assert np.isclose(image[1, 1, 99, 299], np.log(power[1, 299, 199]))
@@ -93,3 +93,22 @@ def test_kaggle_spectrogram_puts_a_sine_in_its_region_and_bin_and_nan_in_its_row
     right = [SPEC_REGIONS.index("RL"), SPEC_REGIONS.index("RP")]
     assert np.isnan(regions[nan_rows][:, right]).all()
     assert np.isfinite(np.delete(regions[nan_rows], right, axis=1)).all()
+
+
+def test_kaggle_spec_gaps_are_left_out_of_the_standardisation():
+    """A NaN stretch of the Kaggle spectrogram must read as a gap, not as 1 uV^2 of power."""
+    from hms_core.models.efficientnet import standardise_log_power
+
+    rng = np.random.default_rng(0)
+    # real Kaggle spectrograms span powers from below 1 uV^2 (log < 0) to thousands
+    power = np.exp(rng.uniform(-3.0, 6.0, size=(1, 300, 400))).astype(np.float32)
+    gapped = power.copy()
+    gapped[0, 100:200] = np.nan  # a third of the window lost, as in a disconnected recording
+    z_full = standardise_log_power(kaggle_spec_image(torch.from_numpy(power)))
+    z_gap = standardise_log_power(kaggle_spec_image(torch.from_numpy(gapped)))
+    assert torch.all(z_gap[..., 100:200] == 0)
+    kept = np.r_[0:100, 200:300]
+    # the statistics of the kept cells hardly move (a third fewer samples of the same law);
+    # the full window's single lowest cell is left out as a presumed floor, so compare the rest
+    both = (z_full[..., kept] != 0)
+    assert torch.allclose(z_gap[..., kept][both], z_full[..., kept][both], atol=0.05)
