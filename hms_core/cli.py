@@ -22,9 +22,8 @@ def _synth(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from hms_core.inference import predict
 
-    predict.main(data_dir=args.data, out_csv=args.out, model_path=args.model,
-                 uncertainty=args.uncertainty)
-    return 0
+    return predict.main(data_dir=args.data, out_csv=args.out, model_path=args.model,
+                        uncertainty=args.uncertainty)
 
 
 def _status(args: argparse.Namespace) -> int:

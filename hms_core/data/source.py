@@ -85,8 +85,9 @@ def resolve_data(data_cfg: Mapping[str, Any], *, raw_dir: str | os.PathLike = "d
     elif source == "kaggle":
         from hms_core.data import kaggle
 
-        data_dir = Path(data_cfg.get("dir") or raw_dir)
-        kaggle.fetch_kaggle(data_dir, competition=data_cfg["kaggle"]["competition"])
+        cfg = from_mapping(KaggleConfig, data_cfg.get("kaggle"), "data.kaggle")
+        data_dir = Path(data_cfg.get("dir") or raw_dir).expanduser()
+        kaggle.fetch_kaggle(data_dir, competition=cfg.competition, free_gb=cfg.free_gb)
     elif source == "local":
         if not data_cfg.get("dir"):
             raise ConfigError("data.dir is required when data.source is 'local'")

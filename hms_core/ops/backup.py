@@ -3,8 +3,11 @@
 A backup holds what is expensive to recompute or needed to resume (checkpoints, final
 weights, out-of-fold predictions, folds, the validated manifest, status), never the raw
 data or the Zarr stores. It is written into a temporary folder and renamed into place,
-so ``backups/`` only ever holds complete backups; the oldest beyond ``keep`` are deleted.
-``MANIFEST.sha256`` is in ``sha256sum`` format (``sha256sum -c`` works inside a backup).
+so ``backups/`` only ever holds complete backups; the oldest beyond ``keep`` are deleted,
+except the ``pre-restore`` safety copies, which only a person deletes. Backups, rotation
+and restores hold ``backups/.lock``; the temporary folder of a killed backup is removed by
+the next one. ``MANIFEST.sha256`` is in ``sha256sum`` format (``sha256sum -c`` works
+inside a backup).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ CRITICAL_PATHS = (
 )
 PRE_RESTORE = "pre-restore"  # label of the automatic backup taken before a restore
 _NAME = re.compile(r"^\d{8}T\d{6}Z(?:-\d+)?(?:-(?P<label>[a-z-]+))?$")
+_TEMP = re.compile(r"^\.\d{8}T\d{6}Z(?:-\d+)?(?:-[a-z-]+)?\.[A-Za-z0-9_]{8}\.tmp$")  # atomic_path's
 _CHUNK = 1 << 20
 
 
@@ -48,7 +52,8 @@ def create_backup(workdir: str | os.PathLike, *, keep: int = 5, label: str | Non
     workdir : path-like
         The run's working directory.
     keep : int
-        Backups of the same label kept (newest first); older ones are deleted.
+        Backups of the same label kept (newest first); older ones are deleted. Pre-restore
+        safety copies are never deleted (they may hold the newest work).
     label : str or None
         Suffix of the backup's name (``"pre-restore"`` for the safety copy before a restore);
         rotation counts each label separately.
@@ -61,29 +66,36 @@ def create_backup(workdir: str | os.PathLike, *, keep: int = 5, label: str | Non
     workdir = Path(workdir)
     if keep < 1:
         raise ConfigError(f"ops.backup.keep: must be >= 1, got {keep!r}")
+    with _backup_lock(workdir / BACKUP_DIR):
+        return _create_locked(workdir, keep=keep, label=label)
+
+
+def _create_locked(workdir: Path, *, keep: int, label: str | None) -> Path | None:
+    """:func:`create_backup` for a caller that holds the backup lock."""
     sources = [rel for rel in CRITICAL_PATHS if (workdir / rel).exists()]
     if not sources:
         logger.info("nothing to back up yet in %s", workdir)
         return None
     root = workdir / BACKUP_DIR
-    with _backup_lock(root):
-        target = root / _new_name(root, label)
-        with atomic.atomic_path(target) as tmp:
-            tmp.mkdir()
-            checksums, n_bytes = {}, 0
-            for rel in sources:
-                for src in _files_under(workdir / rel):
-                    rel_file = src.relative_to(workdir).as_posix()
-                    try:
-                        checksums[rel_file] = _copy_with_hash(src, tmp / rel_file)
-                    except FileNotFoundError:  # e.g. a checkpoint rotated away meanwhile
-                        logger.warning("backup: %s vanished while copying, skipped", src)
-                        continue
-                    n_bytes += (tmp / rel_file).stat().st_size
-            (tmp / MANIFEST).write_text("".join(f"{h}  {p}\n" for p, h in sorted(checksums.items())))
-            atomic.write_json(tmp / INFO, {"created_at": time.time(), "workdir": str(workdir.resolve()),
-                                           "items": sources, "files": len(checksums),
-                                           "bytes": n_bytes, "label": label})
+    _remove_stale_temporaries(root)
+    target = root / _new_name(root, label)
+    with atomic.atomic_path(target) as tmp:
+        tmp.mkdir()
+        checksums, n_bytes = {}, 0
+        for rel in sources:
+            for src in _files_under(workdir / rel):
+                rel_file = src.relative_to(workdir).as_posix()
+                try:
+                    checksums[rel_file] = _copy_with_hash(src, tmp / rel_file)
+                except FileNotFoundError:  # e.g. a checkpoint rotated away meanwhile
+                    logger.warning("backup: %s vanished while copying, skipped", src)
+                    continue
+                n_bytes += (tmp / rel_file).stat().st_size
+        (tmp / MANIFEST).write_text("".join(f"{h}  {p}\n" for p, h in sorted(checksums.items())))
+        atomic.write_json(tmp / INFO, {"created_at": time.time(), "workdir": str(workdir.resolve()),
+                                       "items": sources, "files": len(checksums),
+                                       "bytes": n_bytes, "label": label})
+    if label != PRE_RESTORE:
         _rotate(root, keep=keep, label=label)
     logger.info("backup %s: %d files, %.1f MB", target, len(checksums), n_bytes / 1e6)
     return target
@@ -144,9 +156,13 @@ def verify_backup(backup: str | os.PathLike) -> dict[str, str]:
 def restore_backup(workdir: str | os.PathLike, name: str) -> Path | None:
     """Put the state saved in backup ``name`` back into ``workdir``.
 
-    Every checksum is verified before anything is touched. The current state is first
-    saved as a ``pre-restore`` backup. Each critical item is then replaced as a whole, and
-    items the backup did not have are removed, so the state is exactly the backup's.
+    Holds the backup lock throughout. Every checksum is verified before anything is
+    touched, and each file is checked again as it is copied; only the files listed in the
+    manifest are restored. The current state is first saved as a ``pre-restore`` backup
+    (never rotated away). Each critical item is then replaced as a whole, and items the
+    backup did not have are removed, so the state is exactly the backup's. An item that
+    is a symbolic link (e.g. checkpoints on another disk) keeps its link: the folder it
+    points to is restored.
 
     Returns
     -------
@@ -163,31 +179,58 @@ def restore_backup(workdir: str | os.PathLike, name: str) -> Path | None:
     from hms_core.ops.processes import snakemake_processes
 
     workdir = Path(workdir)
-    backup = workdir / BACKUP_DIR / name
-    if not (_NAME.match(name) and (backup / INFO).is_file()):
-        names = [b["name"] for b in list_backups(workdir)]
-        raise HMSError(f"no backup {name!r} in {workdir / BACKUP_DIR} (have: {', '.join(names) or 'none'})")
-    checksums = verify_backup(backup)
-    running = snakemake_processes(workdir)
-    if running:
-        raise HMSError(f"Snakemake is running in {workdir} (pid {running[0]['pid']}); stop it before restoring")
-    info = json.loads((backup / INFO).read_text())
-    safety = create_backup(workdir, keep=5, label=PRE_RESTORE)
-    for rel in CRITICAL_PATHS:
-        src, dest = backup / rel, workdir / rel
-        if rel not in info.get("items", []):
-            if dest.is_dir():
-                shutil.rmtree(dest)
-            elif dest.exists():
-                dest.unlink()
-            continue
-        with atomic.atomic_path(dest) as tmp:
-            if src.is_dir():
-                shutil.copytree(src, tmp, copy_function=shutil.copy2)
-            else:
-                shutil.copy2(src, tmp)
+    with _backup_lock(workdir / BACKUP_DIR):
+        backup = workdir / BACKUP_DIR / name
+        if not (_NAME.match(name) and (backup / INFO).is_file()):
+            names = [b["name"] for b in list_backups(workdir)]
+            raise HMSError(f"no backup {name!r} in {workdir / BACKUP_DIR} (have: {', '.join(names) or 'none'})")
+        checksums = verify_backup(backup)
+        running = snakemake_processes(workdir)
+        if running:
+            raise HMSError(f"Snakemake is running in {workdir} (pid {running[0]['pid']}); stop it before restoring")
+        unlisted = sorted(p.relative_to(backup).as_posix() for p in _files_under(backup)
+                          if p.relative_to(backup).as_posix() not in checksums and p.name not in (MANIFEST, INFO))
+        if unlisted:
+            logger.warning("backup %s holds files not in its manifest, not restored: %s", name, ", ".join(unlisted))
+        info = json.loads((backup / INFO).read_text())
+        safety = _create_locked(workdir, keep=1, label=PRE_RESTORE)
+        for rel in CRITICAL_PATHS:
+            dest = workdir / rel
+            if dest.is_symlink():
+                dest = dest.resolve()
+            if rel not in info.get("items", []):
+                _remove_item(dest, is_link_target=dest != workdir / rel)
+                continue
+            _restore_item(backup, rel, dest, checksums)
     logger.info("restored %d files from %s (previous state saved in %s)", len(checksums), backup, safety)
     return safety
+
+
+def _restore_item(backup: Path, rel: str, dest: Path, checksums: dict[str, str]) -> None:
+    """Replace ``dest`` by the manifest's files of item ``rel``, each checked as it is copied."""
+    prefix = rel + "/"
+    files = {f: digest for f, digest in checksums.items() if f == rel or f.startswith(prefix)}
+    with atomic.atomic_path(dest) as tmp:
+        if rel in files:  # a single file
+            items = {tmp: rel}
+        else:
+            tmp.mkdir()
+            items = {tmp / f[len(prefix):]: f for f in files}
+        for target, f in items.items():
+            digest = _copy_with_hash(backup / f, target)
+            if digest != files[f]:
+                raise DataError(backup / f, "changed while being restored (checksum differs from the "
+                                            "manifest); this item was not replaced")
+
+
+def _remove_item(path: Path, *, is_link_target: bool) -> None:
+    """Remove an item the backup did not have; a symlinked folder's target is emptied, not removed."""
+    if path.is_dir():
+        shutil.rmtree(path)
+        if is_link_target:
+            path.mkdir()
+    elif path.exists():
+        path.unlink()
 
 
 def maybe_backup(workdir: str | os.PathLike, *, interval_min: float = 30.0, keep: int = 5) -> Path | None:
@@ -271,6 +314,14 @@ def _backup_lock(root: Path) -> Iterator[None]:
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def _remove_stale_temporaries(root: Path) -> None:
+    """Delete the temporary folders of backups that were killed (the caller holds the lock)."""
+    for path in root.iterdir():
+        if _TEMP.match(path.name) and path.is_dir() and not path.is_symlink():
+            logger.warning("removing %s, left by a backup that was killed", path)
+            shutil.rmtree(path)
 
 
 def _new_name(root: Path, label: str | None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,6 +27,9 @@ _periodic: backup.PeriodicBackups | None = None
 def on_start(workdir: str | os.PathLike, ops: Mapping[str, Any] | OpsConfig | None) -> None:
     """Record the run's start in ``status/run.json`` and start the automatic backups.
 
+    The record names this host and process (the Snakemake that holds the workdir's lock),
+    so :func:`hms_core.ops.resume.clear_stale_locks` can tell whose lock it is.
+
     Parameters
     ----------
     workdir : path-like
@@ -37,7 +41,8 @@ def on_start(workdir: str | os.PathLike, ops: Mapping[str, Any] | OpsConfig | No
     cfg = ops if isinstance(ops, OpsConfig) else from_mapping(OpsConfig, ops, "ops")
     status.start_run(Path(workdir, status.STATUS_FILE), cost_per_hour=cfg.cost_per_hour,
                      currency=cfg.currency, status_interval_s=cfg.status_interval_s,
-                     stale_after_s=cfg.stale_after_s, backup_keep=cfg.backup.keep)
+                     stale_after_s=cfg.stale_after_s, backup_keep=cfg.backup.keep,
+                     host=socket.gethostname())
     if cfg.backup.enabled and _periodic is None:
         _periodic = backup.start_periodic_backups(workdir, interval_min=cfg.backup.interval_min,
                                                   keep=cfg.backup.keep)

@@ -1,17 +1,20 @@
 """``hms logs``: print the rules' log files (``logs/<rule>/*.log``), once or following them."""
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 from hms_core.errors import ConfigError
 from hms_core.ops import snakemake_log, ssh
 
 SNAKEMAKE_RULE = "snakemake"  # pseudo rule: Snakemake's own newest log
 TAIL_LINES = 200
+TAIL_BYTES = 1 << 20  # at most this much of a log is shown at first, whatever its line lengths
+_BLOCK = 1 << 16
 
 
 def log_files(workdir: str | os.PathLike, rule: str | None = None) -> list[Path]:
@@ -73,16 +76,54 @@ def show_logs(workdir: str | os.PathLike, rule: str | None, follow: bool, host: 
 
 
 def _print_tail(path: Path, out: IO[str]) -> int:
-    data = path.read_bytes()
-    lines = data.decode(errors="replace").splitlines(keepends=True)
-    out.write(f"==> {path} <==\n")
+    """Print the last lines of ``path``, read backwards from its end; return its size in bytes."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        tail = _read_tail(f, size)
+    lines = tail.decode(errors="replace").splitlines(keepends=True)
+    cut = len(tail) < size  # the file has more than what was read
     if len(lines) > TAIL_LINES:
-        out.write(f"... {len(lines) - TAIL_LINES} earlier lines not shown\n")
-    out.writelines(lines[-TAIL_LINES:])
+        lines, cut = lines[-TAIL_LINES:], True
+    elif cut and len(lines) > 1:
+        lines = lines[1:]  # the first line read is partial
+    out.write(f"==> {path} <==\n")
+    if cut:
+        out.write(f"... earlier lines not shown ({size / 1e6:.1f} MB in all)\n")
+    out.writelines(lines)
     if lines and not lines[-1].endswith("\n"):
         out.write("\n")
     out.flush()
-    return len(data)
+    return size
+
+
+def _read_tail(f: BinaryIO, size: int) -> bytes:
+    """The end of an open file holding more than :data:`TAIL_LINES` lines (at most :data:`TAIL_BYTES`)."""
+    blocks: list[bytes] = []
+    n_bytes = n_newlines = 0
+    pos = size
+    while pos > 0 and n_bytes < TAIL_BYTES and n_newlines <= TAIL_LINES:
+        step = min(_BLOCK, pos, TAIL_BYTES - n_bytes)
+        pos -= step
+        f.seek(pos)
+        block = f.read(step)
+        blocks.append(block)
+        n_bytes += len(block)
+        n_newlines += block.count(b"\n")
+    return b"".join(reversed(blocks))
+
+
+def _copy_range(path: Path, start: int, end: int, out: IO[str]) -> None:
+    """Write bytes ``start:end`` of ``path`` to ``out`` block by block."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while start < end:
+            block = f.read(min(_BLOCK, end - start))
+            if not block:
+                break
+            start += len(block)
+            out.write(decoder.decode(block))
+        out.write(decoder.decode(b"", final=True))
 
 
 def _follow(workdir, rule, offsets: dict[Path, int], out: IO[str], *, poll_s: float,
@@ -97,14 +138,11 @@ def _follow(workdir, rule, offsets: dict[Path, int], out: IO[str], *, poll_s: fl
                     start = 0
                 if size == start:
                     continue
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    chunk = f.read(size - start)
-                offsets[path] = size
                 if path != last_shown:
                     out.write(f"==> {path} <==\n")
                     last_shown = path
-                out.write(chunk.decode(errors="replace"))
+                _copy_range(path, start, size, out)
+                offsets[path] = size
                 out.flush()
     except KeyboardInterrupt:
         pass

@@ -1,6 +1,7 @@
 """``hms resume``: continue a run after a crash or power loss.
 
-Clears Snakemake's lock when no Snakemake process owns it any more, then runs
+Clears Snakemake's lock when no Snakemake process owns it any more (a lock taken on
+another host, as recorded in ``status/run.json``, is reported and kept), then runs
 ``snakemake --rerun-incomplete`` (with the project's profile) in the working directory.
 Training jobs continue from their last checkpoint on their own (the training engine).
 The Snakemake arguments of the last ``hms resume``/``hms deploy`` are remembered in
@@ -11,12 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
-from hms_core import atomic
+import psutil
+
+from hms_core import atomic, status
 from hms_core.errors import HMSError
 from hms_core.ops.processes import snakemake_processes
 from hms_core.paths import REPO_ROOT
@@ -36,7 +41,12 @@ def lock_files(workdir: str | os.PathLike) -> list[Path]:
 
 
 def clear_stale_locks(workdir: str | os.PathLike) -> list[Path]:
-    """Remove Snakemake's lock files of ``workdir`` if no Snakemake process works there.
+    """Remove Snakemake's lock files of ``workdir`` if no Snakemake process owns them.
+
+    The run that took the lock recorded its host and pid in ``status/run.json`` (Snakefile
+    ``onstart``). A lock is cleared only when that host is this one and that process is
+    dead (or, for a run without that record, when no Snakemake process of this host works
+    in ``workdir``).
 
     Returns
     -------
@@ -46,19 +56,43 @@ def clear_stale_locks(workdir: str | os.PathLike) -> list[Path]:
     Raises
     ------
     HMSError
-        A Snakemake process is running in ``workdir``: the lock is not stale.
+        A Snakemake process is running in ``workdir``, the recorded owner is alive here, or
+        the lock was taken on another host (its processes cannot be seen from here).
     """
     running = snakemake_processes(workdir)
     if running:
         pids = ", ".join(str(p["pid"]) for p in running)
         raise HMSError(f"Snakemake is running in {Path(workdir).resolve()} (pid {pids}); "
                        "its lock is not stale. Watch it with `hms monitor`.")
-    removed = lock_files(workdir)
-    for path in removed:
+    locks = lock_files(workdir)
+    if not locks:
+        return []
+    owner = status.read_status(Path(workdir, status.STATUS_FILE)).get("run", {})
+    if owner.get("state") == "running" and owner.get("host") and owner.get("pid"):
+        host, pid = owner["host"], int(owner["pid"])
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("started_at", 0)))
+        if host != socket.gethostname():
+            raise HMSError(f"the Snakemake lock of {Path(workdir).resolve()} was taken on host {host!r} "
+                           f"(Snakemake pid {pid}, started {since}); its processes cannot be seen from "
+                           f"{socket.gethostname()!r}, so the lock is kept. Check the run there (hms status "
+                           f"on {host}); if it is dead, run hms resume on {host}")
+        if _alive_since(pid, owner.get("started_at", 0.0)):
+            raise HMSError(f"the run that holds the Snakemake lock of {Path(workdir).resolve()} is not "
+                           f"dead: its pid {pid} is alive on this host (started {since}); the lock is kept")
+    for path in locks:
         path.unlink()
-    if removed:
-        logger.info("removed stale Snakemake lock (%s)", ", ".join(p.name for p in removed))
-    return removed
+    logger.info("removed stale Snakemake lock (%s)", ", ".join(p.name for p in locks))
+    return locks
+
+
+def _alive_since(pid: int, started_at: float) -> bool:
+    """Whether process ``pid`` runs and was started before ``started_at`` (not a reused pid)."""
+    try:
+        return psutil.Process(pid).create_time() <= started_at + 1.0
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
 
 
 def snakemake_command(workdir: str | os.PathLike, snakemake_args: Sequence[str]) -> list[str]:

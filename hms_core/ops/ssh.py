@@ -3,7 +3,10 @@
 Host, user, port and key come from ``--host``/``--key``/``--port`` and the usual
 ``~/.ssh/config``; the environment variable ``HMS_SSH_CONFIG`` names another ssh config
 file instead (``ssh -F``). Hosts must already be in a known_hosts file: hms never accepts
-an unknown host key.
+an unknown host key. A host that starts with ``-`` is refused (it would be read as an
+option), and ``--`` ends the options before the destination. A remote folder is relative
+to the remote home, or absolute; ``~`` and ``~/...`` mean the remote home in every command
+(ssh shell and rsync alike).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ import subprocess
 import sys
 from typing import IO, Sequence
 
-from hms_core.errors import HMSError
+from hms_core.errors import ConfigError, HMSError
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +44,51 @@ def ssh_options(*, key: str | None = None, port: int | None = None) -> list[str]
     return options
 
 
+def check_host(host: str) -> str:
+    """Return ``host`` if it can only be read as a destination (``user@host`` or an alias).
+
+    Raises
+    ------
+    ConfigError
+        ``host`` is empty, starts with ``-`` or holds whitespace or control characters.
+    """
+    if not host or host.startswith("-") or any(c.isspace() or not c.isprintable() for c in host):
+        raise ConfigError(f"--host {host!r}: not a host (it must not be empty, start with '-' or hold "
+                          "spaces); give user@host or a Host alias of your ssh config")
+    return host
+
+
+def _home_relative(remote_dir: str) -> str | None:
+    """The part after ``~/`` (``""`` for ``~``), or None when ``remote_dir`` does not start with ``~``."""
+    if remote_dir == "~":
+        return ""
+    if remote_dir.startswith("~/"):
+        return remote_dir[2:].lstrip("/")
+    if remote_dir.startswith("~"):
+        raise ConfigError(f"--dir {remote_dir!r}: only ~ and ~/... (the remote home) are understood; "
+                          "give a path relative to the remote home or an absolute one")
+    return None
+
+
+def shell_dir(remote_dir: str) -> str:
+    """``remote_dir`` as one word of a remote POSIX shell command (``~/x`` is ``"$HOME"/x``)."""
+    rest = _home_relative(remote_dir)
+    if rest is None:
+        return shlex.quote(f"./{remote_dir}" if remote_dir.startswith("-") else remote_dir)
+    return '"$HOME"' + (f"/{shlex.quote(rest)}" if rest else "")
+
+
+def rsync_dir(remote_dir: str) -> str:
+    """``remote_dir`` as rsync's remote path (relative paths are taken from the remote home)."""
+    rest = _home_relative(remote_dir)
+    if rest is None:
+        return remote_dir
+    return rest or "."
+
+
 def ssh_argv(host: str, remote_command: str, *, key: str | None = None, port: int | None = None) -> list[str]:
     """The ``ssh`` command line that runs the shell command ``remote_command`` on ``host``."""
-    return ["ssh", *ssh_options(key=key, port=port), host, remote_command]
+    return ["ssh", *ssh_options(key=key, port=port), "--", check_host(host), remote_command]
 
 
 def run_remote(host: str, remote_command: str, *, key: str | None = None, port: int | None = None,
@@ -80,7 +125,7 @@ def remote_dir(workdir: str | os.PathLike) -> str:
 def hms_shell(workdir: str | os.PathLike, args: Sequence[str]) -> str:
     """Shell string that runs ``hms ARGS -d .`` in ``workdir`` with the project's venv if any."""
     quoted = shlex.join([*args, "-d", "."])
-    return (f"cd {shlex.quote(remote_dir(workdir))} && "
+    return (f"cd {shell_dir(remote_dir(workdir))} && "
             f"if [ -x .venv/bin/hms ]; then exec .venv/bin/hms {quoted}; else exec hms {quoted}; fi")
 
 

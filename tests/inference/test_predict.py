@@ -1,6 +1,8 @@
 """``hms predict`` on the synthetic test folder of the tiny run, and its errors on bad input."""
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -48,7 +50,8 @@ def _copy_test_folder(tiny_run, dest: Path) -> Path:
 
 def test_bad_inputs_give_clear_errors(tiny_run, tmp_path, capsys):
     model = tiny_run["ensemble_onnx"]
-    run = lambda d, **kw: predict(d, tmp_path / "out.csv", model_path=kw.get("model", model), progress=False)
+    run = lambda d, **kw: predict(d, tmp_path / "out.csv", model_path=kw.get("model", model), progress=False,
+                                  on_bad_file="error")
 
     with pytest.raises(DataError, match=r"missing_dir: test data folder not found"):
         run(tmp_path / "missing_dir")
@@ -91,3 +94,57 @@ def test_bad_inputs_give_clear_errors(tiny_run, tmp_path, capsys):
     assert cli.main(["predict", "--data", str(data), "--out", str(tmp_path / "o.csv"), "--model", str(model)]) == 2
     assert "test_spectrograms: folder not found" in capsys.readouterr().err
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / "o.csv").exists()
+
+
+def test_a_bad_test_file_is_reported_and_the_other_rows_are_predicted(tiny_run, tmp_path, capsys):
+    data = _copy_test_folder(tiny_run, tmp_path / "data")
+    test = pd.read_csv(data / "test.csv")
+    bad_eeg, good_eeg = int(test["eeg_id"][0]), int(test["eeg_id"][1])
+    pd.read_parquet(data / TEST_EEG_DIR / f"{bad_eeg}.parquet").iloc[:5000].to_parquet(
+        data / TEST_EEG_DIR / f"{bad_eeg}.parquet")
+    out = tmp_path / "submission.csv"
+    assert cli.main(["predict", "--data", str(data), "--out", str(out),
+                     "--model", str(tiny_run["ensemble_onnx"])]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad_eeg}.parquet (eeg_id {bad_eeg}): has 5000 rows" in err and "1 of 2 test rows" in err
+    assert pd.read_csv(out)["eeg_id"].tolist() == [good_eeg]
+    # on_bad_file="error" keeps the fail-fast behaviour
+    with pytest.raises(DataError, match=rf"eeg_id {bad_eeg}\): has 5000 rows"):
+        predict(data, tmp_path / "strict.csv", model_path=tiny_run["ensemble_onnx"], progress=False,
+                on_bad_file="error")
+
+
+def test_a_non_finite_prediction_names_the_eeg_id(tiny_run, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(tiny_run["ensemble_onnx"]))  # weights damaged on disk: NaN everywhere
+    for init in model.graph.initializer:
+        values = numpy_helper.to_array(init)
+        if values.dtype.kind == "f":
+            init.CopyFrom(numpy_helper.from_array(np.full_like(values, np.nan), init.name))
+    damaged = tmp_path / "ensemble_nan.onnx"
+    onnx.save(model, str(damaged))
+    first = int(pd.read_csv(tiny_run["data_dir"] / "test.csv")["eeg_id"][0])
+    with pytest.raises(DataError, match=rf"{first}.parquet \(eeg_id {first}\): the model returned non-finite "
+                                        r"probabilities for this window \(ensemble_nan.onnx\)"):
+        predict(tiny_run["data_dir"], tmp_path / "out.csv", model_path=damaged, progress=False,
+                on_bad_file="error")
+    skipped = predict(tiny_run["data_dir"], tmp_path / "out.csv", model_path=damaged, progress=False)
+    assert len(skipped) == 0 and len(skipped.attrs["bad_files"]) == 2
+
+
+def test_the_model_checksum_recorded_in_training_results_is_checked(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    model = run / "models" / "onnx" / "ensemble.onnx"
+    model.parent.mkdir(parents=True)
+    shutil.copy(tiny_run["ensemble_onnx"], model)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    results = run / "training_results.json"
+    results.write_text(json.dumps({"artifacts": {"models/onnx/ensemble.onnx": {"sha256": digest}}}))
+    assert len(predict(tiny_run["data_dir"], tmp_path / "ok.csv", model_path=model, progress=False)) == 2
+    results.write_text(json.dumps({"artifacts": {"models/onnx/ensemble.onnx": {"sha256": "0" * 64}}}))
+    with pytest.raises(DataError, match=r"ensemble.onnx: SHA-256 [0-9a-f]{12}\.\.\. differs from the "
+                                        r"000000000000\.\.\. recorded in .*training_results.json"):
+        predict(tiny_run["data_dir"], tmp_path / "bad.csv", model_path=model, progress=False)
+    assert not (tmp_path / "bad.csv").exists()

@@ -1,15 +1,18 @@
 """Backups: content, atomic rotation, verified restore, refusal of a corrupted backup."""
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import shutil
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from hms_core.cli import main as hms
-from hms_core.errors import DataError
+from hms_core.errors import DataError, HMSError
 from hms_core.ops import backup
 
 STATE = {
@@ -128,3 +131,65 @@ def test_maybe_and_periodic_backups(run_dir):
     assert not handle._thread.is_alive()
     names = [b["name"] for b in backup.list_backups(run_dir)]
     assert len(names) == 3 and first.name not in names  # rotated while running
+
+
+def test_pre_restore_backups_are_never_rotated_away(run_dir):
+    saved = backup.create_backup(run_dir, keep=2)
+    (run_dir / "training_results.json").write_bytes(b"the newest work")
+    first_safety = backup.restore_backup(run_dir, saved.name)
+    for _ in range(6):
+        backup.restore_backup(run_dir, saved.name)
+    names = [b["name"] for b in backup.list_backups(run_dir)]
+    assert len([n for n in names if n.endswith(backup.PRE_RESTORE)]) == 7 and first_safety.name in names
+    assert (first_safety / "training_results.json").read_bytes() == b"the newest work"
+
+
+def test_restore_copies_only_the_files_of_the_manifest(run_dir):
+    saved = backup.create_backup(run_dir)
+    (saved / "models/final/injected.pth").write_bytes(b"not in the manifest")
+    backup.restore_backup(run_dir, saved.name)
+    assert not (run_dir / "models/final/injected.pth").exists()
+    assert (run_dir / "models/final/a_fold0.pth").read_bytes() == STATE["models/final/a_fold0.pth"]
+
+
+def test_restore_waits_for_the_backup_lock(run_dir):
+    saved = backup.create_backup(run_dir)
+    (run_dir / "training_results.json").write_bytes(b"newer results")
+    before = _snapshot(run_dir)
+    outcome = {}
+
+    def restore():
+        try:
+            backup.restore_backup(run_dir, saved.name)
+        except HMSError as err:
+            outcome["error"] = str(err)
+
+    with open(run_dir / backup.BACKUP_DIR / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(target=restore)
+        worker.start()
+        time.sleep(1.0)
+        shutil.rmtree(saved)  # a rotation by the lock's holder
+    worker.join(30)
+    assert "no backup" in outcome.get("error", "") and _snapshot(run_dir) == before
+
+
+def test_restore_into_a_symlinked_checkpoints_folder(run_dir, tmp_path):
+    scratch = tmp_path / "scratch" / "checkpoints"
+    shutil.move(run_dir / "models/checkpoints", scratch)
+    (run_dir / "models/checkpoints").symlink_to(scratch, target_is_directory=True)
+    saved = backup.create_backup(run_dir)
+    (scratch / "train_a_fold0/last.pt").write_bytes(b"corrupted by a crash")
+    backup.restore_backup(run_dir, saved.name)
+    assert (run_dir / "models/checkpoints").is_symlink()
+    assert (scratch / "train_a_fold0/last.pt").read_bytes() == STATE["models/checkpoints/train_a_fold0/last.pt"]
+
+
+def test_temporaries_of_a_killed_backup_are_removed_at_the_next_backup(run_dir):
+    root = run_dir / backup.BACKUP_DIR
+    stale = root / ".20260101T000000Z.k2j4_x9a.tmp"
+    (stale / "models").mkdir(parents=True)
+    (stale / "models" / "half.pth").write_bytes(b"half copied")
+    (root / "notes.txt").write_text("not ours")
+    backup.create_backup(run_dir)
+    assert not stale.exists() and (root / "notes.txt").read_text() == "not ours"

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 
@@ -18,6 +20,7 @@ def test_on_start_and_on_end(workdir):
     try:
         run = json.loads((workdir / status.STATUS_FILE).read_text())["run"]
         assert (run["cost_per_hour"], run["status_interval_s"], run["backup_keep"]) == (1.5, 1.0, 2)
+        assert (run["host"], run["pid"]) == (socket.gethostname(), os.getpid())  # who holds the lock
         assert lifecycle._periodic is not None and lifecycle._periodic._thread.is_alive()
     finally:
         lifecycle.on_end(workdir, ops, state="failed")

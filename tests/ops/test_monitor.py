@@ -5,6 +5,7 @@ import io
 import json
 import threading
 import time
+import tracemalloc
 
 import pytest
 from rich.console import Console
@@ -102,3 +103,27 @@ def test_logs_show_and_follow(workdir):
     text = followed.getvalue()
     assert text.count("epoch 1 loss 0.9") == 1  # old lines are not repeated
     assert "epoch 2 loss 0.7" in text and "resnet_fold1.log <==" in text and "fold 1 started" in text
+
+
+def test_logs_tail_a_large_log_in_bounded_memory(workdir):
+    rule_dir = workdir / "logs" / "train"
+    rule_dir.mkdir(parents=True)
+    line = "epoch {:07d} " + "x" * 88 + "\n"  # 100 bytes a line
+    with open(rule_dir / "big.log", "w") as f:
+        for start in range(0, 300_000, 10_000):
+            f.write("".join(line.format(i) for i in range(start, start + 10_000)))
+    (rule_dir / "one_long_line.log").write_text("y" * 3_000_000)  # a progress bar without newline
+    out = io.StringIO()
+    tracemalloc.start()
+    try:
+        assert logs.show_logs(workdir, "train", False, None, out=out) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    text = out.getvalue()
+    assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB for a 30 MB log"
+    shown = [ln for ln in text.splitlines() if ln.startswith("epoch")]
+    assert len(shown) == logs.TAIL_LINES and shown[-1].startswith("epoch 0299999")
+    assert shown[0].startswith(f"epoch {300_000 - logs.TAIL_LINES:07d}")
+    assert "earlier lines not shown" in text
+    assert "y" * 1000 in text and "y" * (logs.TAIL_BYTES + 1) not in text

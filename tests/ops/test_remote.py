@@ -195,3 +195,46 @@ def test_deploy_status_logs_resume(sshd, project, tmp_path, monkeypatch):
         assert (remote_dir / "out" / "done.txt").read_text() == "ok\n"
     finally:
         _stop_remote_run(remote_dir)
+
+
+SLOW_SNAKEFILE = """\
+rule all:
+    input: "out/done.txt"
+
+rule work:
+    output: "out/done.txt"
+    log: "logs/work/all.log"
+    shell: "sleep 120; echo ok > {output}"
+"""
+
+
+def test_deploy_and_resume_refuse_while_a_run_is_alive(sshd, project, tmp_path, monkeypatch):
+    remote_dir = tmp_path / "remote" / "hms"
+    host = sshd["host"]
+    (project / "Snakefile").write_text(SLOW_SNAKEFILE)
+    monkeypatch.setenv(ssh.SSH_CONFIG_ENV, str(sshd["dir"] / "ssh_config_deploy"))
+    deploy = lambda: remote.deploy(host, sshd["key"], str(remote_dir), sshd["port"], ["--cores", "1"],
+                                   project_dir=project, setup_command=SETUP)
+    try:
+        assert deploy() == 0
+        pid = int((remote_dir / remote.PID_FILE).read_text())
+        log_before = (remote_dir / remote.RUN_LOG).read_text()
+        (project / "hms_core" / "NEW_CODE.txt").write_text("must not reach the live run")
+        with pytest.raises(ssh.RemoteError, match=rf"a run is alive in .* \(pid {pid} on .*\); nothing was "
+                                                  rf"copied or started.*kill -TERM -- -{pid}"):
+            deploy()
+        assert not (remote_dir / "hms_core" / "NEW_CODE.txt").exists()
+        monkeypatch.setenv(ssh.SSH_CONFIG_ENV, str(sshd["dir"] / "ssh_config"))
+        with pytest.raises(ssh.RemoteError, match=rf"pid {pid} on "):
+            resume.main(str(remote_dir), host, [])
+        assert (remote_dir / remote.RUN_LOG).read_text().startswith(log_before)
+        _stop_remote_run(remote_dir)
+        _wait_for(lambda: remote.live_run(host, str(remote_dir)) is None, "the stopped run to be gone", 30)
+        (remote_dir / "Snakefile").write_text(TINY_SNAKEFILE.format(python=sys.executable))
+        (remote_dir / ".snakemake" / "locks").mkdir(parents=True, exist_ok=True)
+        assert resume.main(str(remote_dir), host, ["--cores", "1"]) == 0
+        _wait_for(lambda: (remote_dir / remote.EXIT_FILE).is_file(), "the resumed run to end")
+        text = (remote_dir / remote.RUN_LOG).read_text()
+        assert text.startswith(log_before) and text.count("=== hms resume started") == 2  # appended
+    finally:
+        _stop_remote_run(remote_dir)

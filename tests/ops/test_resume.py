@@ -1,6 +1,8 @@
 """Stale-lock detection and ``hms resume`` against real Snakemake runs that get killed."""
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
 import time
@@ -9,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hms_core import status
 from hms_core.errors import HMSError
 from hms_core.ops.run_status import run_status
 from hms_core.ops import resume
@@ -109,3 +112,35 @@ def test_snakemake_command_uses_profile_and_args(smk_dir):
     assert command[4:6] == ["--profile", str(smk_dir / "profiles" / "default")]
     assert command[-2:] == ["--cores", "2"] and "--snakefile" not in command
     assert "--profile" not in resume.snakemake_command(smk_dir, ["--profile", "other"])[2:-2]
+
+
+def _locked_by(workdir: Path, host: str, pid: int) -> list[Path]:
+    locks = workdir / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("out/a.txt\n")
+    status.start_run(workdir / status.STATUS_FILE, host=host)
+    record = json.loads((workdir / status.STATUS_FILE).read_text())
+    record["run"]["pid"] = pid
+    (workdir / status.STATUS_FILE).write_text(json.dumps(record))
+    return resume.lock_files(workdir)
+
+
+def test_a_lock_taken_on_another_host_is_reported_not_cleared(workdir):
+    locks = _locked_by(workdir, "login-node-2", 4242)
+    with pytest.raises(HMSError, match=r"lock .* was taken on host 'login-node-2' \(Snakemake pid 4242, started .*"
+                                       r"hms resume on login-node-2"):
+        resume.clear_stale_locks(workdir)
+    assert resume.lock_files(workdir) == locks
+
+
+def test_a_lock_of_this_host_is_cleared_only_when_its_process_is_dead(workdir):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        locks = _locked_by(workdir, socket.gethostname(), sleeper.pid)
+        with pytest.raises(HMSError, match=rf"its pid {sleeper.pid} is alive on this host"):
+            resume.clear_stale_locks(workdir)
+        assert resume.lock_files(workdir) == locks
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert resume.clear_stale_locks(workdir) == locks and resume.lock_files(workdir) == []
