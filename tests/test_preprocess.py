@@ -19,7 +19,7 @@ from hms_core.errors import ConfigError, DataError
 from hms_core.preprocess import PreprocessConfig, assign_batches, preprocess_batch
 from hms_core.signal.frontend import WindowFrontend, kaggle_spec_image
 from hms_core.signal.ica import clean_recording
-from hms_core.store import WindowStore
+from hms_core.store import WindowStore, verify_store
 
 torch.set_num_threads(1)
 FAST = {"ica": {"enabled": False}, "windows_per_shard": 4}
@@ -194,3 +194,32 @@ def test_error_mode_names_file_and_recording(kind, broken_dataset, train_df, tmp
     assert err.value.eeg_id == eeg_id and f"{eeg_id}.parquet" in err.value.path
     assert not (tmp_path / "b.zarr").exists()
     assert not list(tmp_path.glob(".b.zarr.*"))
+
+
+def test_disk_full_leaves_no_store_and_a_plain_rerun_rebuilds_it(tiny_dataset, train_df, tmp_path, monkeypatch):
+    import errno
+
+    import zarr.storage._local as local
+
+    from hms_core.errors import DiskFullError
+
+    real_put, writes = local._put, []
+
+    def put_until_full(path, value, exclusive=False):
+        writes.append(path)
+        if "/c/" in str(path) and len(writes) > 15:  # a few shards in, the disk fills up
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_put(path, value, exclusive)
+
+    monkeypatch.setattr(local, "_put", put_until_full)
+    target = tmp_path / "batch_0000.zarr"
+    ids = sorted(train_df["eeg_id"].unique())
+    with pytest.raises(DiskFullError, match=r"batch_0000\.zarr.*no space left.*needs about .* MB") as err:
+        preprocess_batch(tiny_dataset, train_df, ids, target, FAST)
+    assert err.value.needed_bytes > 0 and err.value.path.endswith("batch_0000.zarr")
+    assert not target.exists() and not list(tmp_path.glob(".batch_0000.zarr.*"))
+    monkeypatch.setattr(local, "_put", real_put)
+    preprocess_batch(tiny_dataset, train_df, ids, target, FAST)
+    store = WindowStore([target])
+    assert len(store) == len(train_df)
+    assert verify_store(target) == []
