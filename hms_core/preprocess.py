@@ -231,10 +231,7 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
 
     rows = rows.sort_values(["eeg_label_offset_seconds", "label_id"])
     path = eeg_path(data_dir, eeg_id)
-    try:
-        raw = read_eeg(path, eeg_id)
-    except (ValueError, TypeError) as err:  # e.g. text in a signal column
-        raise DataError(path, f"unreadable signal values ({err})", eeg_id=eeg_id) from None
+    raw = read_eeg(path, eeg_id)
     offsets = rows["eeg_label_offset_seconds"].to_numpy()
     needed = eeg_samples_needed(offsets.max())
     if raw.shape[0] < needed:

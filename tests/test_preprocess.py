@@ -223,3 +223,42 @@ def test_disk_full_leaves_no_store_and_a_plain_rerun_rebuilds_it(tiny_dataset, t
     store = WindowStore([target])
     assert len(store) == len(train_df)
     assert verify_store(target) == []
+
+
+@pytest.mark.parametrize("mode", ["skip", "error"])
+def test_text_channel_honours_on_bad_recording(mode, tiny_dataset, train_df, tmp_path):
+    data = tmp_path / "raw"
+    shutil.copytree(tiny_dataset, data)
+    ids = sorted(train_df["eeg_id"].unique())[:2]
+    path = eeg_path(data, ids[0])
+    df = pd.read_parquet(path)
+    df["C3"] = [f"{v:.2f}" for v in df["C3"]]
+    _write_table(path, df)
+    out = tmp_path / "b.zarr"
+    if mode == "error":
+        with pytest.raises(DataError, match=r"column C3 holds text values") as err:
+            preprocess_batch(data, train_df, ids, out, FAST)
+        assert err.value.eeg_id == ids[0] and not out.exists()
+        return
+    report = tmp_path / "q.json"
+    result = preprocess_batch(data, train_df, ids, out, {**FAST, "on_bad_recording": "skip"}, quarantine_out=report)
+    (bad,) = json.loads(report.read_text())["bad_recordings"]
+    assert bad["eeg_id"] == ids[0] and "column C3" in bad["problem"] and f"{ids[0]}.parquet" in bad["path"]
+    assert result["n_bad"] == 1 and set(WindowStore([out]).index["eeg_id"]) == {ids[1]}
+
+
+def test_infinite_samples_do_not_reach_the_store(tiny_dataset, train_df, tmp_path):
+    data = tmp_path / "raw"
+    shutil.copytree(tiny_dataset, data)
+    eeg_id = int(train_df["eeg_id"].iloc[0])
+    path = eeg_path(data, eeg_id)
+    df = pd.read_parquet(path).astype("float64")
+    start = eeg_window_slice(train_df.loc[train_df["eeg_id"] == eeg_id, "eeg_label_offset_seconds"].min()).start
+    df.loc[start + 5000, "Fp1"] = np.inf
+    df.loc[start + 6000, "O2"] = 1e39
+    _write_table(path, df)
+    preprocess_batch(data, train_df, [eeg_id], tmp_path / "b.zarr", FAST)
+    store = WindowStore([tmp_path / "b.zarr"])
+    got = store.read(np.arange(len(store)), ["chains", "referential", "eeg_spec", "eeg_mel"])
+    assert all(np.isfinite(v).all() for v in got.values())
+    assert (store.index["nan_fraction"] > 0).any()
