@@ -72,16 +72,16 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
     -------
     pandas.DataFrame
         The 15 contract columns in order: ids and votes int64, offsets (s) float64,
-        ``expert_consensus`` a string column with values in ``CLASSES``.
+        ``expert_consensus`` a string column with values in ``CLASSES``. Columns are found
+        by name; other columns (a user's own fold or note column) are left out, with a warning.
 
     Raises
     ------
     DataError
-        Missing file, wrong or reordered columns, a wrong dtype, a NaN, an unknown
-        class, negative votes, a row without votes, or duplicated ``label_id``.
+        Missing file, a missing column, a wrong dtype, a NaN, an unknown class, negative
+        votes, a row without votes, or duplicated ``label_id``.
     """
-    df = _read_csv(path)
-    _check_columns(path, df, TRAIN_COLUMNS)
+    df = _contract_columns(path, _read_csv(path), TRAIN_COLUMNS)
     for name in ("eeg_label_offset_seconds", "spectrogram_label_offset_seconds"):
         if pd.api.types.is_integer_dtype(df[name].dtype):  # "0" instead of "0.0" is harmless
             df[name] = df[name].astype("float64")
@@ -117,13 +117,15 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
 def read_test_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``test.csv`` (``spectrogram_id, eeg_id, patient_id``, all int64) and check it.
 
+    Columns are found by name and returned in that order; other columns are left out, with
+    a warning.
+
     Raises
     ------
     DataError
-        Missing file, wrong columns or order, a non-integer column, or a repeated ``eeg_id``.
+        Missing file, a missing column, a non-integer column, or a repeated ``eeg_id``.
     """
-    df = _read_csv(path)
-    _check_columns(path, df, TEST_COLUMNS)
+    df = _contract_columns(path, _read_csv(path), TEST_COLUMNS)
     for name, dtype in TEST_DTYPES.items():
         _check_dtype(path, df, name, dtype)
     if df["eeg_id"].duplicated().any():
@@ -142,17 +144,16 @@ def _read_csv(path: str | os.PathLike) -> pd.DataFrame:
         raise DataError(path, f"not a readable CSV file ({err})") from None
 
 
-def _check_columns(path, df: pd.DataFrame, expected: tuple[str, ...]) -> None:
-    found = tuple(df.columns)
-    if found == expected:
-        return
-    missing = [c for c in expected if c not in found]
-    extra = [c for c in found if c not in expected]
-    if missing or extra:
-        problem = f"columns differ from the contract: missing {missing}, unexpected {extra}"
-    else:
-        problem = f"columns are in the wrong order: {list(found)}, expected {list(expected)}"
-    raise DataError(path, problem)
+def _contract_columns(path, df: pd.DataFrame, expected: tuple[str, ...]) -> pd.DataFrame:
+    """``df``'s contract columns in contract order; other columns (a user's own fold or note
+    column) are dropped with a warning. A missing column is a DataError."""
+    missing = [c for c in expected if c not in df.columns]
+    if missing:
+        raise DataError(path, f"columns differ from the contract: missing {missing} (expected {list(expected)})")
+    extra = [c for c in df.columns if c not in expected]
+    if extra:
+        logger.warning("%s: ignoring column(s) %s that are not in the contract", path, extra)
+    return df if tuple(df.columns) == expected else df[list(expected)].copy()
 
 
 def _check_dtype(path, df: pd.DataFrame, name: str, dtype: str) -> None:

@@ -82,3 +82,36 @@ def test_text_channel_is_a_data_error_naming_file_and_column(tiny_dataset, tmp_p
     pq.write_table(_with_column(table, "C3", [f"{v:.2f}" for v in table.column("C3").to_numpy()]), text)
     with pytest.raises(DataError, match=r"text\.parquet \(eeg_id 9\): column C3 holds text values"):
         io.read_eeg(text, eeg_id=9)
+
+
+def test_extra_csv_columns_are_ignored_with_a_warning(tiny_dataset, tmp_path, caplog):
+    import pandas as pd
+
+    from hms_core.contract import TEST_COLUMNS, TRAIN_COLUMNS
+
+    train = pd.read_csv(tiny_dataset / "train.csv")
+    train.insert(3, "note", "checked by me")  # a user's own columns, anywhere
+    train["my_fold"] = 1
+    train[list(reversed(train.columns))].to_csv(tmp_path / "train.csv", index=False)
+    with caplog.at_level("WARNING", logger="hms_core.data.io"):
+        got = io.read_train_csv(tmp_path / "train.csv")
+    assert tuple(got.columns) == TRAIN_COLUMNS
+    pd.testing.assert_frame_equal(got, io.read_train_csv(tiny_dataset / "train.csv"))
+    assert "train.csv" in caplog.text and "'note'" in caplog.text and "'my_fold'" in caplog.text
+    test = pd.read_csv(tiny_dataset / "test.csv")
+    test["note"] = "x"
+    test.to_csv(tmp_path / "test.csv", index=False)
+    assert tuple(io.read_test_csv(tmp_path / "test.csv").columns) == TEST_COLUMNS
+
+
+def test_missing_or_mistyped_csv_columns_are_still_errors(tiny_dataset, tmp_path):
+    import pandas as pd
+
+    train = pd.read_csv(tiny_dataset / "train.csv")
+    train["note"] = "x"
+    train.drop(columns=["lpd_vote"]).to_csv(tmp_path / "missing.csv", index=False)
+    with pytest.raises(DataError, match=r"missing\.csv: columns differ from the contract: missing \['lpd_vote'\]"):
+        io.read_train_csv(tmp_path / "missing.csv")
+    train.assign(gpd_vote="many").to_csv(tmp_path / "mistyped.csv", index=False)
+    with pytest.raises(DataError, match=r"mistyped\.csv: column gpd_vote has dtype"):
+        io.read_train_csv(tmp_path / "mistyped.csv")
