@@ -470,7 +470,9 @@ class WindowStore:
             window = array[row]
         except _READ_ERRORS as err:
             raise self._damage(store, field, row, _read_error(err)) from err
-        if self._checked[store] and not window.any():  # zarr reads a missing chunk as zeros
+        # zarr reads a missing chunk as zeros (+0.0, all bytes 0: a byte test is 20x faster
+        # than float16 ``any``).
+        if self._checked[store] and not np.ascontiguousarray(window).view(np.uint8).any():
             key = shard_key(field, row // ((array.shards or array.chunks)[0]), len(self.shapes[field]))
             if not (self.paths[store] / key).exists():
                 raise self._damage(store, field, row, f"its file {key} is missing")
