@@ -29,3 +29,29 @@ class DataError(HMSError):
         self.eeg_id = eeg_id
         where = f"{self.path}" + (f" (eeg_id {eeg_id})" if eeg_id is not None else "")
         super().__init__(f"{where}: {problem}")
+
+
+class DiskFullError(HMSError):
+    """A write ran out of disk space; nothing partial was kept.
+
+    Parameters
+    ----------
+    path : str
+        What was being written.
+    needed_bytes : int
+        Estimated free space (bytes) the write needs to succeed.
+    free_bytes : int
+        Free space (bytes) on that file system when the write failed.
+    """
+
+    def __init__(self, path, needed_bytes: int, free_bytes: int):
+        self.path = str(path)
+        self.needed_bytes = int(needed_bytes)
+        self.free_bytes = int(free_bytes)
+        super().__init__(f"{self.path}: no space left on device; the write needs about "
+                         f"{_mb(self.needed_bytes)} MB, {_mb(self.free_bytes)} MB free. "
+                         f"Free some space and re-run: nothing partial was kept.")
+
+
+def _mb(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:,.1f}"

@@ -153,6 +153,9 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
     ------
     DataError
         A bad recording when ``on_bad_recording`` is "error" (nothing is written).
+    DiskFullError
+        The disk filled up while the store was written: the message names the store and
+        the space it needs; nothing is left behind, and a re-run rebuilds the store.
     """
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
@@ -170,7 +173,7 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
     _remove_stale_temporaries(Path(out_store))
     with threadpool_limits(threads), atomic.atomic_path(out_store) as tmp:
         writer = StoreWriter(tmp, max_windows=len(rows), shapes=window_shapes(frontend_cfg), dtype=cfg.dtype,
-                             windows_per_shard=cfg.windows_per_shard)
+                             windows_per_shard=cfg.windows_per_shard, name=out_store)
         by_id = dict(tuple(rows.groupby("eeg_id")))
         for i, eeg_id in enumerate(tqdm(eeg_ids, desc=job, unit="rec", mininterval=5, disable=None)):
             try:
@@ -228,10 +231,7 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
 
     rows = rows.sort_values(["eeg_label_offset_seconds", "label_id"])
     path = eeg_path(data_dir, eeg_id)
-    try:
-        raw = read_eeg(path, eeg_id)
-    except (ValueError, TypeError) as err:  # e.g. text in a signal column
-        raise DataError(path, f"unreadable signal values ({err})", eeg_id=eeg_id) from None
+    raw = read_eeg(path, eeg_id)
     offsets = rows["eeg_label_offset_seconds"].to_numpy()
     needed = eeg_samples_needed(offsets.max())
     if raw.shape[0] < needed:

@@ -19,7 +19,7 @@ from hms_core.errors import ConfigError, DataError
 from hms_core.preprocess import PreprocessConfig, assign_batches, preprocess_batch
 from hms_core.signal.frontend import WindowFrontend, kaggle_spec_image
 from hms_core.signal.ica import clean_recording
-from hms_core.store import WindowStore
+from hms_core.store import WindowStore, verify_store
 
 torch.set_num_threads(1)
 FAST = {"ica": {"enabled": False}, "windows_per_shard": 4}
@@ -194,3 +194,71 @@ def test_error_mode_names_file_and_recording(kind, broken_dataset, train_df, tmp
     assert err.value.eeg_id == eeg_id and f"{eeg_id}.parquet" in err.value.path
     assert not (tmp_path / "b.zarr").exists()
     assert not list(tmp_path.glob(".b.zarr.*"))
+
+
+def test_disk_full_leaves_no_store_and_a_plain_rerun_rebuilds_it(tiny_dataset, train_df, tmp_path, monkeypatch):
+    import errno
+
+    import zarr.storage._local as local
+
+    from hms_core.errors import DiskFullError
+
+    real_put, writes = local._put, []
+
+    def put_until_full(path, value, exclusive=False):
+        writes.append(path)
+        if "/c/" in str(path) and len(writes) > 15:  # a few shards in, the disk fills up
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_put(path, value, exclusive)
+
+    monkeypatch.setattr(local, "_put", put_until_full)
+    target = tmp_path / "batch_0000.zarr"
+    ids = sorted(train_df["eeg_id"].unique())
+    with pytest.raises(DiskFullError, match=r"batch_0000\.zarr.*no space left.*needs about .* MB") as err:
+        preprocess_batch(tiny_dataset, train_df, ids, target, FAST)
+    assert err.value.needed_bytes > 0 and err.value.path.endswith("batch_0000.zarr")
+    assert not target.exists() and not list(tmp_path.glob(".batch_0000.zarr.*"))
+    monkeypatch.setattr(local, "_put", real_put)
+    preprocess_batch(tiny_dataset, train_df, ids, target, FAST)
+    store = WindowStore([target])
+    assert len(store) == len(train_df)
+    assert verify_store(target) == []
+
+
+@pytest.mark.parametrize("mode", ["skip", "error"])
+def test_text_channel_honours_on_bad_recording(mode, tiny_dataset, train_df, tmp_path):
+    data = tmp_path / "raw"
+    shutil.copytree(tiny_dataset, data)
+    ids = sorted(train_df["eeg_id"].unique())[:2]
+    path = eeg_path(data, ids[0])
+    df = pd.read_parquet(path)
+    df["C3"] = [f"{v:.2f}" for v in df["C3"]]
+    _write_table(path, df)
+    out = tmp_path / "b.zarr"
+    if mode == "error":
+        with pytest.raises(DataError, match=r"column C3 holds text values") as err:
+            preprocess_batch(data, train_df, ids, out, FAST)
+        assert err.value.eeg_id == ids[0] and not out.exists()
+        return
+    report = tmp_path / "q.json"
+    result = preprocess_batch(data, train_df, ids, out, {**FAST, "on_bad_recording": "skip"}, quarantine_out=report)
+    (bad,) = json.loads(report.read_text())["bad_recordings"]
+    assert bad["eeg_id"] == ids[0] and "column C3" in bad["problem"] and f"{ids[0]}.parquet" in bad["path"]
+    assert result["n_bad"] == 1 and set(WindowStore([out]).index["eeg_id"]) == {ids[1]}
+
+
+def test_infinite_samples_do_not_reach_the_store(tiny_dataset, train_df, tmp_path):
+    data = tmp_path / "raw"
+    shutil.copytree(tiny_dataset, data)
+    eeg_id = int(train_df["eeg_id"].iloc[0])
+    path = eeg_path(data, eeg_id)
+    df = pd.read_parquet(path).astype("float64")
+    start = eeg_window_slice(train_df.loc[train_df["eeg_id"] == eeg_id, "eeg_label_offset_seconds"].min()).start
+    df.loc[start + 5000, "Fp1"] = np.inf
+    df.loc[start + 6000, "O2"] = 1e39
+    _write_table(path, df)
+    preprocess_batch(data, train_df, [eeg_id], tmp_path / "b.zarr", FAST)
+    store = WindowStore([tmp_path / "b.zarr"])
+    got = store.read(np.arange(len(store)), ["chains", "referential", "eeg_spec", "eeg_mel"])
+    assert all(np.isfinite(v).all() for v in got.values())
+    assert (store.index["nan_fraction"] > 0).any()

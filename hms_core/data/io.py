@@ -5,6 +5,7 @@ Every reader checks what it reads against :mod:`hms_core.contract` and raises on
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -33,6 +34,8 @@ from hms_core.contract import (
     WINDOW_SAMPLES,
 )
 from hms_core.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 _EEG_DIRS = {"train": TRAIN_EEG_DIR, "test": TEST_EEG_DIR}
@@ -69,16 +72,16 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
     -------
     pandas.DataFrame
         The 15 contract columns in order: ids and votes int64, offsets (s) float64,
-        ``expert_consensus`` a string column with values in ``CLASSES``.
+        ``expert_consensus`` a string column with values in ``CLASSES``. Columns are found
+        by name; other columns (a user's own fold or note column) are left out, with a warning.
 
     Raises
     ------
     DataError
-        Missing file, wrong or reordered columns, a wrong dtype, a NaN, an unknown
-        class, negative votes, a row without votes, or duplicated ``label_id``.
+        Missing file, a missing column, a wrong dtype, a NaN, an unknown class, negative
+        votes, a row without votes, or duplicated ``label_id``.
     """
-    df = _read_csv(path)
-    _check_columns(path, df, TRAIN_COLUMNS)
+    df = _contract_columns(path, _read_csv(path), TRAIN_COLUMNS)
     for name in ("eeg_label_offset_seconds", "spectrogram_label_offset_seconds"):
         if pd.api.types.is_integer_dtype(df[name].dtype):  # "0" instead of "0.0" is harmless
             df[name] = df[name].astype("float64")
@@ -114,13 +117,15 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
 def read_test_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read ``test.csv`` (``spectrogram_id, eeg_id, patient_id``, all int64) and check it.
 
+    Columns are found by name and returned in that order; other columns are left out, with
+    a warning.
+
     Raises
     ------
     DataError
-        Missing file, wrong columns or order, a non-integer column, or a repeated ``eeg_id``.
+        Missing file, a missing column, a non-integer column, or a repeated ``eeg_id``.
     """
-    df = _read_csv(path)
-    _check_columns(path, df, TEST_COLUMNS)
+    df = _contract_columns(path, _read_csv(path), TEST_COLUMNS)
     for name, dtype in TEST_DTYPES.items():
         _check_dtype(path, df, name, dtype)
     if df["eeg_id"].duplicated().any():
@@ -139,17 +144,16 @@ def _read_csv(path: str | os.PathLike) -> pd.DataFrame:
         raise DataError(path, f"not a readable CSV file ({err})") from None
 
 
-def _check_columns(path, df: pd.DataFrame, expected: tuple[str, ...]) -> None:
-    found = tuple(df.columns)
-    if found == expected:
-        return
-    missing = [c for c in expected if c not in found]
-    extra = [c for c in found if c not in expected]
-    if missing or extra:
-        problem = f"columns differ from the contract: missing {missing}, unexpected {extra}"
-    else:
-        problem = f"columns are in the wrong order: {list(found)}, expected {list(expected)}"
-    raise DataError(path, problem)
+def _contract_columns(path, df: pd.DataFrame, expected: tuple[str, ...]) -> pd.DataFrame:
+    """``df``'s contract columns in contract order; other columns (a user's own fold or note
+    column) are dropped with a warning. A missing column is a DataError."""
+    missing = [c for c in expected if c not in df.columns]
+    if missing:
+        raise DataError(path, f"columns differ from the contract: missing {missing} (expected {list(expected)})")
+    extra = [c for c in df.columns if c not in expected]
+    if extra:
+        logger.warning("%s: ignoring column(s) %s that are not in the contract", path, extra)
+    return df if tuple(df.columns) == expected else df[list(expected)].copy()
 
 
 def _check_dtype(path, df: pd.DataFrame, name: str, dtype: str) -> None:
@@ -174,15 +178,19 @@ def read_eeg(path: str | os.PathLike, eeg_id: int | None = None) -> np.ndarray:
     -------
     numpy.ndarray
         float32 ``(n_samples, 20)`` in ``RAW_CHANNELS`` order, microvolts (uV); may
-        contain NaN rows, as the real files do.
+        contain NaN rows, as the real files do. Non-finite samples (+-inf, and float64
+        values beyond the float32 range) are returned as NaN: no EEG, artifact included,
+        reaches 3.4e38 uV, so they are recording faults and are cleaned like the NaN gaps
+        the contract allows (short runs interpolated, long ones zeroed, counted in
+        ``nan_fraction``). A warning names the file and the count.
 
     Raises
     ------
     DataError
-        Missing or unreadable file, or a missing channel.
+        Missing or unreadable file, a missing channel, or a channel that is not numeric.
     """
     table = _read_table(path, RAW_CHANNELS, eeg_id)
-    return _columns_to_array(table, RAW_CHANNELS)
+    return _columns_to_array(table, RAW_CHANNELS, path, eeg_id)
 
 
 def read_spectrogram(path: str | os.PathLike,
@@ -202,11 +210,18 @@ def read_spectrogram(path: str | os.PathLike,
         float64 ``(n_rows,)`` row times in seconds (1, 3, 5, ...).
     power : numpy.ndarray
         float32 ``(n_rows, 400)`` power in ``SPEC_COLUMNS`` order (uV^2/Hz); may contain NaN.
+        Non-finite values (+-inf, float64 beyond float32) are returned as NaN, as in :func:`read_eeg`.
+
+    Raises
+    ------
+    DataError
+        Missing or unreadable file, a missing column, or a column that is not numeric.
     """
     table = _read_table(path, (SPEC_TIME_COLUMN, *SPEC_COLUMNS), None,
                         what=f"spectrogram {spectrogram_id}" if spectrogram_id is not None else None)
-    time_s = table.column(SPEC_TIME_COLUMN).to_numpy().astype(np.float64)
-    return time_s, _columns_to_array(table, SPEC_COLUMNS)
+    _check_numeric(table, (SPEC_TIME_COLUMN,), path, None)
+    time_s = table.column(SPEC_TIME_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64)
+    return time_s, _columns_to_array(table, SPEC_COLUMNS, path, None)
 
 
 def _read_table(path, columns: tuple[str, ...], eeg_id: int | None, what: str | None = None) -> pa.Table:
@@ -226,11 +241,28 @@ def _read_table(path, columns: tuple[str, ...], eeg_id: int | None, what: str | 
         raise DataError(path, f"{prefix}not a readable parquet file ({err})", eeg_id=eeg_id) from None
 
 
-def _columns_to_array(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+def _columns_to_array(table: pa.Table, columns: tuple[str, ...], path, eeg_id: int | None) -> np.ndarray:
+    """float32 ``(n_rows, len(columns))``; non-finite values (after the cast) become NaN."""
+    _check_numeric(table, columns, path, eeg_id)
     out = np.empty((table.num_rows, len(columns)), dtype=np.float32)
-    for j, name in enumerate(columns):
-        out[:, j] = table.column(name).to_numpy(zero_copy_only=False)
+    with np.errstate(over="ignore"):  # float64 beyond float32 casts to inf, handled below
+        for j, name in enumerate(columns):
+            out[:, j] = table.column(name).to_numpy(zero_copy_only=False)
+    infinite = np.isinf(out)
+    if infinite.any():
+        bad_columns = [columns[j] for j in np.flatnonzero(infinite.any(axis=0))]
+        logger.warning("%s: %d infinite or beyond-float32 values in %s read as missing (NaN)",
+                       path, int(infinite.sum()), bad_columns[:5] + (["..."] if len(bad_columns) > 5 else []))
+        out[infinite] = np.nan
     return out
+
+
+def _check_numeric(table: pa.Table, columns: tuple[str, ...], path, eeg_id: int | None) -> None:
+    for name in columns:
+        kind = table.schema.field(name).type
+        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+            shown = "text" if pa.types.is_string(kind) or pa.types.is_large_string(kind) else str(kind)
+            raise DataError(path, f"column {name} holds {shown} values, expected numbers", eeg_id=eeg_id)
 
 
 # ------------------------------------------------------------------------------ window helpers

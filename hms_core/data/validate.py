@@ -132,8 +132,8 @@ def validate_dataset(data_dir: str | os.PathLike, *, manifest_out: str | os.Path
         raise DataError(data_dir, "data folder not found")
     train = io.read_train_csv(data_dir / "train.csv")
     test = io.read_test_csv(data_dir / "test.csv")
-    checks = ["train.csv: 15 contract columns in order, dtypes, classes, votes, unique label_id",
-              "test.csv: 3 contract columns in order, int64, unique eeg_id"]
+    checks = ["train.csv: the 15 contract columns (others ignored), dtypes, classes, votes, unique label_id",
+              "test.csv: the 3 contract columns (others ignored), int64, unique eeg_id"]
     checks.append(_check_submission(data_dir / "sample_submission.csv"))
     _check_patients(data_dir / "train.csv", train)
     checks.append("train.csv: one patient_id per eeg_id")

@@ -126,7 +126,8 @@ def clean_recording(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
     Parameters
     ----------
     raw_uv : np.ndarray
-        ``(n_samples, 20)`` in ``RAW_CHANNELS`` order, uV, 200 Hz; may contain NaN.
+        ``(n_samples, 20)`` in ``RAW_CHANNELS`` order, uV, 200 Hz; may contain NaN (and
+        +-inf, cleaned as NaN).
     cfg : PreprocessConfig
         Uses its ``nan`` (:class:`NanConfig`) and ``ica`` (:class:`IcaConfig`) sections.
     eeg_id, path
@@ -152,7 +153,7 @@ def clean_recording(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
     if raw_uv.ndim != 2 or raw_uv.shape[1] != N_RAW_CHANNELS:
         raise DataError(where, f"expected (n_samples, {N_RAW_CHANNELS}) samples, got {raw_uv.shape}", eeg_id=eeg_id)
     n_eeg = len(EEG_CHANNELS)
-    eeg_missing = np.isnan(raw_uv[:, :n_eeg])
+    eeg_missing = ~np.isfinite(raw_uv[:, :n_eeg])  # +-inf is missing like NaN (signal.nan)
     if eeg_missing.all():
         raise DataError(where, "all EEG values are NaN", eeg_id=eeg_id)
     filled = interpolate_short_gaps(raw_uv, max_gap_samples=int(round(cfg.nan.max_interp_s * SAMPLING_RATE_HZ)))

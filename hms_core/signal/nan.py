@@ -1,4 +1,8 @@
-"""NaN stretches in a recording: interpolate the short ones, report the long ones."""
+"""NaN stretches in a recording: interpolate the short ones, report the long ones.
+
+Infinite samples count as missing too (they are recording faults, see
+:func:`hms_core.data.io.read_eeg`), so a single +inf can never spread through a filter.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,11 +41,13 @@ def nan_runs(missing: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def interpolate_short_gaps(x: np.ndarray, *, max_gap_samples: int) -> np.ndarray:
     """Fill NaN runs of at most ``max_gap_samples`` in each column of ``x (n, C)``.
 
-    Inner gaps are interpolated linearly between their finite neighbours; a short gap at
-    the start or end takes the nearest finite value. Longer gaps and all-NaN columns stay
-    NaN. Returns a new float array; ``x`` is not modified.
+    +-inf samples are missing like NaN. Inner gaps are interpolated linearly between their
+    finite neighbours; a short gap at the start or end takes the nearest finite value.
+    Longer gaps and all-missing columns become NaN. Returns a new float array; ``x`` is
+    not modified.
     """
     out = np.array(x, dtype=np.float64, copy=True)
+    out[np.isinf(out)] = np.nan
     n = out.shape[0]
     for col in range(out.shape[1]):
         values = out[:, col]

@@ -53,3 +53,65 @@ def test_spectrogram_first_row_is_the_first_time_at_or_after_the_offset(offset_s
 def test_eeg_window_helpers():
     assert io.eeg_window_slice(6.5) == slice(1300, 11300)
     assert io.eeg_samples_needed(0) == WINDOW_SAMPLES
+
+
+def _with_column(table, name, values):
+    import pyarrow as pa
+
+    return table.set_column(table.schema.get_field_index(name), name, pa.array(values))
+
+
+def test_non_finite_values_are_read_as_missing(tiny_dataset, tmp_path):
+    path = io.eeg_path(tiny_dataset, int(io.read_test_csv(tiny_dataset / "test.csv")["eeg_id"].iloc[0]), "test")
+    table = pq.read_table(path)
+    fp1 = table.column("Fp1").to_numpy().astype(np.float64)
+    fp1[[10, 11, 500]] = [np.inf, -np.inf, 1e39]  # 1e39 uV is beyond float32: inf once cast
+    widened = tmp_path / "widened.parquet"
+    pq.write_table(_with_column(table, "Fp1", fp1), widened)
+    eeg = io.read_eeg(widened, eeg_id=1)
+    assert np.isnan(eeg[[10, 11, 500], 0]).all() and not np.isinf(eeg).any()
+    finite = np.ones(len(eeg), bool)
+    finite[[10, 11, 500]] = False
+    np.testing.assert_array_equal(eeg[finite, 0], fp1[finite].astype(np.float32))
+
+
+def test_text_channel_is_a_data_error_naming_file_and_column(tiny_dataset, tmp_path):
+    path = io.eeg_path(tiny_dataset, int(io.read_test_csv(tiny_dataset / "test.csv")["eeg_id"].iloc[0]), "test")
+    table = pq.read_table(path)
+    text = tmp_path / "text.parquet"
+    pq.write_table(_with_column(table, "C3", [f"{v:.2f}" for v in table.column("C3").to_numpy()]), text)
+    with pytest.raises(DataError, match=r"text\.parquet \(eeg_id 9\): column C3 holds text values"):
+        io.read_eeg(text, eeg_id=9)
+
+
+def test_extra_csv_columns_are_ignored_with_a_warning(tiny_dataset, tmp_path, caplog):
+    import pandas as pd
+
+    from hms_core.contract import TEST_COLUMNS, TRAIN_COLUMNS
+
+    train = pd.read_csv(tiny_dataset / "train.csv")
+    train.insert(3, "note", "checked by me")  # a user's own columns, anywhere
+    train["my_fold"] = 1
+    train[list(reversed(train.columns))].to_csv(tmp_path / "train.csv", index=False)
+    with caplog.at_level("WARNING", logger="hms_core.data.io"):
+        got = io.read_train_csv(tmp_path / "train.csv")
+    assert tuple(got.columns) == TRAIN_COLUMNS
+    pd.testing.assert_frame_equal(got, io.read_train_csv(tiny_dataset / "train.csv"))
+    assert "train.csv" in caplog.text and "'note'" in caplog.text and "'my_fold'" in caplog.text
+    test = pd.read_csv(tiny_dataset / "test.csv")
+    test["note"] = "x"
+    test.to_csv(tmp_path / "test.csv", index=False)
+    assert tuple(io.read_test_csv(tmp_path / "test.csv").columns) == TEST_COLUMNS
+
+
+def test_missing_or_mistyped_csv_columns_are_still_errors(tiny_dataset, tmp_path):
+    import pandas as pd
+
+    train = pd.read_csv(tiny_dataset / "train.csv")
+    train["note"] = "x"
+    train.drop(columns=["lpd_vote"]).to_csv(tmp_path / "missing.csv", index=False)
+    with pytest.raises(DataError, match=r"missing\.csv: columns differ from the contract: missing \['lpd_vote'\]"):
+        io.read_train_csv(tmp_path / "missing.csv")
+    train.assign(gpd_vote="many").to_csv(tmp_path / "mistyped.csv", index=False)
+    with pytest.raises(DataError, match=r"mistyped\.csv: column gpd_vote has dtype"):
+        io.read_train_csv(tmp_path / "mistyped.csv")

@@ -48,3 +48,16 @@ def test_all_nan_recording_is_a_data_error():
 def test_wrong_channel_count_is_a_data_error():
     with pytest.raises(DataError, match="expected"):
         clean_recording(np.zeros((100, 19), dtype=np.float32), cfg(), eeg_id=3)
+
+
+def test_infinite_samples_are_gaps_not_propagated():
+    rng = np.random.default_rng(1)
+    raw = (rng.standard_normal((4000, 20)) * 10).astype(np.float32)
+    raw[2000, 5] = np.inf  # one sample: interpolated like a short NaN gap
+    raw[3000:3600, 2] = -np.inf  # 3 s: zeroed like a long NaN gap
+    out, info = clean_recording(raw, cfg())
+    assert np.isfinite(out).all()
+    assert abs(out[2000, 5]) < 60 and np.all(out[3000:3600, 2] == 0)
+    assert info["nan_fraction"] == pytest.approx(601 / (4000 * 19))
+    filled = interpolate_short_gaps(np.array([[0.0], [np.inf], [2.0]]), max_gap_samples=1)
+    assert filled[1, 0] == 1.0
