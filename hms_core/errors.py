@@ -30,6 +30,9 @@ class DataError(HMSError):
         where = f"{self.path}" + (f" (eeg_id {eeg_id})" if eeg_id is not None else "")
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # rebuilt from its fields, so it crosses DataLoader worker processes intact
+        return type(self), (self.path, self.problem, self.eeg_id)
+
 
 class DiskFullError(HMSError):
     """A write ran out of disk space; nothing partial was kept.
@@ -51,6 +54,9 @@ class DiskFullError(HMSError):
         super().__init__(f"{self.path}: no space left on device; the write needs about "
                          f"{_mb(self.needed_bytes)} MB, {_mb(self.free_bytes)} MB free. "
                          f"Free some space and re-run: nothing partial was kept.")
+
+    def __reduce__(self):
+        return type(self), (self.path, self.needed_bytes, self.free_bytes)
 
 
 def _mb(n_bytes: int) -> str:
