@@ -226,7 +226,7 @@ def annotate(recording: str | os.PathLike, out_dir: str | os.PathLike = "annotat
     table = annotation_table(onsets, rec.duration_s, scores["probs"], extra, scores["padded_s"],
                              scores["spec_padded_s"], scores["nan_fraction"])
     events = merge_events(table, threshold)
-    name = recording.name.split(".")[0] if recording.suffix else recording.name
+    name = Path(recording.stem).stem if recording.suffix == ".gz" else recording.stem  # x.fif.gz -> x
     paths = {"csv": out_dir / f"{name}.annotations.csv", "annotations": out_dir / f"{name}-annot.txt",
              "png": out_dir / f"{name}.timeline.png", "html": out_dir / f"{name}.timeline.html",
              "facts": out_dir / f"{name}.annotate.json"}
