@@ -15,15 +15,20 @@ from typing import Any, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, keep_name_last: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
 
     Works for files and directories. On error the temporary path is removed and an
-    existing ``path`` is left untouched.
+    existing ``path`` is left untouched. ``keep_name_last``: the temporary name ends with
+    ``path``'s name (``.<random>.<name>``), for writers that check the file name's ending
+    (``mne.Annotations.save``).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    if keep_name_last:
+        tmp = Path(tempfile.mkdtemp(prefix=".", suffix=f".{target.name}", dir=target.parent))
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     tmp.rmdir()  # the caller creates a file or a directory of that name
     try:
         yield tmp

@@ -26,6 +26,14 @@ def _predict(args: argparse.Namespace) -> int:
                         uncertainty=args.uncertainty)
 
 
+def _annotate(args: argparse.Namespace) -> int:
+    from hms_core.inference import annotate
+
+    return annotate.main(recording=args.recording, out_dir=args.out, model_path=args.model,
+                         step_s=args.step_s, threshold=args.threshold,
+                         interpolate_missing=args.interpolate_missing)
+
+
 def _status(args: argparse.Namespace) -> int:
     from hms_core.ops import monitor
 
@@ -90,6 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="models/onnx/ensemble.onnx", help="ONNX ensemble")
     p.add_argument("--uncertainty", action="store_true", help="add uncertainty columns")
     p.set_defaults(func=_predict)
+
+    p = verbs.add_parser("annotate", help="scan an EEG recording (EDF, BDF, FIF, ...) and write annotations")
+    p.add_argument("recording", help="any file mne.io.read_raw reads")
+    p.add_argument("--model", default="models/onnx/ensemble.onnx", help="ONNX ensemble")
+    p.add_argument("--out", default="annotations", help="output folder (default annotations)")
+    p.add_argument("--step-s", type=float, default=10.0, help="seconds between scored segments (default 10)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="event when a non-Other class leads with at least this probability (default 0.5)")
+    p.add_argument("--interpolate-missing", action="store_true",
+                   help="interpolate up to 2 missing EEG channels (spherical splines)")
+    p.set_defaults(func=_annotate)
 
     def add_remote(p: argparse.ArgumentParser) -> None:
         p.add_argument("--directory", "-d", default=None,

@@ -148,6 +148,35 @@ def clean_recording(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
     DataError
         Wrong shape, or no finite EEG value at all.
     """
+    cleaner = fit_cleaner(raw_uv, cfg, eeg_id=eeg_id, path=path)
+    return cleaner.apply(raw_uv), dict(cleaner.info)
+
+
+def _dc_removed(raw_uv: np.ndarray, cfg, median_uv: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Short gaps interpolated, ``median_uv`` (default: the data's own) removed, long gaps 0.
+
+    Returns ``(filled (n, 20) float64, long_gap (n, 20) bool, median_uv (20,))``.
+    """
+    filled = interpolate_short_gaps(raw_uv, max_gap_samples=int(round(cfg.nan.max_interp_s * SAMPLING_RATE_HZ)))
+    if median_uv is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: median NaN -> 0 below
+            median_uv = np.nan_to_num(np.nanmedian(filled, axis=0))
+    filled -= median_uv
+    long_gap = np.isnan(filled)
+    filled[long_gap] = 0.0
+    return filled, long_gap, median_uv
+
+
+def fit_cleaner(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None, path=None) -> "RecordingCleaner":
+    """Fit :func:`clean_recording`'s cleaning on ``raw_uv`` without applying it.
+
+    The returned :class:`RecordingCleaner` applies the same cleaning (the median and the
+    artifact model fitted here) to any stretch of the recording, so a long recording can be
+    fitted on a bounded sample and cleaned piece by piece. Arguments and errors as
+    :func:`clean_recording`.
+    """
     raw_uv = np.asarray(raw_uv)
     where = path if path is not None else "<recording>"
     if raw_uv.ndim != 2 or raw_uv.shape[1] != N_RAW_CHANNELS:
@@ -156,26 +185,44 @@ def clean_recording(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
     eeg_missing = ~np.isfinite(raw_uv[:, :n_eeg])  # +-inf is missing like NaN (signal.nan)
     if eeg_missing.all():
         raise DataError(where, "all EEG values are NaN", eeg_id=eeg_id)
-    filled = interpolate_short_gaps(raw_uv, max_gap_samples=int(round(cfg.nan.max_interp_s * SAMPLING_RATE_HZ)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: median NaN -> 0 below
-        median = np.nanmedian(filled, axis=0)
-    filled -= np.nan_to_num(median)
-    long_gap = np.isnan(filled)
-    filled[long_gap] = 0.0
+    filled, long_gap, median_uv = _dc_removed(raw_uv, cfg)
     info: dict[str, Any] = {
         "nan_fraction": float(eeg_missing.mean()),
         "zeroed_fraction": float(long_gap[:, :n_eeg].mean()),
     }
+    model = None
     if cfg.ica.enabled:
         valid = ~long_gap[:, :n_eeg].any(axis=1)
-        filled[:, :n_eeg], info["ica"] = remove_artifacts(
+        model, info["ica"] = fit_artifact_model(
             filled[:, :n_eeg], ekg_uv=filled[:, CHANNEL_INDEX[EKG_CHANNEL]], valid=valid,
             cfg=cfg.ica, label=_label(eeg_id, path))
-        filled[long_gap] = 0.0
     else:
         info["ica"] = {"status": "disabled", "removed": []}
-    return filled.astype(np.float32), info
+    return RecordingCleaner(cfg=cfg, median_uv=median_uv, model=model, info=info)
+
+
+@dataclass
+class RecordingCleaner:
+    """The fitted cleaning of one recording (:func:`fit_cleaner`), applicable to parts of it.
+
+    ``apply`` interpolates short NaN gaps, removes the fitted per-channel median (uV), sets
+    long gaps to 0 and subtracts the fitted artifact model (EKG regression and rejected ICA
+    components) from the EEG channels.
+    """
+
+    cfg: Any  # PreprocessConfig: its nan and ica sections
+    median_uv: np.ndarray  # (20,)
+    model: "ArtifactModel | None"
+    info: dict[str, Any]
+
+    def apply(self, raw_uv: np.ndarray) -> np.ndarray:
+        """Cleaned float32 copy of ``raw_uv (n, 20)`` (uV, 200 Hz, RAW_CHANNELS order, NaN allowed)."""
+        filled, long_gap, _ = _dc_removed(np.asarray(raw_uv), self.cfg, self.median_uv)
+        if self.model is not None:
+            n_eeg = len(EEG_CHANNELS)
+            filled[:, :n_eeg] = self.model.apply(filled[:, :n_eeg], filled[:, CHANNEL_INDEX[EKG_CHANNEL]])
+            filled[long_gap] = 0.0
+        return filled.astype(np.float32)
 
 
 @dataclass
