@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="folder with test.csv, test_eegs/, test_spectrograms/")
     p.add_argument("--out", required=True, help="submission CSV to write")
     p.add_argument("--model", default="models/onnx/ensemble.onnx", help="ONNX ensemble")
-    p.add_argument("--uncertainty", action="store_true", help="add uncertainty columns")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="add entropy, member_spread and the conformal prediction_set, set_size columns")
     p.set_defaults(func=_predict)
 
     p = verbs.add_parser("annotate", help="scan an EEG recording (EDF, BDF, FIF, ...) and write annotations")

@@ -302,7 +302,8 @@ def collect_results(out_path: str | os.PathLike, *, oofs: Sequence[str | os.Path
         entry["kept_in_ensemble"] = name in deployed_members
         models[name] = entry
 
-    ensemble = {k: ens[k] for k in ("ensemble", "calibration", "selection", "bma", "meta_learner") if k in ens}
+    ensemble = {k: ens[k] for k in ("ensemble", "calibration", "conformal", "selection", "bma", "meta_learner")
+                if k in ens}
     members = ens.get("ensemble", {}).get("deployed_members") or ens.get("selection", {}).get("kept", [])
     gap = gap_table(oof_frames, {n: models[n]["oof"] for n in oof_frames}, _deployed_scores(ensemble),
                     members, answer_key)
@@ -441,6 +442,7 @@ def format_summary(results: Mapping[str, Any]) -> str:
         lines.append(f"  calibration: T={_num(cal.get('fitted_temperature', cal.get('temperature')), '.3f')}{applied}, soft NLL "
                      f"{_num(cal['before'].get('soft_nll'))} -> {_num(cal['after'].get('soft_nll'))}, "
                      f"ECE {_num(cal['before'].get('ece'))} -> {_num(cal['after'].get('ece'))}")
+    lines.extend(format_conformal(ens.get("conformal")))
     lines.extend(format_gap_table(results.get("gap_to_floor")))
     lines.append(f"  training time (sum over folds): {_num(results.get('training_time_s', 0.0) / 60, '.1f')} min"
                  + (f"; run wall time {_num(results['run_wall_s'] / 60, '.1f')} min" if "run_wall_s" in results else ""))
@@ -451,6 +453,29 @@ def format_summary(results: Mapping[str, Any]) -> str:
         lines.append("  outputs: " + ", ".join(sorted(outputs)))
     lines.append("  details: training_results.json")
     return "\n".join(lines)
+
+
+def format_conformal(conformal: Mapping[str, Any] | None) -> list[str]:
+    """Lines of the conformal prediction sets: threshold, cross-fitted coverage and set size.
+
+    Parameters
+    ----------
+    conformal : mapping or None
+        ``results["ensemble"]["conformal"]`` (:func:`hms_core.ensemble.conformal.fit_conformal`);
+        None (an older results file) gives no lines.
+    """
+    if not conformal:
+        return []
+    cross = conformal.get("cross_fitted", {})
+    cells = []
+    for label, key in (("all rows", "all"), (f">={HIGH_VOTE_THRESHOLD} votes", "high_vote")):
+        fig = cross.get(key, {})
+        cells.append(f"{label}: coverage {_num(fig.get('coverage'), '.3f')}, mean size "
+                     f"{_num(fig.get('mean_set_size'), '.2f')} (n={fig.get('n', 0)})")
+    return [f"  conformal sets ({str(conformal.get('method', '')).upper()}, target coverage "
+            f"{_num(conformal.get('target_coverage'), '.2f')}: a class is in when p >= "
+            f"{_num(conformal.get('probability_cutoff'), '.3f')}), cross-fitted:",
+            "    " + "; ".join(cells)]
 
 
 def _pct(value: Any) -> str:

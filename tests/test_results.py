@@ -45,6 +45,9 @@ def test_collect_results_writes_measured_figures_and_hashes(tiny_run, tmp_path):
     ens = on_disk["ensemble"]
     assert ens["onnx_parity"]["passed"] and ens["ensemble"]["stacked"]["n_rows"] == len(tiny_run["source"])
     assert {"before", "after", "temperature"} <= set(ens["calibration"])
+    conformal = ens["conformal"]  # the ensemble stage's record, carried over
+    assert conformal["threshold"] == tiny_run["ensemble_metrics"]["conformal"]["threshold"]
+    assert conformal["cross_fitted"]["all"]["n"] == len(tiny_run["source"])
     assert on_disk["foundation_transfer"] == json.loads(transfer.read_text())
     for path in (gru_onnx, tiny_run["ensemble_onnx"], tiny_run["ensemble"], *weights, *oofs):
         assert on_disk["artifacts"][str(path)]["sha256"] == hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -54,6 +57,10 @@ def test_collect_results_writes_measured_figures_and_hashes(tiny_run, tmp_path):
     assert f"best out-of-fold KL: {best:.4f}" in summary
     assert "resnet1d_gru: 2 folds" in summary and "efficientnet: 2 folds" in summary
     assert "ensemble.onnx" in summary and "foundation transfer study" in summary
+    cov = conformal["cross_fitted"]["all"]
+    assert (f"conformal sets (LAC, target coverage 0.90: a class is in when p >= "
+            f"{conformal['probability_cutoff']:.3f}), cross-fitted:") in summary
+    assert f"all rows: coverage {cov['coverage']:.3f}, mean size {cov['mean_set_size']:.2f} (n={cov['n']})" in summary
 
 
 def test_collect_results_names_a_missing_input(tiny_run, tmp_path):

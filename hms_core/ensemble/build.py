@@ -14,7 +14,9 @@ Steps, all on out-of-fold (OOF) rows and the patient-grouped folds they carry:
 6. temperature scaling of both, cross-fitted on held-out folds (:mod:`.calibration`), kept
    only where it lowers the held-out NLL;
 7. deployment: the single best member, the blend or the stacker, whichever has the lowest
-   nested OOF KL (the choice and its reason are in the metrics).
+   nested OOF KL (the choice and its reason are in the metrics);
+8. split conformal prediction sets on the deployed candidate's calibrated OOF probabilities
+   (:mod:`.conformal`): the threshold, and coverage and set size cross-fitted by fold.
 
 The deployed head (:class:`~.stacking.StackedHead`) averages the logits of the k fold
 meta-learners, or is a single zero-correction meta-learner carrying the blend weights when
@@ -35,6 +37,7 @@ from hms_core.contract import CLASSES
 from hms_core.ensemble.averaging import PROB_FLOOR, blend, bma_summary, bma_weights
 from hms_core.ensemble.calibration import calibrate, softmax_np
 from hms_core.ensemble.config import EnsembleConfig
+from hms_core.ensemble.conformal import fit_conformal
 from hms_core.ensemble.nested import nested_blend, train_meta_learners
 from hms_core.ensemble.oof import load_oof
 from hms_core.ensemble.selection import select_members
@@ -94,6 +97,8 @@ def build_ensemble(oof_paths: Mapping[str, Sequence[str | os.PathLike]], cfg: En
         ``kl_gain_over_best_member`` of the deployed ensemble), ``calibration`` (of the
         deployed candidate), ``calibration_candidates`` (``best_member``, ``blend``,
         ``stacked``),
+        ``conformal`` (:func:`~.conformal.fit_conformal` on the deployed candidate; its
+        ``method``, ``alpha``, ``threshold`` and ``n_calibration`` are also in ``ensemble.pth``),
         ``selection``, ``bma``, ``meta_learner``, ``deployed``, ``deployed_candidate``,
         ``n_rows``, ``folds``.
     """
@@ -159,6 +164,7 @@ def build_ensemble(oof_paths: Mapping[str, Sequence[str | os.PathLike]], cfg: En
         "kl_gain_over_best_member": float(best_kl - candidates[choice]["kl_all"]),
     }
     logger.info("deployed %s: %s", choice, reason)
+    conformal = fit_conformal(cal["calibrated_probs"], votes, oof.fold, cfg.conformal)
 
     state = {
         "format": ENSEMBLE_FORMAT,
@@ -170,6 +176,7 @@ def build_ensemble(oof_paths: Mapping[str, Sequence[str | os.PathLike]], cfg: En
         "deployed": deployed,
         "temperature": float(cal["temperature"]),
         "folds": [int(k) for k in np.unique(oof.fold)],
+        "conformal": {k: conformal[k] for k in ("method", "alpha", "threshold", "n_calibration")},
         "meta_learner": {
             "n_members": len(kept), "members": list(kept), "hidden": cfg.meta_learner.hidden, "dropout": cfg.meta_learner.dropout,
             "state_dicts": [{k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for m in learners],
@@ -186,6 +193,7 @@ def build_ensemble(oof_paths: Mapping[str, Sequence[str | os.PathLike]], cfg: En
         "ensemble": ensemble_scores,
         "calibration": _cal_record(cal),
         "calibration_candidates": {name: _cal_record(c) for name, c in cals.items()},
+        "conformal": conformal,
         "selection": selection,
         "bma": {"weights": dict(zip(kept, map(float, bma_w))),
                 "effective_rows": cfg.bma.effective_rows,

@@ -1,4 +1,4 @@
-"""Config of the ``ensemble`` stage: meta-learner, member selection, BMA and calibration.
+"""Config of the ``ensemble`` stage: meta-learner, member selection, BMA, calibration, conformal sets.
 
 The Snakemake config section ``ensemble`` is built with
 ``from_mapping(EnsembleConfig, config["ensemble"], "ensemble")``.
@@ -161,6 +161,24 @@ class CalibrationConfig:
 
 
 @dataclass
+class ConformalConfig:
+    """Split conformal prediction sets on the calibrated out-of-fold probabilities.
+
+    Parameters
+    ----------
+    alpha : float
+        Miscoverage rate: a window's set holds the experts' majority class with probability
+        at least 1 - alpha, marginally over windows like the out-of-fold rows (default 0.1).
+    """
+
+    alpha: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.alpha, (int, float)) or isinstance(self.alpha, bool) or not 0 < self.alpha < 1:
+            raise ConfigError(f"ensemble.conformal.alpha: must be in (0, 1), got {self.alpha!r}")
+
+
+@dataclass
 class EnsembleConfig:
     """The ``ensemble`` config section (see the member dataclasses for each key)."""
 
@@ -168,3 +186,4 @@ class EnsembleConfig:
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     bma: BMAConfig = field(default_factory=BMAConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    conformal: ConformalConfig = field(default_factory=ConformalConfig)

@@ -208,7 +208,8 @@ def export_ensemble(member_weights: Mapping[str, Sequence[str | os.PathLike]], e
     :func:`hms_core.signal.ica.clean_recording`) and ``spec_power (B, 300, 400)`` (the Kaggle
     spectrogram window); outputs ``probs (B, 6)`` (calibrated, CLASSES order), ``entropy (B,)``
     and ``member_spread (B,)``. ``metadata_props`` carry the preprocessing config as JSON
-    (``hms.preprocessing``), so ``hms predict`` needs only the .onnx file.
+    (``hms.preprocessing``) and the conformal threshold (``hms.conformal``, when
+    ``ensemble.pth`` has one), so ``hms predict`` needs only the .onnx file.
 
     Parameters
     ----------
@@ -252,21 +253,24 @@ def export_ensemble(member_weights: Mapping[str, Sequence[str | os.PathLike]], e
                                       "for the parity check")
         raw_windows, spec_windows = train_windows(data_dir, store_paths, n=cfg.n_parity_windows,
                                                   preprocessing=preprocessing)
-    members = list(torch.load(ensemble_path, map_location="cpu", weights_only=True)["members"])
-    return export_ensemble_graph(graph, out_onnx, members=members, raw_windows=raw_windows,
+    state = torch.load(ensemble_path, map_location="cpu", weights_only=True)
+    return export_ensemble_graph(graph, out_onnx, members=list(state["members"]), raw_windows=raw_windows,
                                  spec_windows=spec_windows, preprocessing=preprocessing, cfg=cfg,
-                                 parity_out=parity_out)
+                                 parity_out=parity_out, conformal=state.get("conformal"))
 
 
 def export_ensemble_graph(graph: EnsembleGraph, out_onnx: str | os.PathLike, *, members: Sequence[str],
                           raw_windows: np.ndarray, spec_windows: np.ndarray,
                           preprocessing: Mapping[str, Any] | None = None,
                           cfg: ExportConfig | Mapping | None = None,
-                          parity_out: str | os.PathLike | None = None) -> dict[str, Any]:
+                          parity_out: str | os.PathLike | None = None,
+                          conformal: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Export an :class:`EnsembleGraph` (checker, metadata, parity on the given windows).
 
     The core of :func:`export_ensemble`, also used by ``bench/predict.py``; see there for the
-    inputs, outputs and the metadata written.
+    inputs, outputs and the metadata written. ``conformal`` (``method``, ``alpha``,
+    ``threshold``, ``n_calibration`` from ``ensemble.pth``) is written as ``hms.conformal``
+    when given (:func:`hms_core.ensemble.conformal.prediction_sets` takes its threshold).
     """
     from hms_core.preprocess import PreprocessConfig
 
@@ -283,6 +287,8 @@ def export_ensemble_graph(graph: EnsembleGraph, out_onnx: str | os.PathLike, *, 
         "temperature": float(graph.head.temperature),
         "preprocessing": from_mapping(PreprocessConfig, preprocessing, "preprocessing").to_dict(),
     }
+    if conformal is not None:
+        metadata["conformal"] = dict(conformal)
     with atomic.atomic_path(out_onnx) as tmp:
         _write_onnx(graph, example, tmp, input_names=ENSEMBLE_INPUTS, output_names=ENSEMBLE_OUTPUTS,
                     opset=cfg.opset, metadata=metadata)

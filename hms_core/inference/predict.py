@@ -29,6 +29,7 @@ from hms_core.config import check_option, from_mapping
 from hms_core.contract import (SPEC_WINDOW_ROWS, SUBMISSION_COLUMNS, TEST_EEG_DIR, TEST_SPEC_DIR,
                                VOTE_COLUMNS, WINDOW_SAMPLES)
 from hms_core.data import io
+from hms_core.ensemble.conformal import set_columns
 from hms_core.errors import DataError
 from hms_core.hashing import sha256_file
 from hms_core.preprocess import PreprocessConfig
@@ -170,7 +171,9 @@ def predict(data_dir: str | os.PathLike, out_csv: str | os.PathLike, *,
         the SHA-256 in the run's ``training_results.json`` when that records it.
     uncertainty : bool
         Add ``entropy`` (nats, of the calibrated prediction) and ``member_spread`` (std of
-        the member/fold probabilities) columns.
+        the member/fold probabilities) columns, and the conformal ``prediction_set`` (e.g.
+        ``"Seizure|LPD"``) and ``set_size`` columns when the model carries a threshold
+        (:func:`hms_core.ensemble.conformal.set_columns`).
     batch_size : int
         Windows per ONNX Runtime call.
     provider : str
@@ -257,6 +260,13 @@ def predict(data_dir: str | os.PathLike, out_csv: str | os.PathLike, *,
     if uncertainty:
         for j, col in enumerate(UNCERTAINTY_COLUMNS):
             submission[col] = values[:, len(VOTE_COLUMNS) + j]
+        conformal = meta.get("conformal")
+        if conformal is None:
+            logger.warning("%s carries no conformal threshold (exported before prediction sets): "
+                           "no prediction_set column", model_path)
+        else:
+            for col, column in set_columns(p, float(conformal["threshold"])).items():
+                submission[col] = column
     with atomic.atomic_path(out_csv) as tmp:
         submission.to_csv(tmp, index=False)
     submission.attrs["bad_files"] = bad

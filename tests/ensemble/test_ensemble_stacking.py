@@ -59,6 +59,15 @@ def test_ensemble_beats_best_member_and_rebuilds_from_file(synthetic_oof, tmp_pa
     assert state["deployed"] == ens_scores["deployed_mode"] and state["members"] == ens_scores["deployed_members"]
     assert state["meta_learner"]["members"] == sel["kept"] and len(state["meta_learner"]["state_dicts"]) == 4
     assert np.isclose(sum(state["bma_weights"]), 1.0) and np.isclose(sum(state["member_weights"]), 1.0)
+    # Conformal sets on the deployed candidate's calibrated OOF rows, coverage cross-fitted by
+    # fold (labels are vote majorities drawn from the latent truth: exchangeable rows).
+    conformal = result["conformal"]
+    assert state["conformal"] == {k: conformal[k] for k in ("method", "alpha", "threshold", "n_calibration")}
+    assert conformal["n_calibration"] == 1500 and conformal["alpha"] == 0.1
+    assert len(conformal["fold_thresholds"]) == len(state["folds"])
+    cross = conformal["cross_fitted"]
+    assert abs(cross["all"]["coverage"] - 0.9) < 0.035 and 1 < cross["all"]["mean_set_size"] < 6
+    assert cross["high_vote"]["n"] == deployed["n_high_vote"] and cross["high_vote"]["coverage"] > 0.8
     ens = load_ensemble(out)
     probs = _head_probs(ens["head"], synthetic_oof, state["members"])
     # The rebuilt head applied to the OOF inputs scores close to the nested figure (in-sample

@@ -55,6 +55,11 @@ def test_ensemble_onnx_runs_on_raw_windows_and_matches_torch(tiny_run):
     onnx.checker.check_model(str(path), full_check=True)
     meta = read_metadata(path)
     assert meta["kind"] == "ensemble" and meta["preprocessing"]["ica"]["enabled"] is False
+    # The conformal threshold survives ensemble stage -> ensemble.pth -> ONNX metadata exactly.
+    fitted = tiny_run["ensemble_metrics"]["conformal"]
+    assert meta["conformal"] == torch.load(tiny_run["ensemble"], weights_only=True)["conformal"]
+    assert meta["conformal"]["threshold"] == fitted["threshold"] and meta["conformal"]["method"] == "lac"
+    assert meta["conformal"]["n_calibration"] == fitted["n_calibration"] == tiny_run["ensemble_metrics"]["n_rows"]
     cleaning = cleaning_config(meta["preprocessing"])
     test = pd.read_csv(tiny_run["data_dir"] / "test.csv")
     windows = [read_test_window(tiny_run["data_dir"], int(r.eeg_id), int(r.spectrogram_id), cleaning)

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 from hms_core import cli
-from hms_core.contract import SUBMISSION_COLUMNS, TEST_EEG_DIR, TEST_SPEC_DIR
+from hms_core.contract import CLASSES, SUBMISSION_COLUMNS, TEST_EEG_DIR, TEST_SPEC_DIR
+from hms_core.ensemble.conformal import SET_COLUMNS, prediction_sets
 from hms_core.errors import DataError
+from hms_core.export.runtime import read_metadata
 from hms_core.inference.predict import UNCERTAINTY_COLUMNS, predict
 
 
@@ -34,9 +36,17 @@ def test_predict_writes_a_valid_kaggle_submission(tiny_run, tmp_path):
     assert cli.main(["predict", "--data", str(data_dir), "--out", str(out_u), "--model", str(model),
                      "--uncertainty"]) == 0
     sub_u = pd.read_csv(out_u)
-    assert tuple(sub_u.columns) == (*SUBMISSION_COLUMNS, *UNCERTAINTY_COLUMNS)
+    assert tuple(sub_u.columns) == (*SUBMISSION_COLUMNS, *UNCERTAINTY_COLUMNS, *SET_COLUMNS)
     assert np.allclose(sub_u[list(SUBMISSION_COLUMNS[1:])].to_numpy(), probs, atol=1e-6)
     assert (sub_u["entropy"].between(0, np.log(6) + 1e-6)).all() and (sub_u["member_spread"] >= 0).all()
+    # The conformal set: the classes at or above the model's cutoff (never empty), names in CLASSES order.
+    threshold = read_metadata(model)["conformal"]["threshold"]
+    sets = prediction_sets(sub_u[list(SUBMISSION_COLUMNS[1:])].to_numpy(), threshold)
+    expected = ["|".join(c for c, keep in zip(CLASSES, row) if keep) for row in sets]
+    assert sub_u["prediction_set"].tolist() == expected
+    assert sub_u["set_size"].tolist() == sets.sum(1).tolist() == [len(s.split("|")) for s in expected]
+    top = [CLASSES[j] for j in probs.argmax(1)]
+    assert all(t in s.split("|") for t, s in zip(top, sub_u["prediction_set"]))
 
 
 def _copy_test_folder(tiny_run, dest: Path) -> Path:
@@ -148,3 +158,19 @@ def test_the_model_checksum_recorded_in_training_results_is_checked(tiny_run, tm
                                         r"000000000000\.\.\. recorded in .*training_results.json"):
         predict(tiny_run["data_dir"], tmp_path / "bad.csv", model_path=model, progress=False)
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_a_model_without_a_conformal_threshold_gives_no_set_columns(tiny_run, tmp_path, caplog):
+    import onnx
+
+    proto = onnx.load(str(tiny_run["ensemble_onnx"]))
+    kept = [p for p in proto.metadata_props if p.key != "hms.conformal"]
+    assert len(kept) == len(proto.metadata_props) - 1
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    old = tmp_path / "old_ensemble.onnx"
+    onnx.save(proto, str(old))
+    sub = predict(tiny_run["data_dir"], tmp_path / "out.csv", model_path=old, uncertainty=True,
+                  provider="cpu", progress=False)
+    assert tuple(sub.columns) == (*SUBMISSION_COLUMNS, *UNCERTAINTY_COLUMNS)
+    assert "old_ensemble.onnx carries no conformal threshold" in caplog.text

@@ -85,6 +85,12 @@ def test_results_report_measured_figures(run_dir: Path):
         assert model in text
     assert "ensemble" in results
     assert re.search(r'"sha256": "[0-9a-f]{64}"', text)
+    # Conformal sets: fitted on every OOF row, the deployed threshold is the one in ensemble.onnx.
+    from hms_core.export.runtime import read_metadata
+
+    conformal = results["ensemble"]["conformal"]
+    assert conformal["cross_fitted"]["all"]["n"] == conformal["n_calibration"] > 0
+    assert read_metadata(run_dir / "models/onnx/ensemble.onnx")["conformal"]["threshold"] == conformal["threshold"]
 
 
 def test_ensemble_onnx_runs_on_a_raw_window(run_dir: Path):
