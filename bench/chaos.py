@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="workflow config (default config/demo.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill plan (default 0)")
     parser.add_argument("--cores", type=int, default=2, help="Snakemake --cores (default 2)")
-    parser.add_argument("--workdir", type=Path, default=Path("chaos_run"),
-                        help="scratch folder: reference/ and chaos/ go there (default chaos_run)")
+    parser.add_argument("--workdir", type=Path, default=REPO / "bench_runs" / "chaos",
+                        help="scratch folder: reference/ and chaos/ go there (default bench_runs/chaos)")
     parser.add_argument("--reference", type=Path, default=None,
                         help="a finished uninterrupted run of the same config to compare with "
                              "(default: run one in WORKDIR/reference)")

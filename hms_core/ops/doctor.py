@@ -143,6 +143,10 @@ class Doctor:
     def damaged(self, path: Path | str, problem: str, target: str | None = None,
                 command: str | None = None) -> None:
         rel = self._rel(path)
+        for finding in self.findings:  # one finding per file, however many checks it fails
+            if finding.path == rel:
+                finding.problem += f"; {problem}"
+                return
         target = target or rel
         command = command or f"{self.base_command} --force {target}"
         self.findings.append(Finding(rel, problem, target, command))
@@ -175,9 +179,13 @@ class Doctor:
             return self.damaged(SOURCE, "missing (it names the data folder of data/manifest.sha256)")
         except (OSError, ValueError, KeyError, TypeError) as err:
             return self.damaged(SOURCE, f"unreadable ({type(err).__name__}: {err})")
+        try:
+            lines = manifest.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            return self.damaged(MANIFEST, f"unreadable ({type(err).__name__}: {err})")
         refetch = f"{self.base_command} --force {SOURCE}"
         n = 0
-        for number, line in enumerate(manifest.read_text().splitlines(), 1):
+        for number, line in enumerate(lines, 1):
             digest, sep, rel = line.partition("  ")
             if not sep or not re.fullmatch(r"[0-9a-f]{64}", digest):
                 self.damaged(MANIFEST, f"line {number} is not '<sha256>  <path>': {line[:80]!r}",
@@ -246,7 +254,13 @@ class Doctor:
             if size != record.get("bytes", size):
                 self.damaged(path, f"{size} bytes, {RESULTS} recorded {record['bytes']} (truncated or "
                                    "rewritten)", target)
-            elif sha256_file(path) != record.get("sha256"):
+                continue
+            try:
+                digest = sha256_file(path)
+            except OSError as err:
+                self.damaged(path, f"unreadable ({err})", target)
+                continue
+            if digest != record.get("sha256"):
                 self.damaged(path, f"sha256 differs from the one in {RESULTS}", target)
         self.checked["artifacts"] = len(artifacts)
 
