@@ -71,6 +71,12 @@ def _deploy(args: argparse.Namespace) -> int:
                          snakemake_args=args.snakemake_args)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from hms_core.ops import doctor
+
+    return doctor.main(workdir=args.run_dir, as_json=args.json)
+
+
 def _curves(args: argparse.Namespace) -> int:
     import json
 
@@ -142,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_remote(p)
     p.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="extra snakemake arguments")
     p.set_defaults(func=_resume)
+
+    p = verbs.add_parser("doctor", help="check a run folder against its manifests; what to rebuild")
+    p.add_argument("run_dir", nargs="?", default=".", help="the run's working directory (default .)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_doctor)
 
     p = verbs.add_parser("curves", help="training length where the mean CV learning curve is best")
     p.add_argument("weights", nargs="+", help="one model's train_fold weights files "

@@ -38,3 +38,17 @@ def tiny_run(tmp_path_factory, tiny_dataset):
     loader.loader.exec_module(module)
     torch.set_num_threads(1)
     return module.load().build(tmp_path_factory.getbasetemp() / "tiny_run", tiny_dataset)
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow_run(tmp_path_factory) -> Path:
+    """``tests/workflow/tiny.yaml`` run to the end with Snakemake (every rule, 2 cores), once.
+
+    Shared by the workflow, chaos and doctor tests. Tests may re-run rules in it (the
+    result must stay what the workflow writes) but must damage only a copy.
+    """
+    from bench_loader import load_bench
+
+    workdir = tmp_path_factory.mktemp("hms_run")
+    load_bench("chaos").run_workflow(workdir, Path(__file__).parent / "workflow" / "tiny.yaml", cores=2)
+    return workdir

@@ -46,10 +46,8 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("hms_run")
-    snakemake(workdir)
-    return workdir
+def run_dir(tiny_workflow_run) -> Path:
+    return tiny_workflow_run  # the session's run (tests/conftest.py), shared with the chaos test
 
 
 def tiny_models() -> list[str]:
