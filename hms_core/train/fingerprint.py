@@ -8,12 +8,18 @@ never resume a checkpoint trained on the old windows.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from hms_core.hashing import directory_fingerprint
+
+# Store fingerprints per opened source object: tuning trains one RowSubset of the same
+# WindowStore many times, and the full data set's stores take seconds to fingerprint.
+# Stores are written atomically and never change under an open WindowStore.
+_STORE_FINGERPRINTS: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
 
 
 def frame_digest(frame: pd.DataFrame) -> str:
@@ -47,7 +53,9 @@ def source_fingerprint(source: Any) -> dict[str, Any]:
     index = source.index
     fingerprint: dict[str, Any] = {"n_windows": len(index), "index_sha256": frame_digest(index)}
     if hasattr(source, "paths"):
-        fingerprint["stores"] = [directory_fingerprint(p) for p in source.paths]
+        if source not in _STORE_FINGERPRINTS:
+            _STORE_FINGERPRINTS[source] = [directory_fingerprint(p) for p in source.paths]
+        fingerprint["stores"] = _STORE_FINGERPRINTS[source]
     elif isinstance(getattr(source, "fields", None), dict):
         digest = hashlib.sha256()
         for name in sorted(source.fields):

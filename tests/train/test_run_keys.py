@@ -64,3 +64,20 @@ def test_directory_fingerprint_sees_contents_not_timestamps(tmp_path):
     assert directory_fingerprint(copy) == first  # relocatable: no absolute path, no mtime
     rebuild_store(store, index, seed=5, attributes={})
     assert directory_fingerprint(store) != first
+
+
+def test_store_fingerprint_is_computed_once_per_opened_store(tmp_path, monkeypatch):
+    from hms_core.store import WindowStore
+    from hms_core.train import fingerprint
+    from hms_core.train.data import RowSubset
+
+    _write_store(tmp_path / "s.zarr")
+    calls = []
+    monkeypatch.setattr(fingerprint, "directory_fingerprint",
+                        lambda p: calls.append(p) or directory_fingerprint(p))
+    opened = WindowStore([tmp_path / "s.zarr"])
+    a = fingerprint.source_fingerprint(RowSubset(opened, np.arange(10)))
+    b = fingerprint.source_fingerprint(RowSubset(opened, np.arange(12)))
+    assert len(calls) == 1 and a["of"] == b["of"] and a["rows_sha256"] != b["rows_sha256"]
+    fingerprint.source_fingerprint(WindowStore([tmp_path / "s.zarr"]))  # opened again: read again
+    assert len(calls) == 2
