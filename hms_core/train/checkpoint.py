@@ -214,28 +214,35 @@ def load_best(path: str | os.PathLike, *, run_key: str, epoch: int,
               map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The best epoch's checkpoint (``best.pt``) of the run ``run_key``; it must be ``epoch``'s.
 
+    ``best.prev.pt`` is used when it, not ``best.pt``, holds ``epoch``: a run killed after
+    writing a new best but before its ``last.pt`` leaves that epoch's ``best.pt``, and on a
+    GPU the redone epoch may not beat the old best again.
+
     Raises
     ------
     CheckpointError
-        Missing, unreadable, another run's or another epoch's: returning the last epoch
-        instead would ship weights the metrics do not describe.
+        Neither file holds this run's ``epoch`` (missing, unreadable or other weights):
+        returning the last epoch instead would ship weights the metrics do not describe.
     """
     path = Path(path)
-    how_to_fix = (f"To train this job again from scratch on purpose, delete the folder "
-                  f"{path.parent} and run again.")
-    if not path.exists():
-        raise CheckpointError(f"{path}: the best epoch's weights (epoch {epoch}) are missing. "
-                              + how_to_fix)
-    try:
-        best = load_checkpoint(path, run_key=run_key, map_location=map_location)
-    except UnreadableCheckpoint as exc:
-        raise CheckpointError(f"{exc}; it holds the best epoch's weights (epoch {epoch}). "
-                              + how_to_fix) from exc
-    if best is None or best.get("epoch") != epoch:
-        found = "another run's weights" if best is None else f"epoch {best.get('epoch')}"
-        raise CheckpointError(f"{path}: holds {found}, not the best epoch {epoch} of this run. "
-                              + how_to_fix)
-    return best
+    problems = []
+    for candidate in (path, previous_path(path)):
+        if not candidate.exists():
+            problems.append(f"{candidate.name} is missing")
+            continue
+        try:
+            best = load_checkpoint(candidate, run_key=run_key, map_location=map_location)
+        except UnreadableCheckpoint as exc:
+            problems.append(str(exc))
+            continue
+        if best is not None and best.get("epoch") == epoch:
+            return best
+        problems.append(f"{candidate.name} holds "
+                        + ("another run's weights" if best is None else f"epoch {best.get('epoch')}"))
+    raise CheckpointError(
+        f"{path}: the best epoch's weights (epoch {epoch}) of this run are not on disk "
+        f"({'; '.join(problems)}). To train this job again from scratch on purpose, delete the "
+        f"folder {path.parent} and run again.")
 
 
 @contextlib.contextmanager

@@ -50,6 +50,17 @@ the dataset indices eligible in that epoch (two-stage training); default: all.
 Signals: SIGTERM/SIGINT finish the current step, write an emergency checkpoint and raise
 :class:`TrainingInterrupted` (a ``SystemExit`` with code 128 + signal number).
 
+Damage and contention: each ``last.pt`` save keeps the one it replaces as ``last.prev.pt``;
+an unreadable ``last.pt`` is moved aside and the previous one resumed, and with none usable
+``fit`` fails rather than start over (:func:`hms_core.train.checkpoint.resume_checkpoint`).
+An unreadable or missing ``best.pt`` is an error. Rank 0 holds ``job.lock`` in
+``checkpoint_dir`` for the whole call, so a second copy of the job fails at once.
+
+Non-finite losses (bf16/fp16 overflow, divergence, bad inputs): the step is skipped with a
+warning (no weight, optimiser or EMA update; it still counts, so data order and learning
+rate stay those of a clean run) and ``cfg.max_nonfinite_steps`` in a row raise
+:class:`NonFiniteLossError` naming the run, epoch and step.
+
 Several processes (torchrun, see :mod:`hms_core.train.distributed`): the loop talks to
 the other ranks only through a communicator, whose single-process version does nothing.
 When the process group is up (or torchrun's ``WORLD_SIZE`` > 1), it is the DDP one and
@@ -445,7 +456,8 @@ def _keep_if_best(setup: TrainingSetup, state: RunState, metrics: Mapping[str, f
     if setup.comm.is_rank0:
         ckpt.save_checkpoint(setup.best_path, {"run_key": setup.run_key, "epoch": state.epoch,
                                                "metric": value,
-                                               "state_dict": eval_model.state_dict()})
+                                               "state_dict": eval_model.state_dict()},
+                             keep_previous=True)  # see checkpoint.load_best
 
 
 def save_last(setup: TrainingSetup, state: RunState, *, epoch_started: float | None = None

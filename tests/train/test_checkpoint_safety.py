@@ -219,3 +219,15 @@ def test_a_second_copy_of_the_job_fails_at_once_naming_the_holder(tmp_path):
         holder.kill()
         holder.wait()
     assert _fit(directory).global_step == 12  # released when its holder died (even by SIGKILL)
+
+
+def test_best_written_by_a_killed_later_epoch_does_not_replace_the_best(tmp_path):
+    """Killed between best.pt and last.pt of an epoch, then (on a GPU, not bit-exact) that epoch
+    came out worse on the rerun: best.pt holds the killed epoch, best.prev.pt the real best."""
+    first = _fit(tmp_path)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    later = {**best, "epoch": first.best_epoch + 1,
+             "state_dict": {k: torch.zeros_like(v) for k, v in best["state_dict"].items()}}
+    ckpt.save_checkpoint(tmp_path / "best.pt", later, keep_previous=True)
+    again = _fit(tmp_path)
+    assert again.best_epoch == first.best_epoch and _same_weights(first.model, again.model)
