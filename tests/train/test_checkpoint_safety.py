@@ -162,7 +162,8 @@ def test_full_disk_while_checkpointing_fails_clearly_and_a_rerun_finishes(tmp_pa
     assert resumed.resumed_from_step == 4 and _same_weights(reference.model, resumed.model)
 
 
-def test_nonfinite_losses_are_skipped_then_fail_naming_the_run(tmp_path, caplog):
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_nonfinite_losses_are_skipped_then_fail_naming_the_run(tmp_path, caplog, precision):
     data = _data()
     poisoned = {3}
 
@@ -177,7 +178,8 @@ def test_nonfinite_losses_are_skipped_then_fail_naming_the_run(tmp_path, caplog)
 
     loss_fn.calls = 0
     with caplog.at_level(logging.WARNING):
-        result = _fit(tmp_path / "skip", loss_fn=counting, cfg={"max_nonfinite_steps": 2})
+        result = _fit(tmp_path / "skip", loss_fn=counting,
+                      cfg={"max_nonfinite_steps": 2, "precision": precision})
     assert "non-finite loss" in caplog.text and "skipped" in caplog.text
     assert all(torch.isfinite(p).all() for p in result.model.parameters())
     assert all(np.isfinite(h["train_loss"]) for h in result.history)
@@ -186,7 +188,8 @@ def test_nonfinite_losses_are_skipped_then_fail_naming_the_run(tmp_path, caplog)
     with pytest.raises(FloatingPointError, match=r"model=net.*fold=3.*epoch 2.*step 7") as err:
         fit(_mlp(), loss_fn=counting, train_data=data, checkpoint_dir=tmp_path / "fail",
             run_key="nan", status_job="train_net_fold3", status_fields={"model": "net", "fold": 3},
-            cfg=EngineConfig(epochs=3, batch_size=8, progress=False, max_nonfinite_steps=2))
+            cfg=EngineConfig(epochs=3, batch_size=8, progress=False, max_nonfinite_steps=2,
+                             precision=precision))
     assert "2 consecutive" in str(err.value)
 
 
