@@ -149,6 +149,8 @@ def load_checkpoint(path: str | os.PathLike, *, run_key: str,
         return None
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:  # too little memory says nothing about the file
+        raise
     except Exception as exc:  # torn, truncated, EIO: every failure to read is damage
         raise UnreadableCheckpoint(path, f"{type(exc).__name__}: {exc}") from exc
     if not isinstance(state, dict):
