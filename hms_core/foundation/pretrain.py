@@ -10,8 +10,6 @@ save on SIGTERM, exact resume).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import identity_collate
 from hms_core.train.engine import fit
 from hms_core.train.engine_config import EngineConfig
+from hms_core.train.fingerprint import source_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -137,25 +136,6 @@ class ChainsDataset:
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return {"chains": torch.from_numpy(np.ascontiguousarray(chains[inverse], dtype=np.float32))}
-
-
-def source_fingerprint(source: Any) -> dict[str, Any]:
-    """What identifies a source's windows for the run key.
-
-    The window count, a hash of the label ids and, for a ``WindowStore``, each store's
-    attributes (its preprocessing config), so re-preprocessed stores start a fresh run.
-    """
-    index = source.index
-    ids = index["label_id"].to_numpy() if "label_id" in index else index.index.to_numpy()
-    fingerprint: dict[str, Any] = {
-        "n_windows": len(index), "label_ids_sha256": hashlib.sha256(ids.astype("int64").tobytes()).hexdigest(),
-    }
-    if hasattr(source, "paths"):
-        from hms_core.store import read_store_attributes
-
-        attributes = json.dumps([read_store_attributes(p) for p in source.paths], sort_keys=True, default=str)
-        fingerprint["store_attributes_sha256"] = hashlib.sha256(attributes.encode()).hexdigest()
-    return fingerprint
 
 
 def holdout_patients(folds_csv, fold: int) -> np.ndarray:

@@ -50,8 +50,9 @@ from hms_core.train.data import ArrayDataset, WindowDataset, vote_targets
 from hms_core.train.device import select_device
 from hms_core.train.engine import fit
 from hms_core.train.engine_config import EngineConfig
+from hms_core.train.fingerprint import source_fingerprint
 from hms_core.train.losses import kl_loss
-from hms_core.foundation.pretrain import read_holdout, source_fingerprint
+from hms_core.foundation.pretrain import read_holdout
 
 logger = logging.getLogger(__name__)
 

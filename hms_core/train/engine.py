@@ -50,6 +50,17 @@ the dataset indices eligible in that epoch (two-stage training); default: all.
 Signals: SIGTERM/SIGINT finish the current step, write an emergency checkpoint and raise
 :class:`TrainingInterrupted` (a ``SystemExit`` with code 128 + signal number).
 
+Damage and contention: each ``last.pt`` save keeps the one it replaces as ``last.prev.pt``;
+an unreadable ``last.pt`` is moved aside and the previous one resumed, and with none usable
+``fit`` fails rather than start over (:func:`hms_core.train.checkpoint.resume_checkpoint`).
+An unreadable or missing ``best.pt`` is an error. Rank 0 holds ``job.lock`` in
+``checkpoint_dir`` for the whole call, so a second copy of the job fails at once.
+
+Non-finite losses (bf16/fp16 overflow, divergence, bad inputs): the step is skipped with a
+warning (no weight, optimiser or EMA update; it still counts, so data order and learning
+rate stay those of a clean run) and ``cfg.max_nonfinite_steps`` in a row raise
+:class:`NonFiniteLossError` naming the run, epoch and step.
+
 Several processes (torchrun, see :mod:`hms_core.train.distributed`): the loop talks to
 the other ranks only through a communicator, whose single-process version does nothing.
 When the process group is up (or torchrun's ``WORLD_SIZE`` > 1), it is the DDP one and
@@ -65,6 +76,7 @@ see :func:`hms_core.train.fold.train_fold`); rank 0's metrics are used everywher
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -80,7 +92,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-from hms_core.errors import ConfigError
+from hms_core.errors import ConfigError, HMSError
 from hms_core.status import flush_status, update_status
 from hms_core.train import checkpoint as ckpt
 from hms_core.train import distributed as dist_utils
@@ -116,6 +128,10 @@ class FitResult:
     best_epoch: int | None
     global_step: int
     resumed_from_step: int | None
+
+
+class NonFiniteLossError(HMSError, FloatingPointError):
+    """Too many consecutive optimiser steps had a NaN or infinite loss."""
 
 
 class TrainingInterrupted(SystemExit):
@@ -200,6 +216,9 @@ class TrainingSetup:
         The learning rate as a function of the global step (restarts included).
     total_steps : int
         Optimiser steps of the whole run.
+    label : str
+        The run in words for messages: status job and fields, e.g.
+        ``train_resnet1d_gru_fold0 (model=resnet1d_gru, fold=0)``.
     """
 
     cfg: EngineConfig
@@ -216,6 +235,7 @@ class TrainingSetup:
     n_items: int
     schedule: LrSchedule
     total_steps: int
+    label: str = "train"
 
     def indices(self, epoch: int) -> np.ndarray:
         """Dataset indices trained on in ``epoch``."""
@@ -252,7 +272,8 @@ def resolve_length(cfg: EngineConfig, n_items: int,
 def _prepare(model: nn.Module, *, cfg: EngineConfig, device: torch.device,
              comm: dist_utils.Communicator, n_items: int, checkpoint_dir: str | os.PathLike,
              run_key: str, epoch_indices: Callable[[int], Sequence[int]] | None,
-             lr_restarts: Mapping[int, float] | None = None) -> TrainingSetup:
+             lr_restarts: Mapping[int, float] | None = None, label: str = "train"
+             ) -> TrainingSetup:
     """Count the steps, put the model on the device, build optimiser, scaler and EMA."""
     checkpoint_dir = Path(checkpoint_dir)
     paths = dict(last_path=checkpoint_dir / ckpt.LAST_NAME,
@@ -281,17 +302,25 @@ def _prepare(model: nn.Module, *, cfg: EngineConfig, device: torch.device,
         scaler=torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16"),
         ema=ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
         run_key=key, epoch_indices=epoch_indices, n_items=n_items, schedule=schedule,
-        total_steps=schedule.total_steps, **paths)
+        total_steps=schedule.total_steps, label=label, **paths)
 
 
 def start_or_resume(setup: TrainingSetup) -> RunState:
     """The run's state: from this run's ``last.pt`` if there is one, else a seeded fresh start.
 
+    A damaged ``last.pt`` is moved aside and the previous checkpoint used; with none usable
+    this raises (:func:`hms_core.train.checkpoint.resume_checkpoint`).
+
     Resuming loads the weights, optimiser, scaler and EMA from the checkpoint and restores
     this rank's random generators; a fresh start seeds them with ``seed + rank``.
     """
     cfg, comm = setup.cfg, setup.comm
-    checkpoint = ckpt.load_checkpoint(setup.last_path, run_key=setup.run_key)
+    checkpoint = None
+    if comm.is_rank0:  # moves a damaged last.pt aside, so the other ranks find the same file
+        checkpoint = ckpt.resume_checkpoint(setup.last_path, run_key=setup.run_key)
+    comm.barrier()
+    if not comm.is_rank0:
+        checkpoint = ckpt.resume_checkpoint(setup.last_path, run_key=setup.run_key)
     seen = comm.gather(None if checkpoint is None else int(checkpoint["global_step"]))
     if len(set(seen)) != 1:  # every rank must resume from the same checkpoint (or none)
         raise RuntimeError(f"ranks read different checkpoints from {setup.last_path}: global "
@@ -326,6 +355,14 @@ def train_step(setup: TrainingSetup, state: RunState, train_model: nn.Module,
     n_local = _batch_size(batch)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(setup.comm.scale_loss(loss, n_local, n_global)).backward()
+    # -- the global batch's mean loss and logs (the same on every rank)
+    loss_value, logs, rows = setup.comm.batch_mean(loss, logs, n_local, n_global)
+    state.global_step += 1
+    state.step_in_epoch += 1
+    if not math.isfinite(loss_value):
+        _skip_nonfinite_step(setup, state, loss_value)
+        return rows
+    state.nonfinite_streak = 0
     # -- clip, step, EMA
     if cfg.grad_clip > 0:
         scaler.unscale_(optimizer)
@@ -334,12 +371,35 @@ def train_step(setup: TrainingSetup, state: RunState, train_model: nn.Module,
     scaler.update()
     if setup.ema is not None:
         setup.ema.update(setup.model)
-    # -- bookkeeping: the global batch's mean loss and logs
-    loss_value, logs, rows = setup.comm.batch_mean(loss, logs, n_local, n_global)
     state.totals.add(loss_value, logs, rows)
-    state.global_step += 1
-    state.step_in_epoch += 1
     return rows
+
+
+def _skip_nonfinite_step(setup: TrainingSetup, state: RunState, loss_value: float) -> None:
+    """Leave weights, optimiser, scaler and EMA as they were; fail after too many in a row.
+
+    The step still counts (data order and learning rate move on as in a clean run) but its
+    loss stays out of the epoch's mean.
+
+    Raises
+    ------
+    NonFiniteLossError
+        ``training.max_nonfinite_steps`` consecutive steps had a non-finite loss.
+    """
+    state.nonfinite_streak += 1
+    limit = setup.cfg.max_nonfinite_steps
+    where = (f"{setup.label}, epoch {state.epoch + 1}/{setup.cfg.epochs}, "
+             f"step {state.global_step}/{setup.total_steps}")
+    if state.nonfinite_streak >= max(limit, 1):
+        raise NonFiniteLossError(
+            f"{where}: {state.nonfinite_streak} consecutive optimiser steps had a non-finite "
+            f"loss ({loss_value}); training has diverged or the inputs hold NaN/inf. Lower "
+            "training.lr, use precision fp32 or a smaller grad_clip, or check the data "
+            "(training.max_nonfinite_steps sets how many in a row are skipped; no skipped step "
+            "changed the weights or the checkpoints).")
+    if setup.comm.is_rank0:
+        logger.warning("%s: non-finite loss (%s); step skipped (no weight update), %d in a row "
+                       "of at most %d", where, loss_value, state.nonfinite_streak, limit)
 
 
 def end_epoch(setup: TrainingSetup, state: RunState,
@@ -396,12 +456,14 @@ def _keep_if_best(setup: TrainingSetup, state: RunState, metrics: Mapping[str, f
     if setup.comm.is_rank0:
         ckpt.save_checkpoint(setup.best_path, {"run_key": setup.run_key, "epoch": state.epoch,
                                                "metric": value,
-                                               "state_dict": eval_model.state_dict()})
+                                               "state_dict": eval_model.state_dict()},
+                             keep_previous=True)  # see checkpoint.load_best
 
 
 def save_last(setup: TrainingSetup, state: RunState, *, epoch_started: float | None = None
               ) -> None:
-    """Write ``last.pt`` on rank 0; every rank must call this at the same step.
+    """Write ``last.pt`` on rank 0 (keeping the one it replaces as ``last.prev.pt``); every
+    rank must call this at the same step.
 
     ``epoch_started`` (``time.time()``, s) is given mid-epoch, to save the epoch's time so far.
     """
@@ -412,7 +474,7 @@ def save_last(setup: TrainingSetup, state: RunState, *, epoch_started: float | N
             run_key=setup.run_key, model=setup.model, optimizer=setup.optimizer,
             scaler=setup.scaler, ema_model=setup.ema_model, cfg=setup.cfg,
             total_steps=setup.total_steps, lr_segments=setup.schedule.describe(),
-            rng_per_rank=rng_per_rank, seconds_in_epoch=seconds))
+            rng_per_rank=rng_per_rank, seconds_in_epoch=seconds), keep_previous=True)
     setup.comm.barrier()
 
 
@@ -474,82 +536,90 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
     dinfo = dist_utils.init_from_env(cfg.device)
     device = select_device(cfg.device, expandable_segments=cfg.cuda_expandable_segments)
     comm = dist_utils.communicator(dinfo, device)
-    setup = _prepare(model, cfg=cfg, device=device, comm=comm, n_items=len(train_data),
-                     checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices,
-                     lr_restarts=lr_restarts)
-    state = start_or_resume(setup)
-    if state.finished:
-        return _finish(setup, state)
-    train_model = comm.wrap(model, device)
-    if cfg.compile:
-        train_model = torch.compile(train_model, backend=cfg.compile_backend, mode=cfg.compile_mode)
-    collate = getattr(train_data, "collate_fn", default_collate)
-    status = _StatusWriter(status_path if comm.is_rank0 else None, status_job or "train",
-                           dict(status_fields or {}), cfg, setup.total_steps)
-    progress = _progress_bar(cfg, setup.total_steps, state.global_step, status.fields,
-                             enabled=comm.is_rank0)
-    with _SignalGuard() as guard:
-        while state.epoch < cfg.epochs:
-            # -- epoch start: hooks, the epoch's data order, this rank's batches
-            if on_epoch_start is not None:
-                on_epoch_start(state.epoch, model)
-                if setup.ema is not None:
-                    on_epoch_start(state.epoch, setup.ema.module)
-            batches, next_order_state = _epoch_batches(setup.indices(state.epoch),
-                                                       state.order_state, cfg)
-            global_sizes = [len(b) for b in batches][state.step_in_epoch:]
-            loader = DataLoader(
-                train_data, batch_sampler=comm.shard(batches, state.epoch)[state.step_in_epoch:],
-                collate_fn=collate, num_workers=cfg.num_workers,
-                pin_memory=cfg.pin_memory and device.type == "cuda",
-                generator=torch.Generator().manual_seed(cfg.seed * 1000 + state.epoch),
-                persistent_workers=False)
-            model.train()
-            epoch_started = time.time()
-            for batch, n_global in zip(loader, global_sizes):
-                # -- one optimiser step
-                rows = train_step(setup, state, train_model, loss_fn, batch, n_global)
-                guard.signum = comm.agree_signal(guard.signum)  # one rank's signal stops all
-                progress.update(1)
-                for hook in on_step_end:
-                    hook(state)
-                # -- checkpoint, stop
-                if guard.signum is not None:
-                    save_last(setup, state, epoch_started=epoch_started)
-                    if comm.is_rank0:
-                        logger.warning("emergency checkpoint written to %s at global step %d",
-                                       setup.last_path, state.global_step)
+    # One copy of the job per checkpoint folder (rank 0 holds it for all ranks).
+    lock = ckpt.exclusive_lock(checkpoint_dir) if comm.is_rank0 else contextlib.nullcontext()
+    with lock:
+        setup = _prepare(model, cfg=cfg, device=device, comm=comm, n_items=len(train_data),
+                         checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices,
+                         lr_restarts=lr_restarts, label=_run_label(status_job, status_fields))
+        state = start_or_resume(setup)
+        if state.finished:
+            return _finish(setup, state)
+        train_model = comm.wrap(model, device)
+        if cfg.compile:
+            train_model = torch.compile(train_model, backend=cfg.compile_backend, mode=cfg.compile_mode)
+        collate = getattr(train_data, "collate_fn", default_collate)
+        status = _StatusWriter(status_path if comm.is_rank0 else None, status_job or "train",
+                               dict(status_fields or {}), cfg, setup.total_steps)
+        progress = _progress_bar(cfg, setup.total_steps, state.global_step, status.fields,
+                                 enabled=comm.is_rank0)
+        with _SignalGuard() as guard:
+            while state.epoch < cfg.epochs:
+                # -- epoch start: hooks, the epoch's data order, this rank's batches
+                if on_epoch_start is not None:
+                    on_epoch_start(state.epoch, model)
+                    if setup.ema is not None:
+                        on_epoch_start(state.epoch, setup.ema.module)
+                batches, next_order_state = _epoch_batches(setup.indices(state.epoch),
+                                                           state.order_state, cfg)
+                global_sizes = [len(b) for b in batches][state.step_in_epoch:]
+                loader = DataLoader(
+                    train_data, batch_sampler=comm.shard(batches, state.epoch)[state.step_in_epoch:],
+                    collate_fn=collate, num_workers=cfg.num_workers,
+                    pin_memory=cfg.pin_memory and device.type == "cuda",
+                    generator=torch.Generator().manual_seed(cfg.seed * 1000 + state.epoch),
+                    persistent_workers=False)
+                model.train()
+                epoch_started = time.time()
+                for batch, n_global in zip(loader, global_sizes):
+                    # -- one optimiser step
+                    rows = train_step(setup, state, train_model, loss_fn, batch, n_global)
+                    guard.signum = comm.agree_signal(guard.signum)  # one rank's signal stops all
+                    progress.update(1)
+                    for hook in on_step_end:
+                        hook(state)
+                    # -- checkpoint, stop
+                    if guard.signum is not None:
+                        save_last(setup, state, epoch_started=epoch_started)
+                        if comm.is_rank0:
+                            logger.warning("emergency checkpoint written to %s at global step %d",
+                                           setup.last_path, state.global_step)
+                        progress.close()
+                        flush_status()
+                        raise TrainingInterrupted(guard.signum, setup.last_path)
+                    if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0:
+                        save_last(setup, state, epoch_started=epoch_started)
+                    # -- status
+                    status.after_step(state, rows)
+                # -- end of epoch: evaluate, keep the best, checkpoint, stop
+                end_epoch(setup, state, eval_fn, next_order_state, epoch_started)
+                guard.signum = comm.agree_signal(guard.signum)  # it may have reached one rank only
+                if guard.signum is not None and not state.finished:
                     progress.close()
-                    flush_status()
                     raise TrainingInterrupted(guard.signum, setup.last_path)
-                if cfg.checkpoint_every_steps and state.global_step % cfg.checkpoint_every_steps == 0:
-                    save_last(setup, state, epoch_started=epoch_started)
-                # -- status
-                status.after_step(state, rows)
-            # -- end of epoch: evaluate, keep the best, checkpoint, stop
-            end_epoch(setup, state, eval_fn, next_order_state, epoch_started)
-            guard.signum = comm.agree_signal(guard.signum)  # it may have reached one rank only
-            if guard.signum is not None and not state.finished:
-                progress.close()
-                raise TrainingInterrupted(guard.signum, setup.last_path)
-    progress.close()
-    status.finish(state)
-    return _finish(setup, state)
+        progress.close()
+        status.finish(state)
+        return _finish(setup, state)
+
+
+def _run_label(job: str | None, fields: Mapping[str, Any] | None) -> str:
+    words = ", ".join(f"{k}={v}" for k, v in (fields or {}).items())
+    return f"{job or 'train'}" + (f" ({words})" if words else "")
 
 
 def _finish(setup: TrainingSetup, state: RunState) -> FitResult:
-    """The result: EMA weights if on, then the best epoch's if selected; model in eval mode."""
+    """The result: EMA weights if on, then the best epoch's if selected; model in eval mode.
+
+    A missing or unreadable ``best.pt`` raises: the last epoch's weights would not be the
+    ones the metrics (``best_epoch``) describe.
+    """
     model, cfg = setup.model, setup.cfg
     if setup.ema is not None:
         model.load_state_dict(setup.ema.module.state_dict())
     if cfg.select_best and state.best_epoch is not None:
-        best = ckpt.load_checkpoint(setup.best_path, run_key=setup.run_key,
-                                    map_location=setup.device)
-        if best is None:
-            logger.warning("best checkpoint %s missing; keeping the last epoch's weights",
-                           setup.best_path)
-        else:
-            model.load_state_dict(best["state_dict"])
+        best = ckpt.load_best(setup.best_path, run_key=setup.run_key, epoch=state.best_epoch,
+                              map_location=setup.device)
+        model.load_state_dict(best["state_dict"])
     model.eval()
     return FitResult(model=model, history=state.history, best_metric=state.best_metric,
                      best_epoch=state.best_epoch, global_step=state.global_step,

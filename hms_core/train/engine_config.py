@@ -17,7 +17,8 @@ Precision = Literal["fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 # Settings that change how fast a run goes but not what it computes; left out of the run key.
 _NON_RESULT_KEYS = frozenset({"num_workers", "pin_memory", "checkpoint_every_steps",
-                              "status_every_s", "progress", "device", "cuda_expandable_segments"})
+                              "status_every_s", "progress", "device", "cuda_expandable_segments",
+                              "max_nonfinite_steps"})
 
 
 @dataclasses.dataclass
@@ -49,6 +50,11 @@ class EngineConfig:
         Final learning rate as a fraction of ``lr``.
     grad_clip : float, default 1.0
         Max global gradient norm; 0 disables clipping.
+    max_nonfinite_steps : int, default 3
+        An optimiser step whose loss is NaN or infinite (any precision; bf16/fp16 overflow,
+        divergence, bad inputs) is skipped with a warning: no weight, optimiser or EMA
+        update. This many such steps in a row stop training with an error naming the run,
+        epoch and step; 0 or 1: stop at the first.
     precision : {"fp32", "bf16", "fp16"}, default "fp32"
         bf16 autocast (CPU or CUDA) or fp16 autocast with a GradScaler (CUDA only).
     tf32 : bool, default True
@@ -102,6 +108,7 @@ class EngineConfig:
     warmup_frac: float = 0.05
     min_lr_frac: float = 0.01
     grad_clip: float = 1.0
+    max_nonfinite_steps: int = 3
     precision: Precision = "fp32"
     tf32: bool = True
     channels_last: bool = False
@@ -131,6 +138,9 @@ class EngineConfig:
         for key in ("epochs", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)!r}")
+        if int(self.max_nonfinite_steps) < 0:
+            raise ConfigError(f"{path}.max_nonfinite_steps: must be >= 0, got "
+                              f"{self.max_nonfinite_steps!r}")
         if int(self.steps) < 0:
             raise ConfigError(f"{path}.steps: must be >= 0 (0: use epochs), got {self.steps!r}")
         if not 0.0 <= self.ema_decay < 1.0:

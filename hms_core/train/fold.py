@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -40,6 +39,7 @@ from hms_core.train import distributed
 from hms_core.train.checkpoint import make_run_key
 from hms_core.data.folds import inner_validation_mask, read_folds
 from hms_core.train.data import InMemorySource, WindowDataset, train_prior
+from hms_core.train.fingerprint import source_fingerprint
 from hms_core.train.device import autocast_context, move_to_device, select_device
 from hms_core.train.engine import fit
 from hms_core.train.engine_config import EngineConfig, epochs_for_steps, n_batches
@@ -192,13 +192,6 @@ def fold_of_windows(index: pd.DataFrame, folds_csv: str | os.PathLike) -> np.nda
 
 def _foundation_digest(path: str | os.PathLike | None) -> str | None:
     return None if path is None else sha256_file(path)
-
-
-def _index_digest(index: pd.DataFrame) -> str:
-    cols = [c for c in ("label_id", "eeg_id", *contract.VOTE_COLUMNS, "store", "row")
-            if c in index.columns]
-    hashed = pd.util.hash_pandas_object(index[cols].astype(str), index=False).to_numpy()
-    return hashlib.sha256(hashed.tobytes()).hexdigest()
 
 
 def _maybe_cache(source: Any, rows: np.ndarray, fields: Sequence[str], max_mb: float
@@ -385,10 +378,14 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
         return out
 
     # The engine adds its own result-relevant settings; speed-only ones stay out of the key.
+    # The windows' contents are in it (a store rebuilt with other preprocessing trains
+    # afresh), and whether each split was cached: the cache holds float16.
     recipe = {"two_stage": dataclasses.asdict(two), "augment": dataclasses.asdict(training.augment),
-              "vote_weighting": training.vote_weighting, "inner_val_frac": training.inner_val_frac}
+              "vote_weighting": training.vote_weighting, "inner_val_frac": training.inner_val_frac,
+              "cached": [isinstance(s, InMemorySource) for s in (train_src, val_src)]
+              + ([isinstance(inner_src, InMemorySource)] if len(inner_rows) else [])}
     run_key = make_run_key("train_fold", model_name, model_kwargs, int(fold), recipe,
-                           image_sizes, sha256_file(folds_csv), _index_digest(index),
+                           image_sizes, sha256_file(folds_csv), source_fingerprint(source),
                            _foundation_digest(model_kwargs.get("foundation_path")),
                            # the pretrained backbone file's content, not just its name
                            *([sha256_file(model_kwargs["pretrained_path"])]

@@ -90,6 +90,9 @@ class RunState:
     resumed_from : int or None
         Global step of the checkpoint this process resumed from (None: fresh start);
         not saved.
+    nonfinite_streak : int
+        Optimiser steps in a row skipped for a non-finite loss; not saved (a resume
+        restarts the count).
     """
 
     order_state: torch.Tensor
@@ -102,6 +105,7 @@ class RunState:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     finished: bool = False
     resumed_from: int | None = None
+    nonfinite_streak: int = 0
 
     @classmethod
     def fresh(cls, seed: int) -> "RunState":

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import logging
 import os
 import shutil
@@ -31,7 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from hms_core import atomic, contract
+from hms_core import atomic
 from hms_core.config import from_mapping
 from hms_core.data.folds import make_folds
 from hms_core.errors import ConfigError, DataError, HMSError
@@ -40,6 +39,7 @@ from hms_core.status import update_status
 from hms_core.store import open_window_source
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import RowSubset
+from hms_core.train.fingerprint import source_fingerprint
 from hms_core.train.fold import fold_of_windows, resolve_model_config, train_fold
 from hms_core.tune.config import TuningConfig
 from hms_core.tune.space import apply_params, configured_values, resolve_space, suggest_params
@@ -179,14 +179,13 @@ def tune_model(store_paths: Any, folds_csv: str | os.PathLike, model_name: str,
     inner_csv = work_dir / INNER_FOLDS_NAME
     with atomic.atomic_path(inner_csv) as tmp:
         folds.to_csv(tmp, index=False)
-    votes = source.index[["label_id", *contract.VOTE_COLUMNS]].astype("int64")
-    data_key = hashlib.sha256(pd.util.hash_pandas_object(votes, index=False).to_numpy().tobytes())
 
     # -- the study: one per model, fold and setup, resumed when it exists
     space_json = {k: dataclasses.asdict(r) for k, r in space.items()}
     setup = make_run_key("tune", model_name, int(fold), space_json, dict(cfg.get("training") or {}),
                          dict(cfg["models"][model_name] or {}), int(tuning.inner_folds),
-                         int(tuning.seed), tuning.pruner, sha256_file(inner_csv), data_key.hexdigest(),
+                         int(tuning.seed), tuning.pruner, sha256_file(inner_csv),
+                         source_fingerprint(source),  # windows' contents, votes included
                          None if foundation_path is None else sha256_file(foundation_path))
     study_name = f"{model_name}_fold{int(fold)}_{setup[:12]}"
     Path(study_db).parent.mkdir(parents=True, exist_ok=True)
