@@ -52,7 +52,7 @@ class DiskFullError(HMSError):
         self.needed_bytes = int(needed_bytes)
         self.free_bytes = int(free_bytes)
         super().__init__(f"{self.path}: no space left on device; the write needs about "
-                         f"{_mb(self.needed_bytes)} MB, {_mb(self.free_bytes)} MB free. "
+                         f"{_mb(self.needed_bytes)} MB ({self.needed_bytes:,} bytes), {_mb(self.free_bytes)} MB free. "
                          f"Free some space and re-run: nothing partial was kept.")
 
     def __reduce__(self):
