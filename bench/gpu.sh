@@ -9,7 +9,8 @@
 # Steps, each under its own time limit so a failing or hanging step cannot eat the budget:
 #   env           torch / CUDA / onnxruntime / pynvml versions, nvidia-smi
 #   cuda_tests    the tests that skip without CUDA (tests/train/test_engine.py -k cuda)
-#   train_<model> bench/train.py --size full: fp32 eager vs bf16 + channels_last + torch.compile:
+#   train_<model> bench/train.py --size full --compile: fp32 eager, bf16 + channels_last, then
+#                 + torch.compile (each line printed as measured, so a cut compile keeps the rest):
 #                 samples/s, ratio, GPU busy % (pynvml), peak GPU memory
 #   predict       bench/predict.py --provider cuda (needs onnxruntime-gpu, else skipped)
 #   dag           the tiny workflow (tests/workflow/tiny.yaml) with one GPU per training job
