@@ -9,7 +9,8 @@ default architectures with random weights: speed does not depend on the weight v
 Also measured: ``predict_windows_per_s``, the whole ``hms predict`` call (parquet reading,
 ``clean_recording`` with the given ICA setting, ONNX Runtime, CSV writing).
 
-Usage: ``python bench/predict.py [--windows 32] [--threads 2] [--folds 2] [--ica]``
+Usage: ``python bench/predict.py [--windows 32] [--threads 2] [--folds 2] [--ica] [--provider cuda]``
+(``cuda`` needs onnxruntime-gpu; it fails rather than fall back to the CPU).
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _child(engine: str, work: str, threads: int, batch_size: int, repeats: int, queue) -> None:
+def _child(engine: str, work: str, threads: int, batch_size: int, repeats: int, queue,
+           provider: str = "cpu") -> None:
     import torch
 
     torch.set_num_threads(threads)
@@ -80,16 +82,18 @@ def _child(engine: str, work: str, threads: int, batch_size: int, repeats: int, 
     if engine == "onnx":
         from hms_core.export.runtime import ort_session
 
-        session = ort_session(Path(work) / "ensemble.onnx", provider="cpu", threads=threads)
+        session = ort_session(Path(work) / "ensemble.onnx", provider=provider, threads=threads)
 
         def run(r, s):
             return session.run(None, {"raw_uv": r, "spec_power": s})
     else:
-        graph = _build_graph(json.loads((Path(work) / "setup.json").read_text())["folds"])
+        device = torch.device("cuda" if provider == "cuda" else "cpu")
+        graph = _build_graph(json.loads((Path(work) / "setup.json").read_text())["folds"]).to(device)
 
         def run(r, s):
             with torch.inference_mode():
-                return graph(torch.from_numpy(r), torch.from_numpy(s))
+                out = graph(torch.from_numpy(r).to(device), torch.from_numpy(s).to(device))
+                return [o.cpu() for o in out] if isinstance(out, (tuple, list)) else out.cpu()
     out = {"windows_per_s": _throughput(run, raw, spec, batch_size), **_latencies(run, raw, spec, repeats)}
     out["peak_rss_mb"] = _peak_rss_mb()
     queue.put(out)
@@ -98,7 +102,8 @@ def _child(engine: str, work: str, threads: int, batch_size: int, repeats: int, 
 def _measure(engine: str, work: Path, args) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(engine, str(work), args.threads, args.batch_size, args.repeats, queue))
+    proc = ctx.Process(target=_child, args=(engine, str(work), args.threads, args.batch_size, args.repeats, queue,
+                                            args.provider))
     proc.start()
     result = queue.get()
     proc.join()
@@ -113,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-size", type=int, default=8, help="windows per call (default 8)")
     parser.add_argument("--repeats", type=int, default=20, help="single-window calls for latency (default 20)")
     parser.add_argument("--ica", action="store_true", help="ICA on in the predict-path measurement")
+    parser.add_argument("--provider", choices=("cpu", "cuda"), default="cpu",
+                        help="ONNX Runtime provider, and torch's device for the eager run (default cpu)")
     args = parser.parse_args(argv)
 
     import logging
@@ -148,11 +155,11 @@ def main(argv: list[str] | None = None) -> dict:
         onnx = _measure("onnx", work, args)
         eager = _measure("torch", work, args)
         t0 = time.perf_counter()
-        predict(data, work / "submission.csv", model_path=work / "ensemble.onnx", provider="cpu",
+        predict(data, work / "submission.csv", model_path=work / "ensemble.onnx", provider=args.provider,
                 threads=args.threads, batch_size=args.batch_size, progress=False)
         predict_rate = len(test) / (time.perf_counter() - t0)
     result = {
-        "bench": "predict", "device": "cpu", "threads": args.threads, "n_windows": int(len(raw)),
+        "bench": "predict", "device": args.provider, "threads": args.threads, "n_windows": int(len(raw)),
         "batch_size": args.batch_size, "members": {m: args.folds for m in MEMBERS},
         "onnx_windows_per_s": round(onnx["windows_per_s"], 3),
         "torch_windows_per_s": round(eager["windows_per_s"], 3),

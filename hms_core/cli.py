@@ -15,7 +15,10 @@ from hms_core.errors import HMSError
 def _synth(args: argparse.Namespace) -> int:
     from hms_core.data import synthetic
 
-    synthetic.main(out=args.out, patients=args.patients, seed=args.seed)
+    if args.preset is None and (args.fraction != 1.0 or args.metadata_only):
+        raise HMSError("--fraction and --metadata-only need --preset full")
+    synthetic.main(out=args.out, patients=args.patients, seed=args.seed, preset=args.preset,
+                   fraction=args.fraction, metadata_only=args.metadata_only)
     return 0
 
 
@@ -96,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output folder")
     p.add_argument("--patients", type=int, default=20, help="number of patients (default 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--preset", choices=("full",), default=None,
+                   help="full: the real HMS counts (106,800 rows, 17,089 EEGs, 11,138 spectrograms, "
+                        "1,950 patients); --patients is then ignored")
+    p.add_argument("--fraction", type=float, default=1.0,
+                   help="with --preset: a patient-stratified share of the patients, in (0, 1] (default 1)")
+    p.add_argument("--metadata-only", action="store_true",
+                   help="with --preset: write train.csv, test.csv, sample_submission.csv only")
     p.set_defaults(func=_synth)
 
     p = verbs.add_parser("predict", help="write a Kaggle submission from a test folder")

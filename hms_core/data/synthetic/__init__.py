@@ -18,6 +18,8 @@ Modules, by concern:
 - :mod:`~hms_core.data.synthetic.signals`: :func:`synthesize_recording` (one recording).
 - :mod:`~hms_core.data.synthetic.plan`: ids, sessions, EEG files, latent anchors, votes.
 - :mod:`~hms_core.data.synthetic.writer`: :func:`generate_dataset` and the file writers.
+- :mod:`~hms_core.data.synthetic.preset`: the ``full`` preset (the real counts and shape,
+  a stratified fraction, metadata only): :func:`generate_preset`.
 - :mod:`~hms_core.data.synthetic.answer_key`: latent files and :func:`best_achievable_kl`.
 - :mod:`~hms_core.data.synthetic.config`: :class:`SyntheticConfig` (``data.synthetic``).
 - :mod:`~hms_core.data.synthetic.cli`: ``hms synth``.
@@ -32,11 +34,12 @@ from hms_core.data.synthetic.answer_key import (
 from hms_core.data.synthetic.artifacts import ARTIFACT_TYPES
 from hms_core.data.synthetic.cli import main
 from hms_core.data.synthetic.config import SyntheticConfig
+from hms_core.data.synthetic.preset import generate_preset
 from hms_core.data.synthetic.signals import SyntheticRecording, synthesize_recording
 from hms_core.data.synthetic.writer import generate_dataset
 
 __all__ = [
     "ANSWER_KEY_DIR", "ARTIFACT_TYPES", "LATENT_COLUMNS", "LATENT_FILE", "TEST_LATENT_FILE",
-    "SyntheticConfig", "SyntheticRecording", "best_achievable_kl", "generate_dataset", "main",
+    "SyntheticConfig", "SyntheticRecording", "best_achievable_kl", "generate_dataset", "generate_preset", "main",
     "synthesize_recording",
 ]

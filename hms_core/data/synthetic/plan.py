@@ -68,11 +68,22 @@ class SessionPlan:
     spectrogram_id: int = 0
 
 
-def _draw_vote_count(rng: np.random.Generator) -> int:
-    """Total votes of a recording: 60% below 10 (mostly 3; about half the rows), else 10..28."""
-    if rng.random() < 0.6:
+def draw_vote_count(rng: np.random.Generator, p_below_10: float = 0.6) -> int:
+    """Total votes of a recording: below 10 (mostly 3) with probability ``p_below_10``, else 10..28."""
+    if rng.random() < p_below_10:
         return int(rng.choice(np.arange(1, 10), p=[.12, .12, .4, .08, .08, .06, .05, .05, .04]))
     return int(rng.integers(10, MAX_VOTES + 1))
+
+
+def draw_offsets(rng: np.random.Generator, n_sub: int) -> tuple[np.ndarray, float]:
+    """Offsets (s, ``(n_sub,)``) of overlapping sub-windows and the file length (s) they need.
+
+    Steps of 2-20 s (whole seconds, 15% with an extra half second); the file ends 0-2 s
+    after the last window.
+    """
+    steps = rng.integers(1, 11, n_sub - 1) * 2.0 + (rng.random(n_sub - 1) < 0.15) * 0.5
+    offsets = np.concatenate([[0.0], np.cumsum(steps)])
+    return offsets, float(offsets[-1] + WINDOW_S + float(rng.integers(0, 3)))
 
 
 def plan_sessions(rng: np.random.Generator, ids: Ids, *, n_patients: int,
@@ -92,12 +103,10 @@ def plan_sessions(rng: np.random.Generator, ids: Ids, *, n_patients: int,
                                   spectrogram_id=ids.draw("spectrogram", 300_000, 2_147_483_647))
             for _ in range(n_eegs):
                 n_sub = int(rng.integers(sub_windows[0], sub_windows[1] + 1))
-                steps = rng.integers(1, 11, n_sub - 1) * 2.0 + (rng.random(n_sub - 1) < 0.15) * 0.5
-                offsets = np.concatenate([[0.0], np.cumsum(steps)])
-                length_s = offsets[-1] + WINDOW_S + float(rng.integers(0, 3))
+                offsets, length_s = draw_offsets(rng, n_sub)
                 session.eegs.append(EegPlan(offsets_s=offsets, length_samples=int(round(length_s * FS)),
                                             eeg_id=ids.draw("eeg", 500_000, 4_294_967_295),
-                                            n_votes=_draw_vote_count(rng)))
+                                            n_votes=draw_vote_count(rng)))
             sessions.append(session)
     return sessions
 
@@ -131,6 +140,21 @@ def window_latent(weights: np.ndarray, start_sample: int) -> np.ndarray:
     """Mean class weights ``(6,)`` over the central 10 s of the window at ``start_sample``."""
     centre = slice(start_sample + CENTER_START_SAMPLE, start_sample + CENTER_START_SAMPLE + CENTER_SAMPLES)
     latent = weights[centre].astype(np.float64).mean(axis=0)
+    return latent / latent.sum()
+
+
+def anchor_latent(probs: np.ndarray, times_s: np.ndarray, start_sample: int) -> np.ndarray:
+    """:func:`window_latent` computed from the anchors alone (no signal), for metadata-only sets.
+
+    ``probs (k, 6)`` and ``times_s (k,)`` from :func:`session_anchors`; the class weights are
+    interpolated linearly (as in the signal) at the samples of the window's central 10 s.
+    """
+    t = (start_sample + CENTER_START_SAMPLE + np.arange(CENTER_SAMPLES)) / FS  # (2000,) s
+    right = np.clip(np.searchsorted(times_s, t, side="right"), 1, times_s.size - 1)
+    frac = np.clip((t - times_s[right - 1]) / (times_s[right] - times_s[right - 1]), 0.0, 1.0)
+    # the mean of the interpolated weights: each anchor's share of the 2000 samples
+    share = np.bincount(right - 1, 1.0 - frac, times_s.size) + np.bincount(right, frac, times_s.size)
+    latent = share @ probs / CENTER_SAMPLES
     return latent / latent.sum()
 
 

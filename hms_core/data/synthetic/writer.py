@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,7 @@ from hms_core.data.synthetic.plan import (
     SPEC_LEAD_S,
     Ids,
     SessionPlan,
+    anchor_latent,
     draw_votes,
     lay_out_session,
     plan_sessions,
@@ -61,6 +63,7 @@ from hms_core.status import update_status
 
 logger = logging.getLogger(__name__)
 FS = SAMPLING_RATE_HZ
+_CHUNK_ROWS = 20_000  # train.csv rows held as dicts before they become a DataFrame
 
 
 def _write_eeg(path: Path, raw_uv: np.ndarray) -> None:
@@ -81,24 +84,37 @@ def _write_spectrogram(path: Path, power: np.ndarray) -> None:
 
 
 def _generate_train_session(out: Path, session: SessionPlan, rng: np.random.Generator,
-                            *, nan_fraction: float) -> tuple[list[dict], list[dict]]:
-    """Write one session's spectrogram and EEG files; return its train.csv rows and latents."""
+                            *, nan_fraction: float, metadata_only: bool = False) -> tuple[list[dict], list[dict]]:
+    """Write one session's spectrogram and EEG files; return its train.csv rows and latents.
+
+    With ``metadata_only`` no signal is synthesised or written: the latent of each window
+    comes from the session's anchors (:func:`anchor_latent`); ids and offsets are the same
+    as with signals, the votes are drawn from a different random state.
+    """
     n = lay_out_session(session, rng)
     anchors, times = session_anchors(rng, session.main_class, n / FS)
-    rec = synthesize_recording(n, anchors, rng, anchor_times_s=times, nan_stretches=False)
-    for eeg in session.eegs:  # NaN stretches where they matter: inside the EEG files
-        if rng.random() < nan_fraction:
-            start = int(round(eeg.start_s * FS))
-            add_nan_stretches(rec.raw_uv.T, rec.nan_mask, start, start + eeg.length_samples, rng)
-    power = kaggle_spectrogram(rec.raw_uv, n // (SPEC_STEP_S * FS))
-    _write_spectrogram(out / TRAIN_SPEC_DIR / f"{session.spectrogram_id}.parquet", power)
+    if metadata_only:
+        def latent_at(start_sample: int) -> np.ndarray:
+            return anchor_latent(anchors, times, start_sample)
+    else:
+        rec = synthesize_recording(n, anchors, rng, anchor_times_s=times, nan_stretches=False)
+        for eeg in session.eegs:  # NaN stretches where they matter: inside the EEG files
+            if rng.random() < nan_fraction:
+                start = int(round(eeg.start_s * FS))
+                add_nan_stretches(rec.raw_uv.T, rec.nan_mask, start, start + eeg.length_samples, rng)
+        power = kaggle_spectrogram(rec.raw_uv, n // (SPEC_STEP_S * FS))
+        _write_spectrogram(out / TRAIN_SPEC_DIR / f"{session.spectrogram_id}.parquet", power)
+
+        def latent_at(start_sample: int) -> np.ndarray:
+            return window_latent(rec.class_weights, start_sample)
     rows, latents = [], []
     for eeg in session.eegs:
         start = int(round(eeg.start_s * FS))
-        _write_eeg(out / TRAIN_EEG_DIR / f"{eeg.eeg_id}.parquet",
-                   rec.raw_uv[start:start + eeg.length_samples])
+        if not metadata_only:
+            _write_eeg(out / TRAIN_EEG_DIR / f"{eeg.eeg_id}.parquet",
+                       rec.raw_uv[start:start + eeg.length_samples])
         for sub_id, offset_s in enumerate(eeg.offsets_s):
-            latent = window_latent(rec.class_weights, start + int(round(offset_s * FS)))
+            latent = latent_at(start + int(round(offset_s * FS)))
             n_votes = eeg.n_votes  # mostly the same annotators for a whole recording
             if rng.random() < 0.2:
                 n_votes = int(np.clip(n_votes + rng.integers(-2, 3), 1, MAX_VOTES))
@@ -178,19 +194,37 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_patients: int, seed: int =
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "train.csv").exists():
         raise DataError(out_dir, "refusing to replace a non-empty folder that is not a data set "
                                  "(no train.csv); choose an empty or new folder")
-    started = time.perf_counter()
     plan_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
     ids = Ids(np.random.default_rng(np.random.SeedSequence([cfg.seed, 1])))
     sessions = plan_sessions(plan_rng, ids, n_patients=cfg.patients,
                              recordings_per_patient=cfg.recordings_per_patient,
                              sub_windows=cfg.sub_windows, two_eeg_fraction=cfg.two_eeg_fraction)
+    return write_dataset(out_dir, sessions, len(sessions), ids, seed=cfg.seed, n_test=cfg.n_test,
+                         nan_fraction=cfg.nan_fraction, save_answer_key=cfg.save_answer_key,
+                         status_path=status_path)
+
+
+def write_dataset(out_dir: str | os.PathLike, sessions: Iterable[SessionPlan], n_sessions: int, ids: Ids, *,
+                  seed: int, n_test: int, nan_fraction: float, save_answer_key: bool,
+                  metadata_only: bool = False, status_path=None) -> dict:
+    """Write planned ``sessions`` (any iterable, consumed once) and ``n_test`` test recordings.
+
+    Signals are made and written one session at a time; only the train.csv rows and
+    latents are kept (as one small DataFrame per session). With ``metadata_only`` only
+    the CSV files (and the answer key) are written, no parquet files. See
+    :func:`generate_dataset` for ``out_dir`` and the returned summary.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "train.csv").exists():
+        raise DataError(out_dir, "refusing to replace a non-empty folder that is not a data set "
+                                 "(no train.csv); choose an empty or new folder")
+    started = time.perf_counter()
     with atomic.atomic_path(out_dir) as tmp:
         for sub in (TRAIN_EEG_DIR, TRAIN_SPEC_DIR, TEST_EEG_DIR, TEST_SPEC_DIR):
             (tmp / sub).mkdir(parents=True)
-        rows, latents = _generate_train(tmp, sessions, cfg, status_path)
-        train = pd.DataFrame(rows, columns=list(TRAIN_COLUMNS))
+        train, latent = _generate_train(tmp, sessions, n_sessions, seed=seed, nan_fraction=nan_fraction,
+                                        metadata_only=metadata_only, status_path=status_path)
         train["label_id"] = [ids.draw("label", 100_000, 4_294_967_295) for _ in range(len(train))]
-        latent = pd.DataFrame(latents, columns=list(LATENT_COLUMNS))
         latent.insert(0, "label_id", train["label_id"].to_numpy())
         order = np.lexsort((train["eeg_sub_id"].to_numpy(), train["eeg_id"].to_numpy()))
         train = train.iloc[order].reset_index(drop=True)
@@ -198,12 +232,17 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_patients: int, seed: int =
         train.to_csv(tmp / "train.csv", index=False)
 
         test_rows, test_latents = [], []
-        for i in range(cfg.n_test):
+        for i in range(n_test):
             eeg_id = ids.draw("eeg", 500_000, 4_294_967_295)
             spectrogram_id = ids.draw("spectrogram", 300_000, 2_147_483_647)
             patient_id = ids.draw("patient", 10_000, 65_536)
-            p = _generate_test_recording(tmp, session_rng(cfg.seed, 3, i), eeg_id=eeg_id,
-                                         spectrogram_id=spectrogram_id, nan_fraction=cfg.nan_fraction)
+            rng = session_rng(seed, 3, i)
+            if metadata_only:
+                anchors, times = session_anchors(rng, int(rng.integers(N_CLASSES)), SPEC_WINDOW_S)
+                p = anchor_latent(anchors, times, int(SPEC_LEAD_S * FS))
+            else:
+                p = _generate_test_recording(tmp, rng, eeg_id=eeg_id, spectrogram_id=spectrogram_id,
+                                             nan_fraction=nan_fraction)
             test_rows.append({"spectrogram_id": spectrogram_id, "eeg_id": eeg_id, "patient_id": patient_id})
             test_latents.append({"eeg_id": eeg_id, **dict(zip(LATENT_COLUMNS, p.tolist()))})
         test = pd.DataFrame(test_rows, columns=list(TEST_COLUMNS)).astype("int64")
@@ -211,13 +250,14 @@ def generate_dataset(out_dir: str | os.PathLike, *, n_patients: int, seed: int =
         submission = pd.DataFrame({"eeg_id": test["eeg_id"],
                                    **{c: np.full(len(test), 1 / N_CLASSES) for c in VOTE_COLUMNS}})
         submission[list(SUBMISSION_COLUMNS)].to_csv(tmp / "sample_submission.csv", index=False)
-        if cfg.save_answer_key:
+        if save_answer_key:
             write_answer_key(tmp, latent, pd.DataFrame(test_latents, columns=["eeg_id", *LATENT_COLUMNS]))
     summary = _summary(out_dir, train, test, time.perf_counter() - started)
+    summary["metadata_only"] = bool(metadata_only)
     logger.info("wrote synthetic data set to %s: %d patients, %d recordings, %d spectrograms, "
-                "%d labelled rows, %d test recordings in %.1f s", out_dir, summary["n_patients"],
+                "%d labelled rows, %d test recordings in %.1f s%s", out_dir, summary["n_patients"],
                 summary["n_recordings"], summary["n_spectrograms"], summary["n_rows"],
-                summary["n_test"], summary["seconds"])
+                summary["n_test"], summary["seconds"], " (metadata only)" if metadata_only else "")
     return summary
 
 
@@ -230,20 +270,31 @@ def generate_from_config(cfg: SyntheticConfig, out_dir: str | os.PathLike, *, st
                             nan_fraction=cfg.nan_fraction, status_path=status_path)
 
 
-def _generate_train(out: Path, sessions: list[SessionPlan], cfg: SyntheticConfig, status_path):
+def _generate_train(out: Path, sessions: Iterable[SessionPlan], n_sessions: int, *, seed: int,
+                    nan_fraction: float, metadata_only: bool, status_path) -> tuple[pd.DataFrame, pd.DataFrame]:
     from tqdm import tqdm
 
-    rows, latents = [], []
-    for i, session in enumerate(tqdm(sessions, desc="synthetic sessions", unit="session",
+    # rows as dicts only until a chunk is full, then one DataFrame per chunk (compact)
+    rows, latents, row_chunks, latent_chunks = [], [], [], []
+
+    def flush():
+        row_chunks.append(pd.DataFrame(rows, columns=list(TRAIN_COLUMNS)))
+        latent_chunks.append(pd.DataFrame(latents, columns=list(LATENT_COLUMNS)))
+        rows.clear()
+        latents.clear()
+
+    for i, session in enumerate(tqdm(sessions, total=n_sessions, desc="synthetic sessions", unit="session",
                                      disable=None, leave=False)):
         session_rows, session_latents = _generate_train_session(
-            out, session, session_rng(cfg.seed, 2, i), nan_fraction=cfg.nan_fraction)
+            out, session, session_rng(seed, 2, i), nan_fraction=nan_fraction, metadata_only=metadata_only)
         rows += session_rows
         latents += session_latents
-        if status_path is not None and (i % 20 == 0 or i == len(sessions) - 1):
-            update_status(status_path, "synthetic_data", done=i + 1, total=len(sessions),
-                          unit="sessions")
-    return rows, latents
+        if len(rows) >= _CHUNK_ROWS:
+            flush()
+        if status_path is not None and (i % 20 == 0 or i == n_sessions - 1):
+            update_status(status_path, "synthetic_data", done=i + 1, total=n_sessions, unit="sessions")
+    flush()
+    return pd.concat(row_chunks, ignore_index=True), pd.concat(latent_chunks, ignore_index=True)
 
 
 def _summary(out_dir: Path, train: pd.DataFrame, test: pd.DataFrame, seconds: float) -> dict:
