@@ -23,7 +23,9 @@ spectrogram context annotate used:
   can only fit on the 50 s window. Their difference and each one's KL to the latent.
 - ``kaggle_inputs``: ``hms predict`` on the data set's own files for those windows (the
   parquet EEG and the session's Kaggle spectrogram, which extends past the recording where
-  annotate's context, computed from the EEG, is padded).
+  annotate's context, computed from the EEG, is padded), against annotate and against
+  ``hms predict`` on annotate's inputs (which isolates the spectrogram context and the EDF's
+  16-bit samples).
 
 Usage: ``python bench/annotate_demo.py RUN_DIR [--recordings 4] [--step-s 2] [--out DIR]
 [--figure docs/annotate_timeline.png]`` (``--data``/``--model`` override RUN_DIR/data/raw and
@@ -98,14 +100,15 @@ def model_with_window_fit(src: Path, dst: Path) -> Path:
 def write_test_folder(folder: Path, eegs: list[np.ndarray], specs: list[np.ndarray]) -> Path:
     """A Kaggle test folder: row ``k`` is eeg_id = spectrogram_id = k with the given window
     ``(10000, 20)`` uV and 600 s spectrogram ``(300, 400)`` (NaN kept)."""
-    from hms_core.contract import RAW_CHANNELS, SPEC_COLUMNS, TEST_EEG_DIR, TEST_SPEC_DIR
+    from hms_core.contract import RAW_CHANNELS, SPEC_COLUMNS, SPEC_TIME_COLUMN, TEST_EEG_DIR, TEST_SPEC_DIR
 
     (folder / TEST_EEG_DIR).mkdir(parents=True)
     (folder / TEST_SPEC_DIR).mkdir()
     for k, (eeg, spec) in enumerate(zip(eegs, specs)):
-        pd.DataFrame(eeg.astype(np.float32), columns=list(RAW_CHANNELS)).to_parquet(folder / TEST_EEG_DIR / f"{k}.parquet")
+        window = pd.DataFrame(eeg.astype(np.float32), columns=list(RAW_CHANNELS))
+        window.to_parquet(folder / TEST_EEG_DIR / f"{k}.parquet")
         frame = pd.DataFrame(spec.astype(np.float32), columns=list(SPEC_COLUMNS))
-        frame.insert(0, "time", np.arange(len(spec)) * 2 + 1)
+        frame.insert(0, SPEC_TIME_COLUMN, np.arange(len(spec)) * 2 + 1)
         frame.to_parquet(folder / TEST_SPEC_DIR / f"{k}.parquet")
     pd.DataFrame({"spectrogram_id": range(len(eegs)), "eeg_id": range(len(eegs)),
                   "patient_id": 0}).to_csv(folder / "test.csv", index=False)
@@ -138,8 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", type=Path, default=None,
                         help="ensemble.onnx (default RUN_DIR/models/onnx/ensemble.onnx)")
     parser.add_argument("--recordings", type=int, default=4, help="recordings to annotate (default 4)")
-    parser.add_argument("--parity-recordings", type=int, default=1,
-                        help="of those, how many get the hms predict comparisons (default 1)")
+    parser.add_argument("--parity-recordings", type=int, default=2,
+                        help="of those, how many get the hms predict comparisons (default 2)")
     parser.add_argument("--step-s", type=float, default=2.0, help="annotate --step-s (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
     parser.add_argument("--out", type=Path, default=None, help="keep the EDFs and outputs here (default: temp)")
@@ -263,6 +266,7 @@ def compare_with_predict(parity: dict, work: Path, model: Path, window_model: Pa
                                 "max_abs_diff": float(np.abs(ann - shipped).max())}
     theirs = _predict(kaggle, model, threads)
     out["kaggle_inputs"] = {"max_abs_diff_vs_annotate": round(float(np.abs(ann - theirs).max()), 4),
+                            "max_abs_diff_vs_predict_same_inputs": round(float(np.abs(shipped - theirs).max()), 4),
                             "kl_predict_vs_latent": _kl(lat, theirs), "kl_annotate_vs_latent": _kl(lat, ann)}
     return out
 
