@@ -54,7 +54,7 @@ def annotation_table(onsets_s: np.ndarray, duration_s: float, probs: np.ndarray,
     nats, ``member_spread``: std of the member/fold probabilities), ``padded_s`` (s of the
     50 s window outside the recording), ``spec_padded_s`` (s of the 600 s spectrogram
     context outside it) and ``nan_fraction`` (of the window's EEG values inside the recording
-    that are NaN in the file). A ``prediction_set`` column can be appended from ``probs``.
+    that are NaN in the file). :func:`add_prediction_sets` appends the conformal sets.
     """
     table = pd.DataFrame({"onset_s": onsets_s,
                           "duration_s": np.minimum(SCORED_S, duration_s - onsets_s)})
@@ -70,6 +70,30 @@ def annotation_table(onsets_s: np.ndarray, duration_s: float, probs: np.ndarray,
     table["spec_padded_s"] = spec_padded_s
     table["nan_fraction"] = nan_fraction
     return table
+
+
+def add_prediction_sets(table: pd.DataFrame, probs: np.ndarray, conformal: dict | None, model_path) -> None:
+    """Append the conformal ``prediction_set`` and ``set_size`` columns to ``table`` in place.
+
+    The threshold is the one the ``ensemble`` stage fitted and stored in the model's
+    ``hms.conformal`` metadata (:func:`hms_core.ensemble.conformal.set_columns`); an unscored
+    window (no EEG) gets an empty set of size 0. A model exported before prediction sets gets
+    no columns and a warning.
+    """
+    from hms_core.ensemble.conformal import set_columns
+
+    if conformal is None:
+        logger.warning("%s carries no conformal threshold (exported before prediction sets): "
+                       "no prediction_set column", model_path)
+        return
+    scored = np.isfinite(probs).all(axis=1)
+    sets = np.full(len(probs), "", dtype=object)
+    sizes = np.zeros(len(probs), dtype=np.int64)
+    if scored.any():
+        columns = set_columns(probs[scored], float(conformal["threshold"]))
+        sets[scored], sizes[scored] = columns["prediction_set"], columns["set_size"]
+    table["prediction_set"] = sets
+    table["set_size"] = sizes
 
 
 def merge_events(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -225,6 +249,7 @@ def annotate(recording: str | os.PathLike, out_dir: str | os.PathLike = "annotat
     extra = {name: scores[name] for name in output_names if name != "probs"}
     table = annotation_table(onsets, rec.duration_s, scores["probs"], extra, scores["padded_s"],
                              scores["spec_padded_s"], scores["nan_fraction"])
+    add_prediction_sets(table, scores["probs"], meta.get("conformal"), model_path)
     events = merge_events(table, threshold)
     name = Path(recording.stem).stem if recording.suffix == ".gz" else recording.stem  # x.fif.gz -> x
     paths = {"csv": out_dir / f"{name}.annotations.csv", "annotations": out_dir / f"{name}-annot.txt",

@@ -116,3 +116,17 @@ def test_merge_events_joins_consecutive_windows_of_one_class():
     assert events["max_prob"].tolist() == [0.8, 0.7, 0.9]
     with pytest.raises(ConfigError, match=r"--threshold: 1.5 must lie in \(0, 1\]"):
         merge_events(table, 1.5)
+
+
+def test_each_window_gets_the_models_conformal_prediction_set(tiny_run, edf_files, tmp_path):
+    from hms_core.ensemble.conformal import prediction_sets
+    from hms_core.export.runtime import read_metadata
+
+    threshold = float(read_metadata(tiny_run["ensemble_onnx"])["conformal"]["threshold"])
+    table = _run(tiny_run, edf_files["canonical"], tmp_path)["table"]
+    probs = table[list(prob_columns())].to_numpy()
+    want = prediction_sets(probs, threshold)
+    assert table["set_size"].tolist() == want.sum(axis=1).tolist()
+    assert table["prediction_set"].tolist() == ["|".join(c for c, k in zip(CLASSES, row) if k) for row in want]
+    written = pd.read_csv(tmp_path / "rec.annotations.csv")
+    assert written["set_size"].tolist() == table["set_size"].tolist()
