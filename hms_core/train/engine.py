@@ -413,11 +413,7 @@ def _forward_backward(setup: TrainingSetup, state: RunState, train_model: nn.Mod
         rows = micro.effective(state.micro_batch, n_local)
         try:
             if rows == n_local:
-                with autocast_context(cfg.precision, setup.device):
-                    loss, logs = loss_fn(train_model, batch)
-                optimizer.zero_grad(set_to_none=True)
-                setup.scaler.scale(comm.scale_loss(loss, n_local, n_global)).backward()
-                return loss, logs
+                return _whole_batch(setup, train_model, loss_fn, batch, n_local, n_global)
             optimizer.zero_grad(set_to_none=True)
             return micro.accumulate(
                 train_model, loss_fn, batch, micro=rows, n_local=n_local,
@@ -426,14 +422,16 @@ def _forward_backward(setup: TrainingSetup, state: RunState, train_model: nn.Mod
         except torch.OutOfMemoryError as err:
             where = (f"{setup.label}, epoch {state.epoch + 1}/{cfg.epochs}, step "
                      f"{state.global_step + 1}/{setup.total_steps}, batch_size {cfg.batch_size}")
-            if rows == 1 or comm.world_size > 1:
+            if comm.world_size > 1:
                 raise micro.TrainingOutOfMemory(
-                    f"{where}: CUDA out of memory with {rows} row(s) per forward/backward pass"
-                    + (" in a job of several processes, where a rank cannot fall back alone; set "
-                       "training.micro_batch_size" if comm.world_size > 1 else
-                       "; the model does not fit on this GPU even at one row: use a larger GPU, "
-                       "precision bf16, training.grad_checkpointing or smaller inputs")
-                    + f" ({err})") from err
+                    f"{where}: CUDA out of memory with {rows} rows per pass on rank {comm.rank}; "
+                    "in a job of several processes a rank cannot fall back alone: set "
+                    f"training.micro_batch_size below {rows} ({err})") from err
+            if rows == 1:
+                raise micro.TrainingOutOfMemory(
+                    f"{where}: CUDA out of memory with 1 row per pass; the model does not fit "
+                    "on this GPU even then: use a larger GPU, precision bf16, "
+                    f"training.grad_checkpointing or smaller inputs ({err})") from err
         # -- out of memory: free the step's tensors, then retry with half the rows
         optimizer.zero_grad(set_to_none=True)
         if setup.device.type == "cuda":
@@ -444,6 +442,18 @@ def _forward_backward(setup: TrainingSetup, state: RunState, train_model: nn.Mod
                        "micro-batches of %d rows (gradients accumulated, batch_size %d "
                        "unchanged; kept for the rest of the run)", where, rows,
                        state.micro_batch, cfg.batch_size)
+
+
+def _whole_batch(setup: TrainingSetup, train_model: nn.Module,
+                 loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping]],
+                 batch: Any, n_local: int, n_global: int) -> tuple[torch.Tensor, Mapping]:
+    """Forward and backward of the whole batch in one pass (a function of its own, so a
+    failed attempt's graph goes with its frame before a retry)."""
+    with autocast_context(setup.cfg.precision, setup.device):
+        loss, logs = loss_fn(train_model, batch)
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.scaler.scale(setup.comm.scale_loss(loss, n_local, n_global)).backward()
+    return loss, logs
 
 
 def _skip_nonfinite_step(setup: TrainingSetup, state: RunState, loss_value: float) -> None:

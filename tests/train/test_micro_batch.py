@@ -113,7 +113,7 @@ def test_oom_mid_run_falls_back_for_the_rest_of_it(tmp_path):
 
 
 def test_oom_at_one_row_names_model_fold_and_batch_size(tmp_path):
-    with pytest.raises(TrainingOutOfMemory, match=r"model=mlp, fold=3.*batch_size 8.*1 row") as err:
+    with pytest.raises(TrainingOutOfMemory, match=r"model=mlp, fold=3.*batch_size 8: CUDA out of memory with 1 row per pass") as err:
         _fit(OomAbove(limit=0, times=-1), tmp_path, "floor")
     assert isinstance(err.value, torch.OutOfMemoryError)
     assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
