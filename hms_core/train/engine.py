@@ -372,7 +372,7 @@ def train_step(setup: TrainingSetup, state: RunState, train_model: nn.Module,
     # -- forward / backward (in micro-batches, halved on CUDA out-of-memory)
     batch = move_to_device(batch, setup.device, channels_last=cfg.channels_last)
     n_local = _batch_size(batch)
-    loss, logs = _forward_backward(setup, state, train_model, loss_fn, batch, n_local, n_global)
+    loss, logs = micro.forward_backward(setup, state, train_model, loss_fn, batch, n_local, n_global)
     # -- the global batch's mean loss and logs (the same on every rank)
     loss_value, logs, rows = setup.comm.batch_mean(loss, logs, n_local, n_global)
     state.global_step += 1
@@ -391,69 +391,6 @@ def train_step(setup: TrainingSetup, state: RunState, train_model: nn.Module,
         setup.ema.update(setup.model)
     state.totals.add(loss_value, logs, rows)
     return rows
-
-
-def _forward_backward(setup: TrainingSetup, state: RunState, train_model: nn.Module,
-                      loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping]],
-                      batch: Any, n_local: int, n_global: int) -> tuple[torch.Tensor, Mapping]:
-    """The step's gradients (zeroed first), in one pass or in ``state.micro_batch`` slices.
-
-    On ``torch.OutOfMemoryError`` the gradients are freed, the random generators put back
-    as they were before the step, ``state.micro_batch`` halved (kept for the rest of the
-    run and saved in ``last.pt``) and the step run again (:mod:`hms_core.train.micro`).
-
-    Raises
-    ------
-    TrainingOutOfMemory
-        Out of memory with one row per pass, or in a job of several processes.
-    """
-    cfg, optimizer, comm = setup.cfg, setup.optimizer, setup.comm
-    rng = ckpt.capture_rng_state()
-    while True:
-        rows = micro.effective(state.micro_batch, n_local)
-        try:
-            if rows == n_local:
-                return _whole_batch(setup, train_model, loss_fn, batch, n_local, n_global)
-            optimizer.zero_grad(set_to_none=True)
-            return micro.accumulate(
-                train_model, loss_fn, batch, micro=rows, n_local=n_local,
-                loss_scale=lambda x: comm.scale_loss(x, n_local, n_global), scaler=setup.scaler,
-                precision=cfg.precision, device=setup.device)
-        except torch.OutOfMemoryError as err:
-            where = (f"{setup.label}, epoch {state.epoch + 1}/{cfg.epochs}, step "
-                     f"{state.global_step + 1}/{setup.total_steps}, batch_size {cfg.batch_size}")
-            if comm.world_size > 1:
-                raise micro.TrainingOutOfMemory(
-                    f"{where}: CUDA out of memory with {rows} rows per pass on rank {comm.rank}; "
-                    "in a job of several processes a rank cannot fall back alone: set "
-                    f"training.micro_batch_size below {rows} ({err})") from err
-            if rows == 1:
-                raise micro.TrainingOutOfMemory(
-                    f"{where}: CUDA out of memory with 1 row per pass; the model does not fit "
-                    "on this GPU even then: use a larger GPU, precision bf16, "
-                    f"training.grad_checkpointing or smaller inputs ({err})") from err
-        # -- out of memory: free the step's tensors, then retry with half the rows
-        optimizer.zero_grad(set_to_none=True)
-        if setup.device.type == "cuda":
-            torch.cuda.empty_cache()
-        ckpt.restore_rng_state(rng)
-        state.micro_batch = micro.halve(rows, n_local)
-        logger.warning("%s: CUDA out of memory with %d rows per pass; retrying the step with "
-                       "micro-batches of %d rows (gradients accumulated, batch_size %d "
-                       "unchanged; kept for the rest of the run)", where, rows,
-                       state.micro_batch, cfg.batch_size)
-
-
-def _whole_batch(setup: TrainingSetup, train_model: nn.Module,
-                 loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping]],
-                 batch: Any, n_local: int, n_global: int) -> tuple[torch.Tensor, Mapping]:
-    """Forward and backward of the whole batch in one pass (a function of its own, so a
-    failed attempt's graph goes with its frame before a retry)."""
-    with autocast_context(setup.cfg.precision, setup.device):
-        loss, logs = loss_fn(train_model, batch)
-    setup.optimizer.zero_grad(set_to_none=True)
-    setup.scaler.scale(setup.comm.scale_loss(loss, n_local, n_global)).backward()
-    return loss, logs
 
 
 def _skip_nonfinite_step(setup: TrainingSetup, state: RunState, loss_value: float) -> None:

@@ -7,28 +7,34 @@ mean and the optimiser still steps once per batch: learning rate, clipping, EMA 
 step count do not change. The sum is not bit-identical to one pass over the whole batch
 (float addition order), but a given micro-batch always gives the same result, so a run
 that fell back to ``m`` rows equals one configured with ``micro_batch_size = m`` from the
-start (see :func:`hms_core.train.engine.train_step`).
+start.
 
 BatchNorm: each slice is normalised with its own batch statistics and updates the running
 statistics once, so a model with BatchNorm (the EfficientNets) trains slightly differently
 with micro-batches; models without it (LayerNorm, GroupNorm) differ only by rounding.
 
-Out of memory: the engine catches ``torch.OutOfMemoryError`` from forward/backward, frees
-the step's gradients, puts the random generators back where they were before the step,
-halves the micro-batch (:func:`halve`) and runs the step again. At one row, or with
-several processes (a rank cannot change its slices alone), it raises
+Out of memory: :func:`forward_backward` (each step's forward/backward in the engine)
+catches ``torch.OutOfMemoryError``, frees the step's gradients, puts the random generators
+back where they were before the step, halves the micro-batch (:func:`halve`, kept in
+``RunState.micro_batch`` and so in ``last.pt``) and runs the step again. At one row, or
+with several processes (a rank cannot change its slices alone), it raises
 :class:`TrainingOutOfMemory` naming the run, the step and the batch size.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from hms_core.errors import HMSError
+from hms_core.train import checkpoint as ckpt
 from hms_core.train.device import autocast_context
+from hms_core.train.state import RunState
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingOutOfMemory(HMSError, torch.OutOfMemoryError):
@@ -120,3 +126,88 @@ def accumulate(train_model: nn.Module, loss_fn: Callable[[nn.Module, Any], tuple
             v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
             log_sums[k] = log_sums.get(k, 0.0) + v * share
     return loss_sum, log_sums
+
+
+def forward_backward(setup: Any, state: RunState, train_model: nn.Module,
+                     loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping]],
+                     batch: Any, n_local: int, n_global: int) -> tuple[torch.Tensor, Mapping]:
+    """The step's gradients (zeroed first), in one pass or in ``state.micro_batch`` slices.
+
+    On ``torch.OutOfMemoryError`` the gradients are freed, the random generators put back
+    as they were before the step, ``state.micro_batch`` halved (kept for the rest of the
+    run and saved in ``last.pt``) and the step run again (module notes).
+
+    Parameters
+    ----------
+    setup : hms_core.train.engine.TrainingSetup
+        The run's settings, optimiser, scaler, communicator and label (not imported here:
+        the engine imports this module).
+    state : RunState
+        Its ``micro_batch`` is read and, after running out of memory, lowered.
+    train_model : nn.Module
+        The module trained (possibly DDP-wrapped or compiled).
+    loss_fn : callable
+        ``loss_fn(model, batch) -> (loss, logs)``.
+    batch : collated batch of ``n_local`` rows, on the device
+    n_local, n_global : int
+        Rows of ``batch`` and of the global batch it is part of.
+
+    Returns
+    -------
+    loss : torch.Tensor
+        The batch's mean loss (0-d).
+    logs : mapping
+        ``loss_fn``'s logs, row-weighted means over the slices.
+
+    Raises
+    ------
+    TrainingOutOfMemory
+        Out of memory with one row per pass, or in a job of several processes.
+    """
+    cfg, optimizer, comm = setup.cfg, setup.optimizer, setup.comm
+    rng = ckpt.capture_rng_state()
+    while True:
+        rows = effective(state.micro_batch, n_local)
+        try:
+            if rows == n_local:
+                return _whole_batch(setup, train_model, loss_fn, batch, n_local, n_global)
+            optimizer.zero_grad(set_to_none=True)
+            return accumulate(
+                train_model, loss_fn, batch, micro=rows, n_local=n_local,
+                loss_scale=lambda x: comm.scale_loss(x, n_local, n_global), scaler=setup.scaler,
+                precision=cfg.precision, device=setup.device)
+        except torch.OutOfMemoryError as err:
+            where = (f"{setup.label}, epoch {state.epoch + 1}/{cfg.epochs}, step "
+                     f"{state.global_step + 1}/{setup.total_steps}, batch_size {cfg.batch_size}")
+            if comm.world_size > 1:
+                raise TrainingOutOfMemory(
+                    f"{where}: CUDA out of memory with {rows} rows per pass on rank {comm.rank}; "
+                    "in a job of several processes a rank cannot fall back alone: set "
+                    f"training.micro_batch_size below {rows} ({err})") from err
+            if rows == 1:
+                raise TrainingOutOfMemory(
+                    f"{where}: CUDA out of memory with 1 row per pass; the model does not fit "
+                    "on this GPU even then: use a larger GPU, precision bf16, "
+                    f"training.grad_checkpointing or smaller inputs ({err})") from err
+        # -- out of memory: free the step's tensors, then retry with half the rows
+        optimizer.zero_grad(set_to_none=True)
+        if setup.device.type == "cuda":
+            torch.cuda.empty_cache()
+        ckpt.restore_rng_state(rng)
+        state.micro_batch = halve(rows, n_local)
+        logger.warning("%s: CUDA out of memory with %d rows per pass; retrying the step with "
+                       "micro-batches of %d rows (gradients accumulated, batch_size %d "
+                       "unchanged; kept for the rest of the run)", where, rows,
+                       state.micro_batch, cfg.batch_size)
+
+
+def _whole_batch(setup: Any, train_model: nn.Module,
+                 loss_fn: Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping]],
+                 batch: Any, n_local: int, n_global: int) -> tuple[torch.Tensor, Mapping]:
+    """Forward and backward of the whole batch in one pass (a function of its own, so a
+    failed attempt's graph goes with its frame before a retry)."""
+    with autocast_context(setup.cfg.precision, setup.device):
+        loss, logs = loss_fn(train_model, batch)
+    setup.optimizer.zero_grad(set_to_none=True)
+    setup.scaler.scale(setup.comm.scale_loss(loss, n_local, n_global)).backward()
+    return loss, logs
