@@ -61,6 +61,16 @@ warning (no weight, optimiser or EMA update; it still counts, so data order and 
 rate stay those of a clean run) and ``cfg.max_nonfinite_steps`` in a row raise
 :class:`NonFiniteLossError` naming the run, epoch and step.
 
+Micro-batches and GPU memory: with ``cfg.micro_batch_size`` each batch runs through
+``loss_fn`` in slices whose gradients are accumulated before the one optimiser step
+(:mod:`hms_core.train.micro`). On CUDA out-of-memory a single-process run frees the step,
+halves the micro-batch, logs it and runs the step again with the same random draws, so the
+recipe (batch, learning rate, EMA, steps) is unchanged and the run equals one configured
+with that micro-batch from the start (BatchNorm sees smaller batches: see
+:class:`~hms_core.train.engine_config.EngineConfig`). ``last.pt`` remembers the micro-batch,
+so a resume does not run out of memory again; at one row
+:class:`~hms_core.train.micro.TrainingOutOfMemory` names the run, step and batch size.
+
 Several processes (torchrun, see :mod:`hms_core.train.distributed`): the loop talks to
 the other ranks only through a communicator, whose single-process version does nothing.
 When the process group is up (or torchrun's ``WORLD_SIZE`` > 1), it is the DDP one and
@@ -96,6 +106,7 @@ from hms_core.errors import ConfigError, HMSError
 from hms_core.status import flush_status, update_status
 from hms_core.train import checkpoint as ckpt
 from hms_core.train import distributed as dist_utils
+from hms_core.train import micro
 from hms_core.train.device import autocast_context, move_to_device, select_device
 from hms_core.train.engine_config import EngineConfig, epochs_for_steps, n_batches
 from hms_core.train.optim import LrSchedule, ModelEma, build_optimizer
@@ -312,7 +323,9 @@ def start_or_resume(setup: TrainingSetup) -> RunState:
     this raises (:func:`hms_core.train.checkpoint.resume_checkpoint`).
 
     Resuming loads the weights, optimiser, scaler and EMA from the checkpoint and restores
-    this rank's random generators; a fresh start seeds them with ``seed + rank``.
+    this rank's random generators; a fresh start seeds them with ``seed + rank``. The
+    micro-batch is ``cfg.micro_batch_size`` or, when smaller, the one the checkpoint
+    remembers (the size a run fell back to after running out of GPU memory).
     """
     cfg, comm = setup.cfg, setup.comm
     checkpoint = None
@@ -327,9 +340,17 @@ def start_or_resume(setup: TrainingSetup) -> RunState:
                            f"steps {seen}")
     if checkpoint is None:
         ckpt.seed_rngs(cfg.seed + comm.rank)  # per-rank augmentation/dropout; rank 0 = 1 process
-        return RunState.fresh(cfg.seed)
+        state = RunState.fresh(cfg.seed)
+        state.micro_batch = cfg.micro_batch_size
+        return state
     state = RunState.from_checkpoint(checkpoint, model=setup.model, optimizer=setup.optimizer,
                                      scaler=setup.scaler, ema_model=setup.ema_model)
+    remembered = state.micro_batch
+    state.micro_batch = micro.smaller(cfg.micro_batch_size, remembered)
+    if remembered and state.micro_batch == remembered != cfg.micro_batch_size:
+        logger.warning("%s: resuming with micro-batches of %d rows, the size that fitted in GPU "
+                       "memory before (training.micro_batch_size %d)", setup.label,
+                       remembered, cfg.micro_batch_size)
     restore_rank_rng(checkpoint, rank=comm.rank, world_size=comm.world_size, seed=cfg.seed)
     logger.info("resuming %s at epoch %d step %d (global step %d)",
                 setup.last_path, state.epoch, state.step_in_epoch, state.global_step)
@@ -348,13 +369,10 @@ def train_step(setup: TrainingSetup, state: RunState, train_model: nn.Module,
     lr = setup.schedule(state.global_step)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    # -- forward / backward
+    # -- forward / backward (in micro-batches, halved on CUDA out-of-memory)
     batch = move_to_device(batch, setup.device, channels_last=cfg.channels_last)
-    with autocast_context(cfg.precision, setup.device):
-        loss, logs = loss_fn(train_model, batch)
     n_local = _batch_size(batch)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(setup.comm.scale_loss(loss, n_local, n_global)).backward()
+    loss, logs = micro.forward_backward(setup, state, train_model, loss_fn, batch, n_local, n_global)
     # -- the global batch's mean loss and logs (the same on every rank)
     loss_value, logs, rows = setup.comm.batch_mean(loss, logs, n_local, n_global)
     state.global_step += 1

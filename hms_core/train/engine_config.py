@@ -18,7 +18,7 @@ Device = Literal["auto", "cpu", "cuda"]
 # Settings that change how fast a run goes but not what it computes; left out of the run key.
 _NON_RESULT_KEYS = frozenset({"num_workers", "pin_memory", "checkpoint_every_steps",
                               "status_every_s", "progress", "device", "cuda_expandable_segments",
-                              "max_nonfinite_steps"})
+                              "max_nonfinite_steps", "micro_batch_size"})
 
 
 @dataclasses.dataclass
@@ -36,6 +36,15 @@ class EngineConfig:
         more). 0: ``epochs`` sets the length.
     batch_size : int, default 32
         Windows per optimiser step (the global batch with several processes).
+    micro_batch_size : int, default 0
+        Rows per forward/backward pass: each (per-process) batch is run in slices of this
+        many rows whose gradients add up to the batch mean's before the one optimiser step
+        (gradient accumulation; learning rate, clipping and EMA stay per batch). 0: the
+        whole batch in one pass. On CUDA out-of-memory a single-process run halves it and
+        retries the step, and its checkpoint remembers the micro-batch that fits
+        (:mod:`hms_core.train.micro`). Equal to the whole batch up to float rounding,
+        except with BatchNorm, which normalises each slice with that slice's statistics.
+        Not part of the run key.
     lr : float, default 1e-3
         Peak learning rate.
     weight_decay : float, default 1e-2
@@ -101,6 +110,7 @@ class EngineConfig:
     epochs: int = 10
     steps: int = 0
     batch_size: int = 32
+    micro_batch_size: int = 0
     lr: float = 1e-3
     weight_decay: float = 1e-2
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
@@ -141,6 +151,9 @@ class EngineConfig:
         if int(self.max_nonfinite_steps) < 0:
             raise ConfigError(f"{path}.max_nonfinite_steps: must be >= 0, got "
                               f"{self.max_nonfinite_steps!r}")
+        if int(self.micro_batch_size) < 0:
+            raise ConfigError(f"{path}.micro_batch_size: must be >= 0 (0: the whole batch), "
+                              f"got {self.micro_batch_size!r}")
         if int(self.steps) < 0:
             raise ConfigError(f"{path}.steps: must be >= 0 (0: use epochs), got {self.steps!r}")
         if not 0.0 <= self.ema_decay < 1.0:

@@ -93,6 +93,10 @@ class RunState:
     nonfinite_streak : int
         Optimiser steps in a row skipped for a non-finite loss; not saved (a resume
         restarts the count).
+    micro_batch : int
+        Rows per forward/backward pass (0: the whole batch): ``training.micro_batch_size``,
+        or less after running out of GPU memory (:mod:`hms_core.train.micro`); saved, so a
+        resume starts with the micro-batch that fitted.
     """
 
     order_state: torch.Tensor
@@ -106,6 +110,7 @@ class RunState:
     finished: bool = False
     resumed_from: int | None = None
     nonfinite_streak: int = 0
+    micro_batch: int = 0
 
     @classmethod
     def fresh(cls, seed: int) -> "RunState":
@@ -162,6 +167,7 @@ class RunState:
             "world_size": len(rng_per_rank), "order_gen_state": self.order_state,
             "accum": totals, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
             "history": self.history, "engine_config": dataclasses.asdict(cfg),
+            "micro_batch_size": self.micro_batch,
         }
 
     @classmethod
@@ -183,7 +189,8 @@ class RunState:
                    totals=EpochTotals(**checkpoint["accum"]),
                    best_metric=checkpoint["best_metric"], best_epoch=checkpoint["best_epoch"],
                    history=list(checkpoint["history"]), finished=bool(checkpoint.get("finished")),
-                   resumed_from=global_step)
+                   resumed_from=global_step,
+                   micro_batch=int(checkpoint.get("micro_batch_size", 0)))
 
 
 def restore_rank_rng(checkpoint: Mapping[str, Any], *, rank: int, world_size: int,

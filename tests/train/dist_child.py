@@ -6,7 +6,8 @@ ranks and gathered, as in ``fold.train_fold``. Each rank saves ``OUT.rank<r>.pt`
 
 ``--kill-at-step K`` installs an ``on_step_end`` hook that SIGKILLs the whole job after
 global step K (rank 0 kills the torchrun agent first); env HMS_TEST_SLOW_STEP_S adds a
-pause per step; HMS_TEST_PROGRESS names a file that rank 0 appends one line to per step.
+pause per step; HMS_TEST_PROGRESS names a file that rank 0 appends one line to per step;
+HMS_TEST_MICRO_BATCH sets ``micro_batch_size``.
 """
 import argparse
 import os
@@ -86,7 +87,8 @@ def train(checkpoint_dir, out_file, kill_at=None) -> dict:
         return {"val_kl": kaggle_kl(val_set.targets.numpy(), probs)}
 
     result = fit(model, loss_fn=loss_fn, train_data=train_set, eval_fn=eval_fn,
-                 cfg=EngineConfig(**CFG), checkpoint_dir=checkpoint_dir, run_key="dist-child-v1",
+                 cfg=EngineConfig(**CFG, micro_batch_size=int(os.environ.get("HMS_TEST_MICRO_BATCH", "0"))),
+                 checkpoint_dir=checkpoint_dir, run_key="dist-child-v1",
                  on_step_end=[kill_job_at_step(kill_at)] if kill_at else [])
     last = torch.load(os.path.join(checkpoint_dir, "last.pt"), weights_only=True)
     out = {"returned": result.model.state_dict(), "model": last["model"], "ema": last["ema"],

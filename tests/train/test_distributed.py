@@ -31,7 +31,7 @@ KL_TOL = 1e-5
 
 def _env(**extra):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("HMS_TEST_SLOW_STEP_S", "HMS_TEST_PROGRESS")}
+           if k not in ("HMS_TEST_SLOW_STEP_S", "HMS_TEST_PROGRESS", "HMS_TEST_MICRO_BATCH")}
     env.update({"OMP_NUM_THREADS": "1",
                 "PYTHONPATH": os.pathsep.join([str(HERE), env.get("PYTHONPATH", "")]), **extra})
     return env
@@ -147,6 +147,20 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, tw
     for key in two["returned"]:
         assert torch.equal(two["returned"][key], rank1["returned"][key])
     assert rank1["history"] == two["history"]
+
+
+@pytest.mark.slow
+def test_two_processes_with_micro_batches_match_whole_batches(tmp_path, two_proc):
+    """Each rank's 4 rows in slices of 3 and 1 (only the last slice all-reduces, ``no_sync``
+    before it): the same run up to float summation order."""
+    assert _torchrun(tmp_path / "ckpt", tmp_path / "out.pt", HMS_TEST_MICRO_BATCH="3") == 0
+    sliced, whole = _load(tmp_path / "out.pt"), two_proc[0]
+    for key in whole["returned"]:
+        torch.testing.assert_close(sliced["returned"][key], whole["returned"][key], rtol=0, atol=1e-5)
+    rank1 = _load(tmp_path / "out.pt.rank1.pt")
+    for key in sliced["returned"]:
+        assert torch.equal(sliced["returned"][key], rank1["returned"][key])
+    assert _load(tmp_path / "ckpt" / "last.pt")["micro_batch_size"] == 3
 
 
 @pytest.mark.slow
