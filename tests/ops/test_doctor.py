@@ -87,7 +87,7 @@ def _delete_data_file(run: Path) -> Path:
 
 
 @pytest.mark.parametrize(("damage", "problem", "target"), [
-    (_delete_shard, "shard file(s) c/1/0/0 missing", "--force data/processed/batch_0000.zarr"),
+    (_delete_shard, "(chains/c/1/0/0): file missing", "--force data/processed/batch_0000.zarr"),
     (_empty_checkpoint, "0 bytes", "rm "),
     (_truncate_onnx, "truncated", "--force models/onnx/ensemble.onnx"),
     (_empty_weights, "not loadable by torch.load", "--force models/final/qeeg_fold1.pth"),
