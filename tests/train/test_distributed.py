@@ -171,7 +171,7 @@ def test_sigterm_then_sigkill_mid_epoch_resume_exactly(tmp_path, two_proc):
     launcher = ("import sys; from hms_core.train.distributed import launch_torchrun; "
                 f"sys.exit(launch_torchrun(2, [{str(tmp_path / 'ckpt')!r}, "
                 f"{str(tmp_path / 'run.pt')!r}], module='dist_child'))")
-    proc = subprocess.Popen([sys.executable, "-c", launcher], env=_env(HMS_TEST_SLOW_STEP_S="0.3",
+    proc = subprocess.Popen([sys.executable, "-c", launcher], env=_env(HMS_TEST_SLOW_STEP_S="0.6",
                                           HMS_TEST_PROGRESS=str(progress)),
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
