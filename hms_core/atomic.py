@@ -77,7 +77,12 @@ def atomic_path(path: str | os.PathLike, *, previous: str | os.PathLike | None =
 
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make the entries of folder ``path`` (renames, new and removed files) durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    fsync_path(path, directory=True)
+
+
+def fsync_path(path: str | os.PathLike, *, directory: bool = False) -> None:
+    """fsync the file or folder ``path`` (``directory``: refuse anything but a folder)."""
+    fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
     try:
         os.fsync(fd)
     finally:

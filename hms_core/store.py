@@ -190,14 +190,14 @@ class StoreWriter:
     def _write_completion_marker(self) -> None:
         files = sorted(p for p in self.path.rglob("*") if p.is_file())
         for file in files:
-            _fsync(file)
+            atomic.fsync_path(file)
         for folder in sorted({p.parent for p in files}, key=lambda p: len(p.parts), reverse=True):
-            _fsync(folder)
+            atomic.fsync_path(folder)
         marker = {"hms_store_version": STORE_VERSION, "n_windows": self.n_written, "windows_per_shard": self.shard,
                   "files": {p.relative_to(self.path).as_posix(): p.stat().st_size for p in files}}
         atomic.write_json(self.path / COMPLETE_FILE, marker)
-        _fsync(self.path / COMPLETE_FILE)
-        _fsync(self.path)
+        atomic.fsync_path(self.path / COMPLETE_FILE)
+        atomic.fsync_path(self.path)
 
     @contextlib.contextmanager
     def _disk_full_is_named(self):
@@ -218,14 +218,6 @@ class StoreWriter:
             return int(partial_bytes / self.n_written * max(self.max_windows, self.n_written) * 1.05)
         per_window = sum(math.prod(shape) for shape in self.shapes.values()) * np.dtype(self.dtype).itemsize
         return int(per_window * max(self.max_windows, 1))
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _tree_bytes(path: Path) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator
 
 from hms_core.contract import TEST_EEG_DIR, TEST_SPEC_DIR, TRAIN_EEG_DIR, TRAIN_SPEC_DIR
+from hms_core.atomic import fsync_dir
 from hms_core.config import from_mapping
 from hms_core.errors import ConfigError, DataError
 
@@ -284,7 +285,7 @@ def _unpack(archive: Path, dest: Path, competition: str) -> None:
             raise DataError(dest, f"is no longer empty ({err.strerror}): nothing was replaced; move "
                                   f"its files away and run again (the archive {archive} is kept)") from None
     os.replace(tmp, dest)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
 
 
 def _extract(zf: zipfile.ZipFile, members: list[zipfile.ZipInfo], total: int, tmp: Path,
@@ -317,14 +318,6 @@ def _write_durably(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _lift_single_folder(tmp: Path) -> None:
