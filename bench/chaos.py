@@ -84,7 +84,8 @@ def snakemake_command(workdir: Path, configfile: Path, cores: int, *extra: str) 
 def start(workdir: Path, configfile: Path, cores: int, output: Path, *extra: str) -> subprocess.Popen:
     """Start Snakemake in its own session (so ``os.killpg`` reaches every job), output to ``output``."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONHASHSEED": "0",
+    # unbuffered: the kill triggers read which jobs run from this output while Snakemake runs
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with open(output, "w") as out:
         return subprocess.Popen(snakemake_command(workdir, configfile, cores, *extra), stdout=out,
