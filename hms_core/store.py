@@ -43,6 +43,7 @@ import pandas as pd
 
 from hms_core import atomic
 from hms_core.errors import DataError, DiskFullError
+from hms_core.shard_reader import ShardReader, open_shard_reader
 
 logger = logging.getLogger(__name__)
 
@@ -431,6 +432,7 @@ class WindowStore:
         self._store_of = self.index["store"].to_numpy() if len(self.index) else np.zeros(0, dtype=np.int64)
         self._row_of = self.index["row"].to_numpy() if len(self.index) else np.zeros(0, dtype=np.int64)
         self._arrays: dict[tuple[int, str], Any] = {}
+        self._readers: dict[tuple[int, str], ShardReader | None] = {}
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -438,12 +440,12 @@ class WindowStore:
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_arrays"] = {}
+        state["_arrays"], state["_readers"] = {}, {}
         return state
 
     def _array(self, store: int, field: str):
         if self._pid != os.getpid():
-            self._arrays, self._pid = {}, os.getpid()
+            self._arrays, self._readers, self._pid = {}, {}, os.getpid()
         key = (store, field)
         if key not in self._arrays:
             import zarr
@@ -455,8 +457,32 @@ class WindowStore:
                                                    "the store and re-run preprocessing") from None
         return self._arrays[key]
 
-    def _read_window(self, store: int, field: str, row: int) -> np.ndarray:
-        """Window ``row`` of store ``store``; damage is a DataError naming store, field, window."""
+    def _reader(self, store: int, field: str) -> ShardReader | None:
+        """The direct reader of ``field`` of store ``store``; None: read it with zarr."""
+        if self._pid != os.getpid():
+            self._arrays, self._readers, self._pid = {}, {}, os.getpid()
+        key = (store, field)
+        if key not in self._readers:
+            try:
+                self._readers[key] = open_shard_reader(self.paths[store] / field)
+            except (OSError, ValueError) as err:
+                raise DataError(self.paths[store], f"field {field}: array metadata unreadable ({err!r}); delete "
+                                                   "the store and re-run preprocessing") from None
+        return self._readers[key]
+
+    def _read_window(self, store: int, field: str, row: int, out: np.ndarray) -> None:
+        """Window ``row`` of store ``store`` into ``out``; damage is a DataError naming store,
+        field and window."""
+        reader = self._reader(store, field)
+        if reader is not None:
+            try:
+                reader.read(row, out)
+            except FileNotFoundError:
+                key = shard_key(field, row // reader.windows_per_shard, len(self.shapes[field]))
+                raise self._damage(store, field, row, f"its file {key} is missing") from None
+            except _READ_ERRORS as err:
+                raise self._damage(store, field, row, _read_error(err)) from err
+            return
         array = self._array(store, field)
         try:
             window = array[row]
@@ -468,7 +494,7 @@ class WindowStore:
             key = shard_key(field, row // ((array.shards or array.chunks)[0]), len(self.shapes[field]))
             if not (self.paths[store] / key).exists():
                 raise self._damage(store, field, row, f"its file {key} is missing")
-        return window
+        out[...] = window
 
     def _damage(self, store: int, field: str, row: int, problem: str) -> DataError:
         eeg_id = self.index["eeg_id"].iat[self._first[store] + row] if "eeg_id" in self.index else None
@@ -502,10 +528,12 @@ class WindowStore:
             for store in np.unique(stores):
                 where = np.flatnonzero(stores == store)
                 local = self._row_of[rows[where]]
-                unique, inverse = np.unique(local, return_inverse=True)
-                # One plain read per window: zarr's orthogonal selection on sharded arrays
-                # is about 20x slower than this for a handful of scattered rows.
-                block = np.stack([self._read_window(int(store), field, int(r)) for r in unique])
-                result[where] = block[inverse]
+                unique, first, inverse = np.unique(local, return_index=True, return_inverse=True)
+                # One plain read per window, decoded into its place in ``result``: zarr's
+                # orthogonal selection on sharded arrays is about 20x slower for scattered rows.
+                for r, at in zip(unique, where[first]):
+                    self._read_window(int(store), field, int(r), result[at])
+                again = where != where[first][inverse]  # rows asked for more than once
+                result[where[again]] = result[where[first][inverse][again]]
             out[field] = result
         return out

@@ -27,7 +27,7 @@ LAYERS = (
     # the networks
     ("hms_core.models",),
     # data in, signal processing, window stores
-    ("hms_core.signal", "hms_core.store", "hms_core.data", "hms_core.preprocess"),
+    ("hms_core.signal", "hms_core.store", "hms_core.shard_reader", "hms_core.data", "hms_core.preprocess"),
     # facts and plumbing every layer uses; workflow.py sets up a process (log, threads) for
     # every entry point, Snakemake job or torchrun rank, and imports nothing of hms_core
     ("hms_core", "hms_core.contract", "hms_core.config", "hms_core.paths", "hms_core.status",
