@@ -55,12 +55,12 @@ def standardise_log_power(spec: torch.Tensor) -> torch.Tensor:
     A window without such cells loses only its single lowest cell.
     """
     dims = (1, 2, 3)
-    valid = (spec > spec.amin(dim=dims, keepdim=True) + 1e-3).to(spec.dtype)
-    count = valid.sum(dim=dims, keepdim=True).clamp_min(1.0)
-    mean = (spec * valid).sum(dim=dims, keepdim=True) / count
-    var = ((spec - mean) ** 2 * valid).sum(dim=dims, keepdim=True) / count
-    z = (spec - mean) / (var.sqrt() + 1e-6)
-    return (z * valid).clamp(-_CLIP_STD, _CLIP_STD)
+    valid = spec > spec.amin(dim=dims, keepdim=True) + 1e-3
+    count = valid.sum(dim=dims, keepdim=True).to(spec.dtype).clamp_min(1.0)
+    mean = torch.where(valid, spec, 0.0).sum(dim=dims, keepdim=True) / count
+    centred = torch.where(valid, spec - mean, 0.0)  # the excluded cells are 0 from here on
+    var = centred.square().sum(dim=dims, keepdim=True) / count
+    return (centred / (var.sqrt() + 1e-6)).clamp(-_CLIP_STD, _CLIP_STD)
 
 
 def central_crop(spec: torch.Tensor, keep_s: float, span_s: float) -> torch.Tensor:
@@ -97,14 +97,15 @@ def pool_time(spec: torch.Tensor, bins: int, valid: torch.Tensor | None = None) 
 
 def _position_channels(image: torch.Tensor, regions: int) -> torch.Tensor:
     """``(B, 2, S, W)``: frequency position within each of ``regions`` stacked tiles, and
-    height in the image, each from -1 to 1 (built from shapes, so they export as constants)."""
+    height in the image, each from -1 to 1 (built from shapes, so they export as constants;
+    a broadcast view, nothing is copied per window)."""
     height, width = image.shape[2], image.shape[3]
     rows = torch.arange(height, dtype=image.dtype, device=image.device)
     tile = height / regions
     within = (rows % tile) / max(tile - 1.0, 1.0) * 2.0 - 1.0
     overall = rows / max(height - 1.0, 1.0) * 2.0 - 1.0
     ramps = torch.stack([within, overall]).view(1, 2, height, 1)
-    return torch.zeros_like(image[:, :1]) + ramps.expand(1, 2, height, width)
+    return ramps.expand(image.shape[0], 2, height, width)
 
 
 class SpectrogramEfficientNet(nn.Module):
@@ -193,7 +194,13 @@ class SpectrogramEfficientNet(nn.Module):
         """Tile the sources ``(B, 4, H_i, W_i)`` into one image ``(B, C, S, n * (S // n))``.
 
         ``C`` is ``in_chans`` plus the position channels; ``n`` is the number of sources.
+        :meth:`tile_image`, then :meth:`image_channels`.
         """
+        return self.image_channels(self.tile_image(*specs), regions=specs[0].shape[1])
+
+    def tile_image(self, *specs: torch.Tensor) -> torch.Tensor:
+        """The grey image ``(B, 1, S, n * (S // n))`` of the sources: everything of the model's
+        image that depends on the window (a data loader worker can build it)."""
         height = self.image_size
         width = max(1, height // len(specs))
         tiles = []
@@ -208,12 +215,16 @@ class SpectrogramEfficientNet(nn.Module):
             x = x.reshape(-1, 1, regions * h, w)
             tiles.append(F.interpolate(x, size=(height, width), mode="bilinear",
                                        align_corners=False))
-        image = torch.cat(tiles, dim=3)
-        if self.in_chans > 1:
-            image = image.expand(-1, self.in_chans, -1, -1)
+        return torch.cat(tiles, dim=3)
+
+    def image_channels(self, grey: torch.Tensor, regions: int = len(contract.SPEC_REGIONS)) -> torch.Tensor:
+        """The model's input from :meth:`tile_image`'s ``grey (B, 1, S, W)``: ``in_chans``
+        copies, then the position channels of ``regions`` stacked tiles (constants), in the
+        stem's memory format."""
+        parts = [grey.expand(-1, self.in_chans, -1, -1) if self.in_chans > 1 else grey]
         if self.position_channels:
-            regions = specs[0].shape[1]
-            image = torch.cat([image, _position_channels(image, regions)], dim=1)
+            parts.append(_position_channels(grey, regions))
+        image = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         first_conv = self.backbone.conv_stem.weight
         if first_conv.is_contiguous(memory_format=torch.channels_last) and first_conv.shape[2] > 1:
             image = image.contiguous(memory_format=torch.channels_last)

@@ -81,8 +81,15 @@ def swap_hemispheres(x: torch.Tensor, field: str) -> torch.Tensor:
     return x[:, list(perm)]
 
 
-def _rows(mask: torch.Tensor, ndim: int) -> torch.Tensor:
-    return mask.view(-1, *([1] * (ndim - 1)))
+def swap_hemispheres_where(x: torch.Tensor, field: str, swap: torch.Tensor) -> torch.Tensor:
+    """:func:`swap_hemispheres` of the windows where ``swap (B,)`` is true, the others kept:
+    one gather of channels (not a mirrored copy and a select)."""
+    perm = SIGNAL_SWAPS.get(field, REGION_HEMISPHERE_SWAP)
+    if x.shape[1] != len(perm):
+        raise ValueError(f"{field}: expected {len(perm)} channels on axis 1, got {tuple(x.shape)}")
+    mirrored = torch.tensor(perm, device=x.device)
+    channels = torch.where(swap[:, None], mirrored, torch.arange(len(perm), device=x.device))  # (B, C)
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], channels]
 
 
 def _stretch_mask(n: int, length: int, max_frac: float, device) -> torch.Tensor:
@@ -130,7 +137,7 @@ def augment_batch(batch: dict[str, torch.Tensor], fields: tuple[str, ...],
     if cfg.hemisphere_swap_p > 0:
         swap = torch.rand(n, device=device) < cfg.hemisphere_swap_p
         for f in fields:
-            out[f] = torch.where(_rows(swap, out[f].ndim), swap_hemispheres(out[f], f), out[f])
+            out[f] = swap_hemispheres_where(out[f], f, swap)
     signals = [f for f in fields if f in SIGNAL_FIELDS]
     if signals:
         max_shift = int(cfg.time_shift_max_s * contract.SAMPLING_RATE_HZ)

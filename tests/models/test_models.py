@@ -190,6 +190,29 @@ def test_efficientnet_standardisation_keeps_left_right_and_ignores_floor():
     assert z.abs().max() <= 6.0
 
 
+def test_efficientnet_image_is_the_worker_tile_plus_constant_channels():
+    model = create_model("efficientnet", **TINY_KWARGS["efficientnet"])
+    inputs = _inputs(model, batch=3)
+    grey = model.tile_image(*inputs)
+    image = model.build_image(*inputs)
+    assert grey.shape == (3, 1, 48, 48) and torch.equal(image[:, :1], grey)
+    assert torch.equal(model.image_channels(grey), image)
+
+
+def test_standardise_log_power_is_the_masked_z_score():
+    torch.manual_seed(1)
+    spec = torch.randn(3, 4, 6, 9) * 2 + 5
+    spec[0, :, :, :3] = spec[0].min()  # a floor stretch
+    spec[2] = 1.0  # a constant window: everything at its minimum
+    valid = (spec > spec.amin(dim=(1, 2, 3), keepdim=True) + 1e-3).float()
+    count = valid.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1.0)
+    mean = (spec * valid).sum(dim=(1, 2, 3), keepdim=True) / count
+    std = (((spec - mean) ** 2 * valid).sum(dim=(1, 2, 3), keepdim=True) / count).sqrt()
+    expected = ((spec - mean) / (std + 1e-6) * valid).clamp(-6, 6)
+    got = standardise_log_power(spec)
+    assert torch.allclose(got, expected, atol=1e-6) and torch.all(got[2] == 0)
+
+
 def test_efficientnet_position_channels():
     model = create_model("efficientnet", **TINY_KWARGS["efficientnet"])
     image = model.build_image(*_inputs(model))

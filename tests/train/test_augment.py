@@ -102,3 +102,13 @@ def test_kl_loss_matches_definition_and_weights():
     assert torch.allclose(w, torch.tensor([0.1, 0.5, 1.0, 1.0, 0.2]))
     assert torch.allclose(kl_loss(logits, target, weights=w), (per_row * w).sum() / w.sum(),
                           atol=1e-6)
+
+
+def test_swap_of_some_windows_mirrors_those_and_keeps_the_rest():
+    for field, shape in (("chains", (5, contract.N_CHAINS, 40)), ("referential", (5, contract.N_EEG_CHANNELS, 40)),
+                         ("kaggle_spec", (5, 4, 3, 7))):
+        x = torch.randn(*shape)
+        swap = torch.tensor([True, False, True, True, False])
+        got = aug.swap_hemispheres_where(x, field, swap)
+        mirrored = aug.swap_hemispheres(x, field)
+        assert torch.equal(got[swap], mirrored[swap]) and torch.equal(got[~swap], x[~swap])
