@@ -130,35 +130,50 @@ def mixup(inputs: Mapping[str, torch.Tensor], target: torch.Tensor, lam: float,
 
 def augment_batch(batch: dict[str, torch.Tensor], fields: tuple[str, ...],
                   cfg: AugmentConfig) -> dict[str, torch.Tensor]:
-    """Apply the configured augmentations to ``batch[fields]`` and ``batch["target"]``."""
+    """Apply the configured augmentations to ``batch[fields]`` and ``batch["target"]``.
+
+    The random draws come first, in a fixed order (swap, time shift, channel masks, time
+    masks, frequency masks, mixup). Then per field: swap, time shift (signal fields), one
+    select for the masks (signal fields: channel and time masks, both 0 uV), frequency mask
+    (spectrograms).
+    """
     out = dict(batch)
     first = out[fields[0]]
     n, device = first.shape[0], first.device
-    if cfg.hemisphere_swap_p > 0:
-        swap = torch.rand(n, device=device) < cfg.hemisphere_swap_p
-        for f in fields:
-            out[f] = swap_hemispheres_where(out[f], f, swap)
     signals = [f for f in fields if f in SIGNAL_FIELDS]
+    swap = torch.rand(n, device=device) < cfg.hemisphere_swap_p if cfg.hemisphere_swap_p > 0 else None
+    shift = None
     if signals:
         max_shift = int(cfg.time_shift_max_s * contract.SAMPLING_RATE_HZ)
         max_shift = min(max_shift, min(out[f].shape[-1] for f in signals) - 1)
-        shift = (torch.randint(-max_shift, max_shift + 1, (n,), device=device) if max_shift > 0
-                 else None)
-        for f in signals:
-            x = out[f]
-            if shift is not None:
-                x = time_shift(x, max_shift, shift=shift)
-            if cfg.channel_mask_p > 0:
-                keep = torch.rand(x.shape[:2], device=device) >= cfg.channel_mask_p
-                x = x * keep[:, :, None].to(x.dtype)
-            out[f] = x
+        if max_shift > 0:
+            shift = torch.randint(-max_shift, max_shift + 1, (n,), device=device)
+    dropped = ({f: torch.rand(out[f].shape[:2], device=device) < cfg.channel_mask_p for f in signals}
+               if cfg.channel_mask_p > 0 else {})
+    time_masks = {}
     if cfg.time_mask_p > 0 and cfg.time_mask_max_frac > 0:
         hit = torch.rand(n, device=device) < cfg.time_mask_p
-        for f in fields:
-            x = out[f]
-            mask = _stretch_mask(n, x.shape[-1], cfg.time_mask_max_frac, device) & hit[:, None]
-            mask = mask.view(n, *([1] * (x.ndim - 2)), x.shape[-1])
-            out[f] = torch.where(mask, _neutral(x, f), x)
+        time_masks = {f: _stretch_mask(n, out[f].shape[-1], cfg.time_mask_max_frac, device) & hit[:, None]
+                      for f in fields}
+    for f in fields:
+        x = out[f]
+        if f in SIGNAL_FIELDS:
+            if swap is not None:
+                x = swap_hemispheres_where(x, f, swap)
+            if shift is not None:
+                x = time_shift(x, 0, shift=shift)
+            masks = ([dropped[f][:, :, None]] if f in dropped else []) + (
+                [time_masks[f][:, None, :]] if f in time_masks else [])
+            if masks:
+                zero = masks[0] if len(masks) == 1 else masks[0] | masks[1]
+                x = torch.where(zero, _neutral(x, f), x)
+        else:
+            if swap is not None:
+                x = swap_hemispheres_where(x, f, swap)
+            if f in time_masks:
+                mask = time_masks[f].view(n, *([1] * (x.ndim - 2)), x.shape[-1])
+                x = torch.where(mask, _neutral(x, f), x)
+        out[f] = x
     if cfg.freq_mask_p > 0 and cfg.freq_mask_max_frac > 0:
         for f in fields:
             x = out[f]
