@@ -8,14 +8,21 @@ batches of the model's ``training.batch_size``, in two ways measured in the same
   (decoding the Zarr chunks) -- the baseline;
 - ``ready``: the read, then the model's training augmentations
   (:func:`~hms_core.train.augment.augment_batch` with its ``training.augment``) and its
-  model-ready tensor on the CPU: the EfficientNet's tiled image at the config's largest
-  ``image_sizes`` (``build_image``), the ResNet1D-GRU's montage signals
-  (``montage_signals``). The engine runs these in the main process on the device; here they
-  show what a CPU worker would need to do it.
+  model-ready tensor on the CPU: the ResNet1D-GRU's montage signals (``montage_signals``);
+  the EfficientNet's tiled grey image at the config's largest ``image_sizes``
+  (``tile_image``: everything of its input that depends on the window), to which the main
+  process adds the constant position channels (``image_channels``; on the device in
+  training: shipping them from the worker would triple the bytes per window). The engine
+  runs these in the main process on the device; here they show what a CPU worker would
+  need to do it. For the EfficientNet a third way, ``full_image``, builds the whole input
+  (``build_image``) in the worker.
 
-Per model and way: samples/s of one worker (first batch excluded: worker start), the
-workers needed for ``--target`` (default 600) samples/s, ``ready / read`` and the worker's
-peak resident and private memory (MB, ``/proc/self/smaps_rollup``).
+Per model and way: samples/s of one worker (first batch excluded: worker start; the time
+of the bench's own memory probe, ``/proc/self/smaps_rollup``, excluded too) in wall-clock
+time and per CPU second of the worker (what one core would do, on a shared machine), the workers
+needed for ``--target`` (default 600) samples/s, ``ready / read``, the worker's peak
+resident and private memory (MB), and the bytes per window read from the stores
+(compressed, on disk) and handed to the main process.
 
     python bench/loader.py                      # builds small synthetic stores first
     python bench/loader.py --stores data/processed --batches 50
@@ -49,15 +56,17 @@ from hms_core.train.data import WindowDataset, identity_collate
 from hms_core.train.fold import resolve_model_config
 
 
-def _memory_mb() -> tuple[float, float]:
-    """This process's peak resident memory and its private (unshared) memory now, in MB."""
+def _memory_mb() -> tuple[float, float, float, float]:
+    """This process's peak resident memory and its private (unshared) memory now, in MB, and
+    the wall and CPU seconds reading them took (the bench's overhead, not the loader's)."""
+    started, cpu = time.perf_counter(), time.process_time()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     private = 0.0
     with open("/proc/self/smaps_rollup") as f:
         for line in f:
             if line.startswith(("Private_Clean:", "Private_Dirty:")):
                 private += int(line.split()[1]) / 1024
-    return peak, private
+    return peak, private, time.perf_counter() - started, time.process_time() - cpu
 
 
 class ReadyWindows:
@@ -69,18 +78,18 @@ class ReadyWindows:
     model_name : str
         "efficientnet" or "resnet1d_gru".
     model : nn.Module
-        That model (the EfficientNet's ``build_image`` and ``input_fields``).
+        That model (the EfficientNet's ``tile_image``, ``build_image`` and ``input_fields``).
     augment : AugmentConfig
-    prepare : bool
-        False: only read (the baseline).
+    way : {"read", "ready", "full_image"}
+        What the worker does (module docstring).
     """
 
     collate_fn = staticmethod(identity_collate)
 
     def __init__(self, windows: WindowDataset, model_name: str, model: torch.nn.Module,
-                 augment: aug.AugmentConfig, prepare: bool):
+                 augment: aug.AugmentConfig, way: str):
         self.windows, self.model_name, self.model = windows, model_name, model
-        self.augment, self.prepare = augment, prepare
+        self.augment, self.way = augment, way
 
     def __len__(self) -> int:
         return len(self.windows)
@@ -88,17 +97,21 @@ class ReadyWindows:
     def __getitems__(self, indices):
         batch = self.windows.__getitems__(indices)
         fields = self.windows.fields
-        if self.prepare:
+        if self.way != "read":
             batch = aug.augment_batch(batch, fields, self.augment)
             inputs = [batch[f] for f in fields]
             with torch.no_grad():
-                if self.model_name == "efficientnet":
-                    ready = self.model.build_image(*inputs)  # (B, C, S, 3 * (S // 3))
-                else:
+                if self.model_name != "efficientnet":
                     ready = montage_signals(self.model.montage, dict(zip(fields, inputs)))  # (B, C, T)
+                elif self.way == "ready":
+                    ready = self.model.tile_image(*inputs)  # (B, 1, S, 3 * (S // 3))
+                else:
+                    ready = self.model.build_image(*inputs)  # (B, C, S, 3 * (S // 3))
             batch = {"x": ready, "target": batch["target"]}
-        peak, private = _memory_mb()
-        return {**batch, "peak_mb": torch.tensor(peak), "private_mb": torch.tensor(private)}
+        peak, private, probe_s, probe_cpu_s = _memory_mb()
+        return {**batch, "peak_mb": torch.tensor(peak), "private_mb": torch.tensor(private),
+                "probe_s": torch.tensor(probe_s), "probe_cpu_s": torch.tensor(probe_cpu_s),
+                "cpu_s": torch.tensor(time.process_time(), dtype=torch.float64)}
 
 
 def _measure(dataset: ReadyWindows, batch_size: int, n_batches: int, seed: int) -> dict:
@@ -106,18 +119,37 @@ def _measure(dataset: ReadyWindows, batch_size: int, n_batches: int, seed: int) 
     order = [rng.integers(0, len(dataset), batch_size).tolist() for _ in range(n_batches + 1)]
     loader = DataLoader(dataset, batch_sampler=order, collate_fn=dataset.collate_fn, num_workers=1,
                         prefetch_factor=2, generator=torch.Generator().manual_seed(seed))
-    peak = private = 0.0
-    shape = None
-    started = None
+    peak = private = probe_s = probe_cpu_s = 0.0
+    started = started_cpu = batch = None
     for i, batch in enumerate(loader):
         if i == 0:  # worker start-up and imports are not throughput
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), float(batch["cpu_s"])
+        else:
+            probe_s += float(batch["probe_s"])
+            probe_cpu_s += float(batch["probe_cpu_s"])
         peak = max(peak, float(batch["peak_mb"]))
         private = max(private, float(batch["private_mb"]))
-        shape = list(batch["x" if "x" in batch else dataset.windows.fields[0]].shape)
-    seconds = time.perf_counter() - started
-    return {"samples_per_s": n_batches * batch_size / seconds, "worker_peak_rss_mb": round(peak, 1),
-            "worker_private_mb": round(private, 1), "batch_shape": shape}
+    seconds = time.perf_counter() - started - probe_s
+    # The worker's CPU time from batch 0 to the last: the last n batches' reads and the
+    # hand-over of batches 0..n-1 (into shared memory), whatever else runs on the machine.
+    cpu_seconds = float(batch["cpu_s"]) - started_cpu - probe_cpu_s
+    handed = {k: v for k, v in batch.items() if k not in ("peak_mb", "private_mb", "probe_s", "probe_cpu_s", "cpu_s")}
+    x = handed.get("x")
+    if x is not None and dataset.way == "ready" and dataset.model_name == "efficientnet":
+        with torch.no_grad():
+            x = dataset.model.image_channels(x)  # the model's input, as the device would finish it
+    return {"samples_per_s": n_batches * batch_size / seconds,
+            "samples_per_cpu_s": n_batches * batch_size / cpu_seconds, "worker_peak_rss_mb": round(peak, 1),
+            "worker_private_mb": round(private, 1),
+            "batch_shape": list((x if x is not None else handed[dataset.windows.fields[0]]).shape),
+            "handed_bytes_per_window": sum(v.nbytes for v in handed.values()) // batch_size}
+
+
+def _stored_bytes_per_window(paths: list[Path], fields: tuple[str, ...], n_windows: int) -> int:
+    """Compressed bytes on disk of ``fields`` per window (shard indexes included)."""
+    total = sum(f.stat().st_size for p in paths for field in fields
+                for f in (p / field / "c").rglob("*") if f.is_file())
+    return total // max(n_windows, 1)
 
 
 def _build_stores(work: Path, config: dict, n_patients: int) -> list[Path]:
@@ -169,21 +201,22 @@ def main(argv: list[str] | None = None) -> dict:
             training, model = _model(config, name)
             windows = WindowDataset(store, np.arange(len(store.index)), tuple(model.input_fields))
             bs = training.engine.batch_size
-            read = _measure(ReadyWindows(windows, name, model, training.augment, False), bs, args.batches, 0)
-            ready = _measure(ReadyWindows(windows, name, model, training.augment, True), bs, args.batches, 0)
-            result["models"][name] = {
-                "batch_size": bs, "fields": list(model.input_fields),
-                "image_size": getattr(model, "image_size", None), "ready_shape": ready["batch_shape"],
-                "read_samples_per_s_per_worker": round(read["samples_per_s"], 1),
-                "ready_samples_per_s_per_worker": round(ready["samples_per_s"], 1),
-                "ready_over_read": round(ready["samples_per_s"] / read["samples_per_s"], 3),
-                "workers_for_target_read": math.ceil(args.target / read["samples_per_s"]),
-                "workers_for_target_ready": math.ceil(args.target / ready["samples_per_s"]),
-                "worker_peak_rss_mb_read": read["worker_peak_rss_mb"],
-                "worker_peak_rss_mb_ready": ready["worker_peak_rss_mb"],
-                "worker_private_mb_read": read["worker_private_mb"],
-                "worker_private_mb_ready": ready["worker_private_mb"],
-            }
+            ways = ["read", "ready"] + (["full_image"] if name == "efficientnet" else [])
+            got = {way: _measure(ReadyWindows(windows, name, model, training.augment, way), bs, args.batches, 0)
+                   for way in ways}
+            row = {"batch_size": bs, "fields": list(model.input_fields),
+                   "image_size": getattr(model, "image_size", None), "ready_shape": got["ready"]["batch_shape"],
+                   "stored_bytes_per_window": _stored_bytes_per_window(paths, windows.fields, len(store.index))}
+            for way in ways:
+                rate = got[way]["samples_per_s"]
+                row.update({f"{way}_samples_per_s_per_worker": round(rate, 1),
+                            f"{way}_samples_per_cpu_s_per_worker": round(got[way]["samples_per_cpu_s"], 1),
+                            f"workers_for_target_{way}": math.ceil(args.target / rate),
+                            f"worker_peak_rss_mb_{way}": got[way]["worker_peak_rss_mb"],
+                            f"worker_private_mb_{way}": got[way]["worker_private_mb"],
+                            f"handed_bytes_per_window_{way}": got[way]["handed_bytes_per_window"]})
+            row["ready_over_read"] = round(got["ready"]["samples_per_s"] / got["read"]["samples_per_s"], 3)
+            result["models"][name] = row
     result["cpu_count"] = os.cpu_count()
     result["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
     print(json.dumps(result))
