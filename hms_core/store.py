@@ -17,6 +17,9 @@ Each array has one window per chunk; chunks are grouped into shards of
 ``windows_per_shard`` windows (fewer files; a read still decodes only the chunks it needs).
 The writer buffers whole shards so every shard file is written exactly once, and memory
 stays bounded by one shard per field whatever the batch size.
+:class:`WindowStore` reads windows straight from these files with
+:class:`hms_core.shard_reader.ShardReader` (zarr's per-read overhead was 10x the decoding),
+and with zarr for any other layout (older stores).
 
 Integrity (store version 3): every chunk and every shard index carries a CRC32C checksum,
 so changed bytes fail to read instead of decoding to wrong values. All-zero windows are
