@@ -35,6 +35,7 @@ def two_fits():
     return fits, handed, eeg
 
 
+@pytest.mark.slow  # the module's two ICA fits + ICLabel: about 13 s of CPU
 def test_iclabel_is_handed_what_it_was_trained_on(two_fits):
     (_, info), _ = two_fits[0]
     ica, raw, proba = two_fits[1][0]
@@ -61,6 +62,7 @@ def test_iclabel_is_handed_what_it_was_trained_on(two_fits):
                                                  abs=1e-4)
 
 
+@pytest.mark.slow  # the module's two ICA fits + ICLabel: about 13 s of CPU
 def test_iclabel_labels_repeat_exactly(two_fits):
     (model_a, info_a), (model_b, info_b) = two_fits[0]
     assert info_a == info_b and info_a["removed"]  # the blink component, in this recording
@@ -68,6 +70,7 @@ def test_iclabel_labels_repeat_exactly(two_fits):
     assert np.array_equal(model_a.removal, model_b.removal)
 
 
+@pytest.mark.slow  # the module's two ICA fits + ICLabel: about 13 s of CPU
 def test_iclabel_refuses_a_copy_that_is_not_average_referenced(two_fits):
     ica, raw, _ = two_fits[1][0]
     plain = raw.copy()
@@ -87,8 +90,8 @@ def test_reject_by_label_thresholds_class_and_limit():
     ])
     removed = iclabel.reject_by_label(proba, iclabel.default_reject(), max_removed=6)
     assert [(r["component"], r["class"], r["probability"]) for r in removed] == [(1, "eye", 0.85), (3, "muscle", 0.81)]
-    # the strongest (probability / threshold) are kept when more match than max_removed
-    assert [r["component"] for r in iclabel.reject_by_label(proba, {"eye": 0.8, "muscle": 0.5}, 1)] == [3]  # 0.81 / 0.5 > 0.85 / 0.8
+    # the strongest (probability / threshold) are kept when more match than max_removed: 0.81 / 0.5 > 0.85 / 0.8
+    assert [r["component"] for r in iclabel.reject_by_label(proba, {"eye": 0.8, "muscle": 0.5}, 1)] == [3]
     assert [r["component"] for r in iclabel.reject_by_label(proba, {"other": 0.9}, 6)] == [4]
     # a component matching two classes is labelled by the larger margin over its threshold
     both = np.array([[0, 0.5, 0.45, 0, 0, 0, 0.05]])
