@@ -273,6 +273,57 @@ def ica_components_removed(value: Any) -> tuple[int, list[str]]:
     return len(value), reasons
 
 
+def ica_removal_table(index: pd.DataFrame) -> pd.DataFrame:
+    """Per recording, which ICA components were removed and why.
+
+    Parameters
+    ----------
+    index : pd.DataFrame
+        The window store index with ``eeg_id`` and ``ica_removed`` (JSON text), optionally
+        ``ica_status``.
+
+    Returns
+    -------
+    pd.DataFrame
+        ``eeg_id, ica_status, labeler, component, why``: one row per removed component, and
+        one row with component -1 for a recording with none removed. ``why`` is the ICLabel
+        class and its probability (``eye p=0.93``) or the rules matched and their scores.
+    """
+    missing = [c for c in ("eeg_id", "ica_removed") if c not in index.columns]
+    if missing:
+        raise DataError("<window index>", f"lacks columns {missing}")
+    per_recording = index.drop_duplicates("eeg_id")
+    statuses = per_recording["ica_status"] if "ica_status" in per_recording else [""] * len(per_recording)
+    rows = []
+    for eeg_id, cell, status in zip(per_recording["eeg_id"], per_recording["ica_removed"], statuses):
+        removed = json.loads(cell) if isinstance(cell, str) and cell.strip() else cell
+        removed = removed.get("removed", []) if isinstance(removed, dict) else removed
+        removed = removed if isinstance(removed, list) else []  # a bare count (old stores): no detail
+        base = {"eeg_id": int(eeg_id), "ica_status": status}
+        if not removed:
+            rows.append({**base, "labeler": "", "component": -1, "why": ""})
+        for item in removed:
+            item = item if isinstance(item, dict) else {"component": item}
+            rows.append({**base, "labeler": item.get("labeler", ""), "component": int(item["component"]),
+                         "why": _removal_reason(item)})
+    return pd.DataFrame(rows, columns=["eeg_id", "ica_status", "labeler", "component", "why"])
+
+
+def _removal_reason(item: Mapping[str, Any]) -> str:
+    if "class" in item:
+        return f"{item['class']} p={item['probability']:.2f}"
+    scores = {k: v for k, v in item.items()
+              if k not in ("component", "reasons", "strength", "labeler") and isinstance(v, (int, float))}
+    detail = ", ".join(f"{k} {v:.2f}" for k, v in scores.items())
+    return "+".join(item.get("reasons", [])) + (f" ({detail})" if detail else "")
+
+
+def write_ica_removal_table(index: pd.DataFrame, out_csv: str | os.PathLike) -> Path:
+    """:func:`ica_removal_table` written atomically as CSV."""
+    atomic.write_text(out_csv, ica_removal_table(index).to_csv(index=False))
+    return Path(out_csv)
+
+
 def plot_preprocessing_summary(index: pd.DataFrame, out_png: str | os.PathLike) -> Path:
     """NaN fraction per window and ICA components removed per recording.
 
@@ -322,7 +373,8 @@ def make_report_figures(workdir: str | os.PathLike, out_dir: str | os.PathLike, 
     Returns
     -------
     dict
-        ``figures`` (name -> written PNG path) and ``skipped`` (name -> reason).
+        ``figures`` (name -> written PNG path; "ica_removed" -> a CSV, :func:`ica_removal_table`)
+        and ``skipped`` (name -> reason).
     """
     workdir, out_dir = Path(workdir), Path(out_dir)
     figures: dict[str, str] = {}
@@ -361,8 +413,9 @@ def make_report_figures(workdir: str | os.PathLike, out_dir: str | os.PathLike, 
     stores = sorted((workdir / "data" / "processed").glob("batch_*.zarr"))
     if stores:
         attempt("preprocessing", lambda out: plot_preprocessing_summary(_store_index(stores), out))
+        attempt("ica_removed", lambda out: write_ica_removal_table(_store_index(stores), out.with_suffix(".csv")))
     else:
-        skipped["preprocessing"] = "no data/processed/batch_*.zarr yet"
+        skipped["preprocessing"] = skipped["ica_removed"] = "no data/processed/batch_*.zarr yet"
     return {"figures": figures, "skipped": skipped}
 
 

@@ -48,7 +48,8 @@ def contract_name(name: str) -> str | None:
     return _CANONICAL.get(core)
 
 
-def _montage_name() -> str:
+def standard_montage_name() -> str:
+    """MNE's built-in standard 10-20 positions: "colin27_1020" (MNE >= 1.13), else "standard_1020"."""
     import mne
 
     builtin = mne.channels.get_builtin_montages()
@@ -68,7 +69,7 @@ def interpolation_matrix(missing: list[str]) -> np.ndarray:
     for j, name in enumerate(present):
         impulses[EEG_CHANNELS.index(name), j] = 1.0
     raw = mne.io.RawArray(impulses, mne.create_info(list(EEG_CHANNELS), SAMPLING_RATE_HZ, "eeg"), verbose=False)
-    raw.set_montage(_montage_name(), verbose=False)
+    raw.set_montage(standard_montage_name(), verbose=False)
     raw.info["bads"] = list(missing)
     raw.interpolate_bads(reset_bads=True, verbose=False)
     return raw.get_data(picks=[EEG_CHANNELS.index(c) for c in missing])

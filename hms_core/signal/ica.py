@@ -3,7 +3,10 @@
 This is the part of preprocessing that cannot go inside the ONNX graph. First the
 high-passed EKG channel is regressed out of each EEG channel (optional, default on). Then
 ICA is fitted once per recording on a high-passed (1 Hz) copy of the 19 EEG channels, and
-components are rejected by three transparent rules, each with a configurable threshold:
+components are labelled by ``labeler``: "iclabel" (:mod:`hms_core.signal.iclabel`, the ICLabel
+network's class probabilities against the ``reject`` thresholds, on the average-referenced
+extended-infomax decomposition it was trained on), or "rules", three transparent rules, each
+with a configurable threshold:
 
 - cardiac: ``|corr(component, EKG)| >= ekg_corr`` (both high-passed);
 - eye: mixing weights concentrated on Fp1/Fp2 (share of squared weights >= eye_frontal_share)
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import typing
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -27,6 +30,7 @@ from scipy import signal as sp_signal
 from hms_core.config import check_option
 from hms_core.contract import CHANNEL_INDEX, EEG_CHANNELS, EKG_CHANNEL, N_RAW_CHANNELS, SAMPLING_RATE_HZ
 from hms_core.errors import ConfigError, DataError
+from hms_core.signal import iclabel
 from hms_core.signal.nan import interpolate_short_gaps
 
 logger = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ IcaMethod = Literal["picard", "fastica"]
 ICA_METHODS = typing.get_args(IcaMethod)
 IcaFitOn = Literal["recording", "window"]
 ICA_FIT_ON = typing.get_args(IcaFitOn)
+IcaLabeler = Literal["iclabel", "rules"]
+ICA_LABELERS = typing.get_args(IcaLabeler)
 FRONTAL_CHANNELS = ("Fp1", "Fp2")
 _FLAT_STD_UV = 1e-3  # a channel with less spread than this is treated as flat
 _ACTIVE_FRACTION = 0.1  # spectral rules look at each component's loudest 10% of 2 s segments
@@ -61,6 +67,16 @@ class IcaConfig:
         Components to fit; None (default) uses the rank of the data (at most 19).
     highpass_hz : float
         High-pass (Hz) of the copy ICA is fitted on; default 1.0.
+    labeler : {"iclabel", "rules"}
+        How components are picked for removal. "rules" (default): the three rules below,
+        on a picard (extended=False, ortho=True) decomposition of the high-passed copy.
+        "iclabel": the ICLabel network (mne-icalabel, CPU) on the decomposition it was
+        trained on (extended-infomax-equivalent picard of the average-referenced copy),
+        rejecting by ``reject``; needs ``method: picard``.
+    reject : dict of str to float
+        ICLabel labeler: a component is removed when its probability of one of these classes
+        is >= the threshold (0-1); classes muscle, eye, heart, line_noise, channel_noise,
+        other; a class not listed is never removed. Default 0.8 for each but other.
     ekg_corr : float
         Cardiac rule: reject when |corr with EKG| >= this; default 0.6.
     eye_frontal_share, eye_low_share, eye_max_hz : float
@@ -92,6 +108,8 @@ class IcaConfig:
     method: IcaMethod = "picard"
     n_components: int | None = None
     highpass_hz: float = 1.0
+    labeler: IcaLabeler = "rules"
+    reject: dict[str, float] = field(default_factory=iclabel.default_reject)
     ekg_corr: float = 0.6
     eye_frontal_share: float = 0.45
     eye_low_share: float = 0.6
@@ -111,6 +129,11 @@ class IcaConfig:
         """Raise ConfigError naming ``<path>.<key>`` for a solver, size or threshold out of range."""
         check_option(f"{path}.method", self.method, ICA_METHODS)
         check_option(f"{path}.fit_on", self.fit_on, ICA_FIT_ON)
+        check_option(f"{path}.labeler", self.labeler, ICA_LABELERS)
+        iclabel.check_reject(self.reject, f"{path}.reject")
+        if self.labeler == "iclabel" and self.method != "picard":
+            raise ConfigError(f"{path}.method: {self.method!r} cannot give ICLabel the extended-infomax "
+                              f"decomposition it was trained on; use 'picard' with labeler 'iclabel'")
         if self.n_components is not None and not 2 <= self.n_components <= len(EEG_CHANNELS):
             raise ConfigError(f"{path}.n_components: {self.n_components!r} must be null or in "
                               f"[2, {len(EEG_CHANNELS)}]")
@@ -288,9 +311,12 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
         Identity (nothing fitted) when ICA falls back: too short, too flat, rank too low,
         or the solver fails; a warning says why and ``info["status"]`` records it.
     info : dict
-        status, method, n_components, ekg_regression, removed: list of {component, reasons, scores}.
+        status, method, labeler, n_components, ekg_regression, removed: one dict per removed
+        component: ``component``, ``labeler``, ``reasons`` and, for "rules", the rule scores,
+        for "iclabel", ``class``, ``probability`` and all class ``probabilities``.
     """
-    base: dict[str, Any] = {"method": cfg.method, "n_components": 0, "ekg_regression": False, "removed": []}
+    base: dict[str, Any] = {"method": cfg.method, "labeler": cfg.labeler, "n_components": 0,
+                            "ekg_regression": False, "removed": []}
     n_valid = int(valid.sum())
     if n_valid < cfg.min_duration_s * SAMPLING_RATE_HZ:
         return ArtifactModel(np.arange(0), cfg.highpass_hz), _skip(
@@ -312,15 +338,18 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
             model.ekg_coef_uv = coef
             hp -= np.outer(ekg_hp, coef[good])
             base["ekg_regression"] = True
+    decomposed = iclabel.average_referenced(hp) if cfg.labeler == "iclabel" else hp
     decim = max(1, int(np.ceil(n_valid / cfg.max_fit_samples)))
-    fit_data = hp[valid][::decim].T
+    fit_data = decomposed[valid][::decim].T
     rank = _rank(fit_data)
     n_components = min(cfg.n_components or len(good), rank, len(good))
     if n_components < 2:
         return model, _skip(base, f"rank {rank} too low for ICA", label)
     names = [EEG_CHANNELS[i] for i in good]
     info = mne.create_info(names, SAMPLING_RATE_HZ, "eeg", verbose=False)
-    fit_params = {"extended": False, "ortho": True, "tol": cfg.tol} if cfg.method == "picard" else {"tol": cfg.tol}
+    fit_params = {"tol": cfg.tol}
+    if cfg.method == "picard":
+        fit_params.update(iclabel.PICARD_FIT_PARAMS if cfg.labeler == "iclabel" else {"extended": False, "ortho": True})
     ica = mne.preprocessing.ICA(n_components=n_components, method=cfg.method, fit_params=fit_params,
                                 max_iter=cfg.max_iter, random_state=cfg.random_state, verbose=False)
     try:
@@ -329,11 +358,16 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
             ica.fit(mne.io.RawArray(fit_data * 1e-6, info, verbose=False), verbose=False)
         for w in caught:
             logger.debug("%s: ICA: %s", label, w.message)
-        sources = ica.get_sources(mne.io.RawArray(hp.T * 1e-6, info, verbose=False)).get_data()
+        if cfg.labeler == "rules":
+            sources = ica.get_sources(mne.io.RawArray(hp.T * 1e-6, info, verbose=False)).get_data()
     except (np.linalg.LinAlgError, ValueError, RuntimeError) as err:
         return model, _skip(base, f"ICA fit failed ({err})", label)
-    scores = component_scores(sources, ica.get_components(), names, ekg_hp=ekg_hp, valid=valid, cfg=cfg)
-    removed = reject_components(scores, cfg)
+    if cfg.labeler == "iclabel":
+        proba = iclabel.label_components(ica, iclabel.labelling_raw(decomposed[valid], names, cfg.highpass_hz))
+        removed = iclabel.reject_by_label(proba, cfg.reject, cfg.max_removed)
+    else:
+        scores = component_scores(sources, ica.get_components(), names, ekg_hp=ekg_hp, valid=valid, cfg=cfg)
+        removed = [{"labeler": "rules", **r} for r in reject_components(scores, cfg)]
     base.update(n_components=n_components, removed=removed, status="applied")
     if removed:
         model.removal, model.offset_uv = _removal_operator(ica, [r["component"] for r in removed])

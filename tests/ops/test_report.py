@@ -83,6 +83,8 @@ def test_make_report_figures(run_dir, tmp_path):
     (run_dir / "training_results.json").write_text(json.dumps({"gap_to_floor": _gap(run_dir, None)}))
     result = report.make_report_figures(run_dir, tmp_path / "figures")
     assert _is_png(Path(result["figures"]["preprocessing"])) and result["skipped"] == {}
+    listed = pd.read_csv(result["figures"]["ica_removed"])
+    assert listed[["eeg_id", "component", "why"]].fillna("").values.tolist() == [[7, 2, "blink"], [8, -1, ""]]
     assert _is_png(Path(result["figures"]["gap_to_floor"]))
 
 
@@ -111,7 +113,7 @@ def test_make_report_figures_on_an_empty_run(workdir, tmp_path):
     result = report.make_report_figures(workdir, tmp_path / "figures")
     assert result["figures"] == {}
     assert set(result["skipped"]) == {"learning_curves", "confusion_matrix", "per_class_kl",
-                                      "reliability", "preprocessing", "gap_to_floor"}
+                                      "reliability", "preprocessing", "ica_removed", "gap_to_floor"}
 
 
 def test_per_class_kl_sums_to_kaggle_kl(run_dir):
@@ -149,3 +151,26 @@ def test_reliability_and_preprocessing_figures(tmp_path):
     })
     assert _is_png(report.plot_preprocessing_summary(index, tmp_path / "preprocessing.png"))
     assert report.ica_components_removed(index["ica_removed"][3]) == (2, ["ekg", "muscle", "muscle"])
+
+
+def test_ica_removal_table_says_why_per_recording():
+    from hms_core.signal.iclabel import ICLABEL_CLASSES
+
+    iclabel_entry = {"component": 3, "labeler": "iclabel", "class": "eye", "probability": 0.9312,
+                     "reasons": ["eye"], "strength": 1.16, "probabilities": dict.fromkeys(ICLABEL_CLASSES, 0.1)}
+    rules_entry = {"component": 1, "labeler": "rules", "reasons": ["eye", "muscle"], "strength": 1.4,
+                   "ekg_corr": 0.02, "frontal_share": 0.61, "low_share": 0.84, "hf_share": 0.1, "flatness": 0.2}
+    index = pd.DataFrame({
+        "eeg_id": [5, 5, 6, 7],
+        "ica_status": ["applied", "applied", "applied", "skipped: too short for ICA (9.0 s finite)"],
+        "ica_removed": [json.dumps([iclabel_entry])] * 2 + [json.dumps([rules_entry]), "[]"],
+    })
+    table = report.ica_removal_table(index)
+    assert table.to_dict("records") == [
+        {"eeg_id": 5, "ica_status": "applied", "labeler": "iclabel", "component": 3, "why": "eye p=0.93"},
+        {"eeg_id": 6, "ica_status": "applied", "labeler": "rules", "component": 1,
+         "why": "eye+muscle (ekg_corr 0.02, frontal_share 0.61, low_share 0.84, hf_share 0.10, flatness 0.20)"},
+        {"eeg_id": 7, "ica_status": "skipped: too short for ICA (9.0 s finite)", "labeler": "", "component": -1,
+         "why": ""}]
+    with pytest.raises(report.DataError, match="lacks columns"):
+        report.ica_removal_table(index.drop(columns="ica_removed"))
