@@ -667,7 +667,7 @@ class _StatusWriter:
     cfg : EngineConfig
     total_steps : int
     tracker : Tracker
-        Gets the step's loss, learning rate and speed at the same moments.
+        Gets the epoch's running train loss and the speed at the same moments.
     """
 
     def __init__(self, path: str | os.PathLike | None, job: str, fields: dict[str, Any],
