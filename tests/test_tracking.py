@@ -2,6 +2,7 @@
 resumable runs, rank 0 only, failures that only warn, and no MLflow at all with backend none."""
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -59,6 +60,29 @@ def test_backend_none_imports_no_mlflow(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
     assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.slow
+def test_tracking_opens_no_socket_and_turns_telemetry_off(tmp_path):
+    code = textwrap.dedent("""
+        import socket
+        attempts = []
+        def refuse(self, address):
+            attempts.append(address)
+            raise OSError("no network in this test")
+        socket.socket.connect = refuse
+        from hms_core import tracking
+        with tracking.open_job({"backend": "mlflow"}, "job", state_dir="ckpt", params={"a": 1}) as t:
+            t.log_metrics({"loss": 1.0}, step=1)
+        from mlflow.telemetry.utils import is_telemetry_disabled
+        print(t.active, is_telemetry_disabled(), attempts)
+    """)
+    # Outside pytest and CI, as a user's job runs: MLflow would not turn telemetry off itself.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "True True []"
 
 
 def test_fit_logs_curves_params_and_tags_under_the_workflow_parent(tmp_path, monkeypatch):
