@@ -64,13 +64,17 @@ onstart:
 
 
 onsuccess:
+    from hms_core import tracking
     from hms_core.ops import lifecycle
 
     lifecycle.on_end(".", config["ops"], state="finished")
+    tracking.finish_workflow(config.get("tracking"))
     print_summary()
 
 
 onerror:
+    from hms_core import tracking
     from hms_core.ops import lifecycle
 
     lifecycle.on_end(".", config["ops"], state="failed")
+    tracking.finish_workflow(config.get("tracking"), failed=True)

@@ -32,7 +32,7 @@ LAYERS = (
     # every entry point, Snakemake job or torchrun rank, and imports nothing of hms_core
     ("hms_core", "hms_core.contract", "hms_core.config", "hms_core.paths", "hms_core.status",
      "hms_core.errors", "hms_core.atomic", "hms_core.metrics", "hms_core.hashing",
-     "hms_core.workflow"),
+     "hms_core.workflow", "hms_core.tracking"),
 )
 
 

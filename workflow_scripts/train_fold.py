@@ -10,6 +10,8 @@ with rule_context(snakemake) as smk:
     model, fold = smk.wildcards.model, int(smk.wildcards.fold)
     cfg = apply_tuned_params({"training": smk.params.training, "models": {model: smk.params.model}},
                              model, smk.input.get("tuned_params"))  # None: tuning disabled
+    # Tracking settings change no result, so they come from the config, not params (no reruns).
+    cfg["tracking"] = smk.config.get("tracking")
     job = dict(weights_out=smk.output.weights, oof_out=smk.output.oof,
                checkpoint_dir=smk.params.checkpoint_dir, foundation_path=smk.input.get("foundation"),
                status_path=smk.params.status)

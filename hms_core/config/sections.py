@@ -25,6 +25,7 @@ from hms_core.foundation.transfer import TransferConfig
 from hms_core.ops.config import OpsConfig
 from hms_core.paths import CONFIG_DIR
 from hms_core.preprocess import PreprocessConfig
+from hms_core.tracking import TrackingConfig
 from hms_core.train.fold import TrainingConfig, resolve_model_config
 from hms_core.tune.config import TuningConfig
 from hms_core.workflow import ComputeConfig
@@ -42,7 +43,13 @@ SECTIONS: dict[str, type] = {
     "export": ExportConfig,
     "ops": OpsConfig,
     "tuning": TuningConfig,
+    "tracking": TrackingConfig,
 }
+
+
+def build_section(name: str, data: Mapping[str, Any] | None) -> Any:
+    """Config section ``name`` built from ``data`` (defaults filled in), e.g. to log it."""
+    return from_mapping(SECTIONS[name], data, name)
 
 
 def check_config(config: Mapping[str, Any]) -> dict[str, Any]:

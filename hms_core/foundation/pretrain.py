@@ -32,6 +32,7 @@ from hms_core.models.foundation import (
     save_foundation,
 )
 from hms_core.store import open_window_source
+from hms_core.tracking import Tracker
 from hms_core.train.checkpoint import make_run_key
 from hms_core.train.data import identity_collate
 from hms_core.train.engine import fit
@@ -174,6 +175,7 @@ def pretrain(
     folds_csv=None,
     status_path=None,
     on_step_end: Sequence[Callable[[Any], None]] = (),
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Pretrain the foundation encoder on the windows of the stores and save it.
 
@@ -197,6 +199,8 @@ def pretrain(
         ``status/run.json`` for progress.
     on_step_end : sequence of callable, default ()
         Hooks passed to :func:`hms_core.train.engine.fit` (tests kill the run with one).
+    tracker : Tracker | None
+        Experiment tracking (:func:`hms_core.tracking.open_job`): the loss curves.
 
     Returns
     -------
@@ -247,6 +251,7 @@ def pretrain(
         model, loss_fn=loss_fn, train_data=ChainsDataset(source, rows), cfg=engine_cfg,
         checkpoint_dir=checkpoint_dir, run_key=run_key, status_path=status_path,
         status_job="pretrain", status_fields={"model": "eeg_foundation"}, on_step_end=on_step_end,
+        tracker=tracker,
     )
     names = cfg.objectives.enabled_names()
     history = [

@@ -104,6 +104,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from hms_core.errors import ConfigError, HMSError
 from hms_core.status import flush_status, update_status
+from hms_core.tracking import Tracker
 from hms_core.train import checkpoint as ckpt
 from hms_core.train import distributed as dist_utils
 from hms_core.train import micro
@@ -504,7 +505,8 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
         on_step_end: Sequence[Callable[[RunState], None]] = (),
         lr_restarts: Mapping[int, float] | None = None,
         status_path: str | os.PathLike | None = None, status_job: str | None = None,
-        status_fields: Mapping[str, Any] | None = None) -> FitResult:
+        status_fields: Mapping[str, Any] | None = None,
+        tracker: Tracker | None = None) -> FitResult:
     """Train ``model``, resuming from ``checkpoint_dir`` when it holds this run's checkpoint.
 
     Parameters
@@ -544,6 +546,10 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
         Status file and job name for :func:`hms_core.status.update_status`.
     status_fields : mapping, optional
         Extra fixed fields for the status entry (e.g. ``model``, ``fold``).
+    tracker : Tracker, optional
+        Experiment tracking (:mod:`hms_core.tracking`): the epoch's running train loss and
+        the speed whenever the status is due, and every epoch's history record, by global
+        step. Give ranks other than 0 none (or a :class:`~hms_core.tracking.Tracker`).
 
     Returns
     -------
@@ -567,8 +573,9 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
         if cfg.compile:
             train_model = torch.compile(train_model, backend=cfg.compile_backend, mode=cfg.compile_mode)
         collate = getattr(train_data, "collate_fn", default_collate)
+        tracker = tracker if tracker is not None and comm.is_rank0 else Tracker()
         status = _StatusWriter(status_path if comm.is_rank0 else None, status_job or "train",
-                               dict(status_fields or {}), cfg, setup.total_steps)
+                               dict(status_fields or {}), cfg, setup.total_steps, tracker)
         progress = _progress_bar(cfg, setup.total_steps, state.global_step, status.fields,
                                  enabled=comm.is_rank0)
         with _SignalGuard() as guard:
@@ -611,6 +618,8 @@ def fit(model: nn.Module, *, loss_fn: Callable[[nn.Module, Any], tuple[torch.Ten
                     status.after_step(state, rows)
                 # -- end of epoch: evaluate, keep the best, checkpoint, stop
                 end_epoch(setup, state, eval_fn, next_order_state, epoch_started)
+                tracker.log_metrics({k: v for k, v in state.history[-1].items() if k != "step"},
+                                    step=state.global_step)
                 guard.signum = comm.agree_signal(guard.signum)  # it may have reached one rank only
                 if guard.signum is not None and not state.finished:
                     progress.close()
@@ -657,11 +666,13 @@ class _StatusWriter:
         Extra fixed fields of the entry (e.g. ``model``, ``fold``).
     cfg : EngineConfig
     total_steps : int
+    tracker : Tracker
+        Gets the epoch's running train loss and the speed at the same moments.
     """
 
     def __init__(self, path: str | os.PathLike | None, job: str, fields: dict[str, Any],
-                 cfg: EngineConfig, total_steps: int):
-        self.path, self.job, self.fields = path, job, fields
+                 cfg: EngineConfig, total_steps: int, tracker: Tracker):
+        self.path, self.job, self.fields, self.tracker = path, job, fields, tracker
         self.cfg, self.total_steps = cfg, total_steps
         self.started = time.time()
         self.last_written = 0.0
@@ -671,12 +682,15 @@ class _StatusWriter:
         """Count the step's ``rows``; write epoch, step, loss, speed and ETA when due."""
         self.rows_done += rows
         now = time.time()
-        if self.path is None or now - self.last_written < self.cfg.status_every_s:
+        if ((self.path is None and not self.tracker.active)
+                or now - self.last_written < self.cfg.status_every_s):
             return
         self.last_written = now
         elapsed = now - self.started
         rate = self.rows_done / max(elapsed, 1e-9)
         steps_left = self.total_steps - state.global_step
+        self.tracker.log_metrics({"running_train_loss": state.totals.mean_loss(),
+                                  "samples_per_s": rate}, step=state.global_step)
         update_status(self.path, self.job, **{"stage": "training", **self.fields},
                       epoch=state.epoch + 1, epochs=self.cfg.epochs,
                       step=state.global_step, steps=self.total_steps,

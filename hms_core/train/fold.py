@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hms_core import atomic, contract
+from hms_core import atomic, contract, tracking
 from hms_core.config import FLATTEN, check_option, deep_update, from_mapping
 from hms_core.errors import ConfigError, DataError
 from hms_core.hashing import sha256_file
@@ -290,7 +290,30 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
 
     torch's thread count is the caller's: :func:`hms_core.workflow.rule_context` sets it to
     the rule's ``threads``, :mod:`hms_core.train.fold_main` to ``--threads`` per rank.
+
+    With a ``cfg["tracking"]`` section, rank 0 logs the job as an MLflow run
+    (:mod:`hms_core.tracking`): the resolved training section and model keyword arguments
+    as params, the epoch history and the returned metrics.
     """
+    job = f"train_{model_name}_fold{fold}"
+    training, model_kwargs, image_sizes = resolve_model_config(cfg, model_name)
+    params = {"model": model_name, "fold": int(fold), "training": training,
+              "model_kwargs": model_kwargs, "image_sizes": image_sizes}
+    with tracking.open_job(cfg.get("tracking"), job, state_dir=checkpoint_dir,
+                           params=params) as tracker:
+        metrics = _train_fold(store_paths, folds_csv, model_name, fold, cfg, weights_out=weights_out,
+                              oof_out=oof_out, checkpoint_dir=checkpoint_dir,
+                              foundation_path=foundation_path, status_path=status_path,
+                              tracker=tracker)
+        tracker.log_metrics(metrics, step=0)
+    return metrics
+
+
+def _train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, fold: int,
+                cfg: Mapping[str, Any], *, weights_out: str | os.PathLike,
+                oof_out: str | os.PathLike, checkpoint_dir: str | os.PathLike,
+                foundation_path: str | os.PathLike | None, status_path: str | os.PathLike | None,
+                tracker: tracking.Tracker) -> dict[str, Any]:
     t0 = time.time()
     training, model_kwargs, image_sizes = resolve_model_config(cfg, model_name)
     dinfo = distributed.init_from_env(training.engine.device)
@@ -395,7 +418,7 @@ def train_fold(store_paths: Any, folds_csv: str | os.PathLike, model_name: str, 
                  checkpoint_dir=checkpoint_dir, run_key=run_key, epoch_indices=epoch_indices,
                  on_epoch_start=on_epoch_start, lr_restarts=lr_restarts,
                  status_path=status_path, status_job=job,
-                 status_fields={"model": model_name, "fold": int(fold)})
+                 status_fields={"model": model_name, "fold": int(fold)}, tracker=tracker)
     model = result.model
     if image_sizes:
         model.image_size = image_sizes[-1]

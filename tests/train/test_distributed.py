@@ -202,13 +202,15 @@ def test_sigterm_then_sigkill_mid_epoch_resume_exactly(tmp_path, two_proc):
 
 
 @pytest.mark.slow
-def test_fold_main_under_torchrun_writes_the_single_process_outputs(tmp_path):
-    """train_fold in 2 ranks: rank 0 writes weights + OOF in the single-process row order.
+def test_fold_main_under_torchrun_writes_the_single_process_outputs(tmp_path, monkeypatch):
+    """train_fold in 2 ranks: rank 0 writes weights + OOF in the single-process row order,
+    and is the only rank that tracks the job (one MLflow run, opened once).
 
     resnet1d_gru has batch norm, whose batch statistics are per rank under DDP, so the
     predictions are close to (not equal to) one process': measured max |dlogp| 0.003 and
     |dKL| 4e-4 nats; we allow 0.02 nats.
     """
+    from mlflow_runs import search_runs
     from test_fold import CFG, _write_store
 
     from hms_core.train import fold_main
@@ -225,7 +227,9 @@ def test_fold_main_under_torchrun_writes_the_single_process_outputs(tmp_path):
     one = train_fold(stores, tmp_path / "folds.csv", "resnet1d_gru", 1, cfg,
                      weights_out=tmp_path / "w1.pt", oof_out=tmp_path / "o1.parquet",
                      checkpoint_dir=tmp_path / "c1")
-    args = fold_main.fold_args(stores, tmp_path / "folds.csv", "resnet1d_gru", 1, cfg,
+    monkeypatch.chdir(tmp_path)  # the run folder: the ranks' MLflow store
+    tracked = {**cfg, "tracking": {"backend": "mlflow"}}
+    args = fold_main.fold_args(stores, tmp_path / "folds.csv", "resnet1d_gru", 1, tracked,
                                weights_out=tmp_path / "w2.pt", oof_out=tmp_path / "o2.parquet",
                                checkpoint_dir=tmp_path / "c2", config_path=tmp_path / "cfg.json",
                                status_path=tmp_path / "status.json")
@@ -236,3 +240,8 @@ def test_fold_main_under_torchrun_writes_the_single_process_outputs(tmp_path):
     two = _load(tmp_path / "w2.pt")["metrics"]
     assert abs(two["kl_all"] - one["kl_all"]) < 0.02 and two["n_rows"] == one["n_rows"]
     assert (tmp_path / "status.json").exists()
+    runs = search_runs(tmp_path).set_index("tags.mlflow.runName")
+    job = runs.loc["train_resnet1d_gru_fold1"]
+    assert len(runs) == 2 and job["status"] == "FINISHED"
+    assert pd.isna(job.get("tags.resumed"))  # a second rank would have reopened the run
+    assert job["metrics.kl_all"] == pytest.approx(two["kl_all"])

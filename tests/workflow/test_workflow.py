@@ -170,3 +170,28 @@ def test_report_embeds_the_figures(run_dir: Path):
     html = report.read_text(errors="replace")
     for figure in ("learning_curves", "confusion_matrix", "reliability", "per_class_kl", "preprocessing"):
         assert f"{figure}.png" in html, figure
+
+
+def test_mlflow_holds_a_run_per_job_under_the_workflow_run(run_dir: Path):
+    from mlflow_runs import search_runs
+
+    from hms_core.hashing import sha256_file
+
+    runs = search_runs(run_dir)
+    children = runs[runs["tags.job"].notna()]
+    weights = sorted(p.stem for p in (run_dir / "models/final").glob("*_fold*.pth"))
+    onnx = sorted(p.stem for p in (run_dir / "models/onnx").glob("*.onnx") if p.stem != "ensemble")
+    expected = {"pretrain", "ensemble", "export_ensemble", *(f"train_{w}" for w in weights),
+                *(f"export_{m}" for m in onnx)}
+    assert set(children["tags.job"]) == expected  # later re-runs of a rule add runs of these
+    assert (children["status"] == "FINISHED").all()
+    parents = runs[runs["tags.job"].isna()]
+    assert set(children["tags.mlflow.parentRunId"]) <= set(parents["run_id"])
+    assert (parents["tags.mlflow.runName"].str.startswith("workflow ")).all()
+    manifest = sha256_file(run_dir / "data/manifest.sha256")
+    assert (children["tags.data_manifest_sha256"] == manifest).all()
+    train = children[children["tags.job"].str.startswith("train_")]
+    assert train["metrics.kl_all"].notna().all() and train["metrics.train_loss"].notna().all()
+    latest = children.sort_values("start_time").groupby("tags.job").last()
+    assert latest.loc["export_ensemble", "tags.sha256.ensemble.onnx"] == sha256_file(
+        run_dir / "models/onnx/ensemble.onnx")
