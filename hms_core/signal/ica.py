@@ -333,7 +333,7 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
             ica.fit(mne.io.RawArray(fit_data * 1e-6, info, verbose=False), verbose=False)
         for w in caught:
             logger.debug("%s: ICA: %s", label, w.message)
-        sources = ica.get_sources(mne.io.RawArray(hp.T * 1e-6, info, verbose=False)).get_data()
+        sources = _sources(ica, hp)
     except (np.linalg.LinAlgError, ValueError, RuntimeError) as err:
         return model, _skip(base, f"ICA fit failed ({err})", label)
     scores = component_scores(sources, ica.get_components(), names, ekg_hp=ekg_hp, valid=valid, cfg=cfg)
@@ -342,6 +342,15 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
     if removed:
         model.removal, model.offset_uv = _removal_operator(ica, [r["component"] for r in removed])
     return model, base
+
+
+def _sources(ica, x_uv: np.ndarray) -> np.ndarray:
+    """``ica.get_sources`` of ``x_uv (n, k)`` (uV), computed as one matrix product without
+    MNE's copies of the whole recording into a Raw: ``(n_components, n)``."""
+    unmixing = ica.unmixing_matrix_ @ ica.pca_components_[:ica.n_components_]  # (c, k) on pre-whitened volts
+    weights = unmixing / (ica.pre_whitener_[:, 0] * 1e6)[None, :]  # on uV
+    offset = unmixing @ ica.pca_mean_ if ica.pca_mean_ is not None else np.zeros(len(unmixing))
+    return weights @ x_uv.T - offset[:, None]
 
 
 def _removal_operator(ica, exclude: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -397,7 +406,7 @@ def _spectral_scores(sources: np.ndarray, cfg: IcaConfig) -> tuple[np.ndarray, .
     seg = 2 * SAMPLING_RATE_HZ
     n_seg = sources.shape[1] // seg
     segments = sources[:, :n_seg * seg].reshape(len(sources), n_seg, seg)
-    freqs, psd = sp_signal.welch(segments, fs=SAMPLING_RATE_HZ, nperseg=seg // 2, axis=-1)  # (c, s, f)
+    freqs, psd = _welch(segments, seg // 2)  # (c, s, f)
     band = freqs >= cfg.highpass_hz
     loudness = psd[..., band].sum(axis=-1)  # (c, s)
     n_top = max(1, int(np.ceil(_ACTIVE_FRACTION * n_seg)))
@@ -410,6 +419,19 @@ def _spectral_scores(sources: np.ndarray, cfg: IcaConfig) -> tuple[np.ndarray, .
     hf_psd = active[:, high_band & (freqs <= 0.9 * SAMPLING_RATE_HZ / 2)] + 1e-30
     flatness = np.exp(np.log(hf_psd).mean(axis=1)) / hf_psd.mean(axis=1)
     return freqs, low, high, flatness
+
+
+def _welch(x: np.ndarray, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
+    """``scipy.signal.welch(x, fs=200, nperseg=nperseg, axis=-1)`` (Hann, half overlap, mean
+    removed per segment, one-sided density) in plain numpy: the same numbers without scipy's
+    per-call overhead, which dominated on many short 2 s segments."""
+    window = sp_signal.get_window("hann", nperseg)
+    frames = np.lib.stride_tricks.sliding_window_view(x, nperseg, axis=-1)[..., ::nperseg - nperseg // 2, :]
+    frames = (frames - frames.mean(axis=-1, keepdims=True)) * window
+    spectrum = np.fft.rfft(frames, axis=-1)
+    psd = (spectrum.real ** 2 + spectrum.imag ** 2) / (SAMPLING_RATE_HZ * (window ** 2).sum())
+    psd[..., 1:nperseg // 2 + (nperseg % 2)] *= 2  # one-sided: all but DC (and Nyquist for even nperseg)
+    return np.fft.rfftfreq(nperseg, 1 / SAMPLING_RATE_HZ), psd.mean(axis=-2)
 
 
 def reject_components(scores: list[dict[str, float]], cfg: IcaConfig) -> list[dict[str, Any]]:
