@@ -268,7 +268,9 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     n_eeg = len(EEG_CHANNELS)
     slices = [eeg_window_slice(o) for o in offsets]
     windows, infos = clean_windows(raw, slices, cfg, eeg_id=eeg_id, path=path)  # (k, 20, 10000)
-    nan_fraction = [float(np.isnan(raw[s, :n_eeg]).mean()) for s in slices]
+    # NaN count per sample row, summed once: each window's share is a difference of two cumulative sums
+    nan_rows = np.concatenate([[0], np.cumsum(np.isnan(raw[:, :n_eeg]).sum(axis=1))])
+    nan_fraction = [float(nan_rows[s.stop] - nan_rows[s.start]) / ((s.stop - s.start) * n_eeg) for s in slices]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in FRONTEND_FIELDS}
     device = frontend.fir.weight.device
     with torch.no_grad():

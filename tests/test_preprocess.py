@@ -285,6 +285,8 @@ def test_store_without_ica_equals_the_exportable_frontend_within_float16(tiny_da
             expected = want[name].numpy()
             # float16 keeps 11 significant bits: half a unit in the last place is 2**-11 relative
             assert np.all(np.abs(got[name] - expected) <= 2.0 ** -10 * np.abs(expected) + 1e-3), name
+        want_nan = [np.isnan(raw[eeg_window_slice(o), :19]).mean() for o in rows["eeg_label_offset_seconds"]]
+        assert np.allclose(rows["nan_fraction"], want_nan, rtol=0, atol=1e-12)
         n_checked += len(rows)
     assert n_checked == len(train_df[train_df["eeg_id"].isin(batches[1])]) > 0
 

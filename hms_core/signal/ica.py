@@ -150,8 +150,8 @@ def clean_recording(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
     DataError
         Wrong shape, or no finite EEG value at all.
     """
-    cleaner = fit_cleaner(raw_uv, cfg, eeg_id=eeg_id, path=path)
-    return cleaner.apply(raw_uv), dict(cleaner.info)
+    cleaner, filled, long_gap = _fit_cleaner(raw_uv, cfg, eeg_id=eeg_id, path=path)
+    return cleaner.apply_filled(filled, long_gap), dict(cleaner.info)
 
 
 def _dc_removed(raw_uv: np.ndarray, cfg, median_uv: np.ndarray | None = None
@@ -179,6 +179,13 @@ def fit_cleaner(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None, path=None
     fitted on a bounded sample and cleaned piece by piece. Arguments and errors as
     :func:`clean_recording`.
     """
+    return _fit_cleaner(raw_uv, cfg, eeg_id=eeg_id, path=path)[0]
+
+
+def _fit_cleaner(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
+                 path=None) -> tuple["RecordingCleaner", np.ndarray, np.ndarray]:
+    """:func:`fit_cleaner`, plus the gap-filled, median-removed data and its long-gap mask
+    (``_dc_removed``), so that cleaning the same recording need not compute them again."""
     raw_uv = np.asarray(raw_uv)
     where = path if path is not None else "<recording>"
     if raw_uv.ndim != 2 or raw_uv.shape[1] != N_RAW_CHANNELS:
@@ -200,7 +207,7 @@ def fit_cleaner(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None, path=None
             cfg=cfg.ica, label=_label(eeg_id, path))
     else:
         info["ica"] = {"status": "disabled", "removed": []}
-    return RecordingCleaner(cfg=cfg, median_uv=median_uv, model=model, info=info)
+    return RecordingCleaner(cfg=cfg, median_uv=median_uv, model=model, info=info), filled, long_gap
 
 
 @dataclass
@@ -220,6 +227,10 @@ class RecordingCleaner:
     def apply(self, raw_uv: np.ndarray) -> np.ndarray:
         """Cleaned float32 copy of ``raw_uv (n, 20)`` (uV, 200 Hz, RAW_CHANNELS order, NaN allowed)."""
         filled, long_gap, _ = _dc_removed(np.asarray(raw_uv), self.cfg, self.median_uv)
+        return self.apply_filled(filled, long_gap)
+
+    def apply_filled(self, filled: np.ndarray, long_gap: np.ndarray) -> np.ndarray:
+        """:meth:`apply` from ``_dc_removed``'s output (``filled`` is modified)."""
         if self.model is not None:
             n_eeg = len(EEG_CHANNELS)
             filled[:, :n_eeg] = self.model.apply(filled[:, :n_eeg], filled[:, CHANNEL_INDEX[EKG_CHANNEL]])
