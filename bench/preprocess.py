@@ -7,14 +7,22 @@ Both run on the same synthetic recordings, single-threaded, in fresh child proce
   the torch front end batched over all windows of a recording, one Zarr store);
 - baseline: per train.csv row, read the EEG and spectrogram parquets, MNE band-pass and
   notch filter the window, fit MNE ICA (picard, defaults) on the window, and compute a
-  scipy spectrogram per chain.
+  scipy spectrogram per chain. It runs on ``--baseline-rows`` rows drawn at random (seeded)
+  from the whole data set, so they have the data set's mix of recording lengths.
+
+Recording lengths (``--lengths``): "realistic" (default) is a patient-stratified
+``--fraction`` of ``hms synth --preset full`` (the real HMS shape: about 6.8 rows per
+recording with a long tail of long recordings with hundreds of overlapping windows);
+"demo" is the small demo generator (``--patients``), whose recordings are all short.
 
 Rates are windows per CPU-second of the single-threaded child (windows per second per
-core, unaffected by other load on a shared machine); wall-clock rates are printed too.
-The pipeline runs at two data-set sizes to show that its memory peak does not grow with
-the number of recordings. Prints one JSON line.
+core, unaffected by other load on a shared machine); the headline rates are medians over
+``--repeats`` runs, each run's rate is listed too, and wall-clock rates are printed beside
+them. The pipeline also runs once on a ``--large-factor`` times larger data set to show
+that its memory peak does not grow with the number of recordings. Prints one JSON line.
 
-    .venv/bin/python bench/preprocess.py [--patients 4] [--large-factor 3] [--baseline-rows 6]
+    .venv/bin/python bench/preprocess.py [--lengths realistic] [--fraction 0.003] [--repeats 3]
+        [--large-factor 3] [--baseline-rows 12] [--lengths demo --patients 4]
 """
 from __future__ import annotations
 
@@ -44,7 +52,7 @@ def run_pipeline(data_dir: str, out_store: str) -> dict:
     return {"seconds": time.perf_counter() - start, "cpu_s": time.process_time() - cpu, **result}
 
 
-def run_baseline(data_dir: str, max_rows: int) -> dict:
+def run_baseline(data_dir: str, max_rows: int, seed: int) -> dict:
     import mne
     import numpy as np
     import pandas as pd
@@ -55,7 +63,8 @@ def run_baseline(data_dir: str, max_rows: int) -> dict:
     from hms_core.signal.montage import bipolar_montage
 
     mne.set_log_level("ERROR")
-    df = read_train_csv(Path(data_dir) / "train.csv").iloc[:max_rows]
+    df = read_train_csv(Path(data_dir) / "train.csv")
+    df = df.sample(n=min(max_rows, len(df)), random_state=seed)
     info = mne.create_info(list(EEG_CHANNELS), SAMPLING_RATE_HZ, "eeg")
     start, cpu = time.perf_counter(), time.process_time()
     for _, row in df.iterrows():
@@ -86,11 +95,38 @@ def _child(*args: str) -> tuple[dict, float]:
     return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024  # Linux: KiB
 
 
+def _generate(out: Path, args, *, large: bool) -> None:
+    if args.lengths == "realistic":
+        from hms_core.data.synthetic.preset import generate_preset
+
+        fraction = args.fraction * (args.large_factor if large else 1)
+        generate_preset(out, fraction=min(fraction, 1.0), seed=args.seed + large, n_test=1, save_answer_key=False)
+    else:
+        from hms_core.data.synthetic import generate_dataset
+
+        generate_dataset(out, n_patients=args.patients * (args.large_factor if large else 1), seed=args.seed + large,
+                         n_test=1, save_answer_key=False)
+
+
+def _recording_seconds(data_dir: Path) -> list[float]:
+    import pyarrow.parquet as pq
+
+    from hms_core.contract import SAMPLING_RATE_HZ
+
+    return [pq.ParquetFile(f).metadata.num_rows / SAMPLING_RATE_HZ for f in (data_dir / "train_eegs").glob("*.parquet")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patients", type=int, default=4, help="patients of the small data set (default 4)")
+    parser.add_argument("--lengths", choices=("realistic", "demo"), default="realistic",
+                        help="recording lengths: a fraction of the full preset (default) or the demo generator")
+    parser.add_argument("--fraction", type=float, default=0.003,
+                        help="realistic: patient-stratified share of the full preset (default 0.003: 6 patients)")
+    parser.add_argument("--patients", type=int, default=4, help="demo: patients of the small data set (default 4)")
     parser.add_argument("--large-factor", type=int, default=3, help="the large data set has this many times more")
-    parser.add_argument("--baseline-rows", type=int, default=6, help="train.csv rows the baseline processes (default 6)")
+    parser.add_argument("--repeats", type=int, default=3, help="pipeline and baseline runs on the small set (median)")
+    parser.add_argument("--baseline-rows", type=int, default=12,
+                        help="train.csv rows the baseline processes, drawn at random (default 12)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=("pipeline", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
@@ -100,35 +136,44 @@ def main() -> None:
         print(json.dumps(run_pipeline(args.data, args.out)))
         return
     if args.worker == "baseline":
-        print(json.dumps(run_baseline(args.data, args.baseline_rows)))
+        print(json.dumps(run_baseline(args.data, args.baseline_rows, args.seed)))
         return
 
     import logging
+    import statistics
 
     logging.disable(logging.WARNING)
-    from hms_core.data.synthetic import generate_dataset
-
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         small, large = Path(tmp) / "small", Path(tmp) / "large"
-        generate_dataset(small, n_patients=args.patients, seed=args.seed, n_test=1, save_answer_key=False)
-        generate_dataset(large, n_patients=args.patients * args.large_factor, seed=args.seed + 1, n_test=1,
-                         save_answer_key=False)
-        pipe, rss_small = _child("--worker", "pipeline", "--data", str(small), "--out", str(Path(tmp) / "s.zarr"))
+        _generate(small, args, large=False)
+        _generate(large, args, large=True)
+        lengths = _recording_seconds(small)
+        pipes, bases = [], []
+        for i in range(args.repeats):
+            pipes.append(_child("--worker", "pipeline", "--data", str(small), "--out", str(Path(tmp) / f"s{i}.zarr")))
+            bases.append(_child("--worker", "baseline", "--data", str(small), "--baseline-rows",
+                                str(args.baseline_rows), "--seed", str(args.seed)))
         pipe_large, rss_large = _child("--worker", "pipeline", "--data", str(large), "--out", str(Path(tmp) / "l.zarr"))
-        base, rss_base = _child("--worker", "baseline", "--data", str(small), "--baseline-rows", str(args.baseline_rows))
     # Rates per CPU-second of the single-threaded worker (= per core), robust to a shared
     # machine; the wall-clock rates are reported beside them.
-    rate = pipe["n_windows"] / pipe["cpu_s"]
-    base_rate = base["n_windows"] / base["cpu_s"]
+    rates = [p["n_windows"] / p["cpu_s"] for p, _ in pipes]
+    base_rates = [b["n_windows"] / b["cpu_s"] for b, _ in bases]
+    rate, base_rate = statistics.median(rates), statistics.median(base_rates)
+    pipe, base = pipes[0][0], bases[0][0]
     print(json.dumps({
         "windows_per_s": round(rate, 3), "baseline_windows_per_s": round(base_rate, 3),
-        "speedup": round(rate / base_rate, 2), "peak_rss_mb": round(rss_small, 1),
-        "peak_rss_mb_large": round(rss_large, 1), "baseline_peak_rss_mb": round(rss_base, 1),
-        "wall_windows_per_s": round(pipe["n_windows"] / pipe["seconds"], 3),
-        "wall_baseline_windows_per_s": round(base["n_windows"] / base["seconds"], 3),
+        "speedup": round(rate / base_rate, 2), "lengths": args.lengths,
+        "fraction": args.fraction if args.lengths == "realistic" else None,
+        "windows_per_s_runs": [round(r, 3) for r in rates], "baseline_windows_per_s_runs": [round(r, 3) for r in base_rates],
+        "peak_rss_mb": round(max(r for _, r in pipes), 1), "peak_rss_mb_large": round(rss_large, 1),
+        "baseline_peak_rss_mb": round(max(r for _, r in bases), 1),
+        "wall_windows_per_s": round(statistics.median(p["n_windows"] / p["seconds"] for p, _ in pipes), 3),
+        "wall_baseline_windows_per_s": round(statistics.median(b["n_windows"] / b["seconds"] for b, _ in bases), 3),
         "n_windows": pipe["n_windows"], "n_recordings": pipe["n_recordings"],
         "windows_per_recording": round(pipe["n_windows"] / max(pipe["n_recordings"], 1), 2),
+        "recording_s_median": round(statistics.median(lengths), 1), "recording_s_max": round(max(lengths), 1),
+        "recording_s_total": round(sum(lengths), 1),
         "n_windows_large": pipe_large["n_windows"], "n_recordings_large": pipe_large["n_recordings"],
         "windows_per_s_large": round(pipe_large["n_windows"] / pipe_large["cpu_s"], 3),
         "baseline_rows": base["n_windows"], "threads": 1, "total_s": round(time.perf_counter() - t0, 1),

@@ -64,19 +64,19 @@ INDEX_COLUMNS = ("label_id", "eeg_id", "patient_id", "eeg_label_offset_seconds",
 DTYPES = ("float16", "float32")
 
 
-def _compressor(dtype: str):
+def _compressor(dtype: str, level: int):
     import zarr.codecs
 
     # Byte shuffle: on float16 chains it compresses better than bit shuffle and decodes faster.
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+    return zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
 
 
-def _codecs(dtype: str) -> tuple:
+def _codecs(dtype: str, level: int) -> tuple:
     """Compression, then a CRC32C of the compressed bytes (per chunk; zarr's shard index
     carries its own CRC32C by default)."""
     import zarr.codecs
 
-    return _compressor(dtype), zarr.codecs.Crc32cCodec()
+    return _compressor(dtype, level), zarr.codecs.Crc32cCodec()
 
 
 def shard_key(field: str, shard: int, ndim: int) -> str:
@@ -107,6 +107,8 @@ class StoreWriter:
         "float16" (default) or "float32".
     windows_per_shard : int
         Windows per shard file; 1 turns sharding off.
+    compression_level : int
+        zstd level of the Blosc compression, 0 (none) to 9; default 3.
     name : path-like, optional
         The store's final path, named in errors (default ``path``).
 
@@ -117,7 +119,7 @@ class StoreWriter:
     """
 
     def __init__(self, path, *, max_windows: int, shapes: Mapping[str, tuple[int, ...]], dtype: str = "float16",
-                 windows_per_shard: int = 16, name=None):
+                 windows_per_shard: int = 16, compression_level: int = 3, name=None):
         import zarr
 
         self.path = Path(path)
@@ -138,7 +140,7 @@ class StoreWriter:
                 self.arrays[name] = self.group.create_array(
                     name, shape=(max(max_windows, 1), *shape), dtype=dtype, chunks=(1, *shape),
                     shards=(self.shard, *shape) if self.shard > 1 else None,
-                    compressors=_codecs(dtype), fill_value=0, config={"write_empty_chunks": True})
+                    compressors=_codecs(dtype, compression_level), fill_value=0, config={"write_empty_chunks": True})
         self._buffer: dict[str, list[np.ndarray]] = {name: [] for name in WINDOW_FIELDS}
         self._buffered = 0
         self._index: list[pd.DataFrame] = []

@@ -262,3 +262,54 @@ def test_infinite_samples_do_not_reach_the_store(tiny_dataset, train_df, tmp_pat
     got = store.read(np.arange(len(store)), ["chains", "referential", "eeg_spec", "eeg_mel"])
     assert all(np.isfinite(v).all() for v in got.values())
     assert (store.index["nan_fraction"] > 0).any()
+
+
+def test_store_without_ica_equals_the_exportable_frontend_within_float16(tiny_dataset, train_df, two_stores):
+    """Every window of the ICA-off store against the reference path: the recording cleaning,
+    then the polyphase-convolution front end (the ONNX graph's), in float32 before storage."""
+    from hms_core.preprocess import clean_windows
+
+    out, batches, _ = two_stores
+    cfg = from_mapping(PreprocessConfig, FAST, "preprocessing")
+    store = WindowStore([out / "batch_0001.zarr"])
+    names = ["chains", "referential", "eeg_spec", "eeg_mel"]
+    reference = WindowFrontend(cfg.frontend, fir_method="conv").eval()
+    n_checked = 0
+    for eeg_id, rows in store.index.groupby("eeg_id"):
+        raw = read_eeg(eeg_path(tiny_dataset, eeg_id))
+        windows, _ = clean_windows(raw, [eeg_window_slice(o) for o in rows["eeg_label_offset_seconds"]], cfg)
+        with torch.no_grad():
+            want = reference.fields(torch.from_numpy(windows), names)
+        got = store.read(rows.index.to_numpy(), names)
+        for name in names:
+            expected = want[name].numpy()
+            # float16 keeps 11 significant bits: half a unit in the last place is 2**-11 relative
+            assert np.all(np.abs(got[name] - expected) <= 2.0 ** -10 * np.abs(expected) + 1e-3), name
+        want_nan = [np.isnan(raw[eeg_window_slice(o), :19]).mean() for o in rows["eeg_label_offset_seconds"]]
+        assert np.allclose(rows["nan_fraction"], want_nan, rtol=0, atol=1e-12)
+        n_checked += len(rows)
+    assert n_checked == len(train_df[train_df["eeg_id"].isin(batches[1])]) > 0
+
+
+def test_device_option_is_checked_and_auto_resolves():
+    from hms_core.preprocess import frontend_device
+
+    assert frontend_device("cpu") == torch.device("cpu")
+    assert frontend_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="preprocessing.device"):
+        from_mapping(PreprocessConfig, {"device": "tpu"}, "preprocessing")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            frontend_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_frontend_equals_cpu_frontend():
+    x = 80 * torch.randn(3, 20, 10000, generator=torch.Generator().manual_seed(0))
+    x[0, 3, 100:900] = float("nan")
+    cpu = WindowFrontend(fir_method="fft").eval()
+    gpu = WindowFrontend(fir_method="fft").eval().to("cuda")
+    with torch.no_grad():
+        want, got = cpu.fields(x), gpu.fields(x.to("cuda"))
+    for name, value in want.items():
+        assert torch.allclose(got[name].cpu(), value, rtol=1e-4, atol=1e-3), name

@@ -66,13 +66,16 @@ class WindowFrontend(torch.nn.Module):
     (``EEG_CHANNELS`` order, clipped to +-clip_uv; store field ``referential``), and
     :meth:`fields` any set of store fields by name. The average reference is
     ``referential - referential.mean(dim=1)``; models form it themselves.
+
+    ``fir_method`` "conv" (default) keeps every op exportable to ONNX; preprocessing uses
+    "fft", the same filter in about a third of the CPU time (see :class:`ZeroPhaseFIR`).
     """
 
-    def __init__(self, cfg: FrontendConfig | None = None):
+    def __init__(self, cfg: FrontendConfig | None = None, *, fir_method: str = "conv"):
         super().__init__()
         self.cfg = cfg or FrontendConfig()
         self.clip_uv = float(self.cfg.clip_uv)
-        self.fir = ZeroPhaseFIR(design_kernel(self.cfg.filter))
+        self.fir = ZeroPhaseFIR(design_kernel(self.cfg.filter), method=fir_method)
         self.montage = BipolarMontage()
         self.spectrogram = RegionSpectrogram(self.cfg.spectrogram)
         self.center_spectrogram = RegionSpectrogram(self.cfg.spectrogram, hop=self.cfg.spectrogram.center_hop)

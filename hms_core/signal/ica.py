@@ -93,7 +93,9 @@ class IcaConfig:
     min_duration_s : float
         Recordings with fewer finite seconds skip ICA with a warning; default 20.
     max_fit_samples : int
-        ICA is fitted on at most this many samples (evenly decimated); default 12000 (60 s).
+        ICA is fitted on at most this many samples (evenly spaced over the valid ones);
+        default 4000 (20 s worth: the solver's cost grows with it, the artifact reduction
+        measured by tests/signal/test_ica.py does not).
     max_iter : int
         Iteration limit of the ICA solver; default 300.
     tol : float
@@ -120,7 +122,7 @@ class IcaConfig:
     ekg_regression: bool = True
     max_removed: int = 6
     min_duration_s: float = 20.0
-    max_fit_samples: int = 12000
+    max_fit_samples: int = 4000
     max_iter: int = 300
     tol: float = 1e-4
     random_state: int = 0
@@ -171,8 +173,8 @@ def clean_recording(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
     DataError
         Wrong shape, or no finite EEG value at all.
     """
-    cleaner = fit_cleaner(raw_uv, cfg, eeg_id=eeg_id, path=path)
-    return cleaner.apply(raw_uv), dict(cleaner.info)
+    cleaner, filled, long_gap = _fit_cleaner(raw_uv, cfg, eeg_id=eeg_id, path=path)
+    return cleaner.apply_filled(filled, long_gap), dict(cleaner.info)
 
 
 def _dc_removed(raw_uv: np.ndarray, cfg, median_uv: np.ndarray | None = None
@@ -200,6 +202,13 @@ def fit_cleaner(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None, path=None
     fitted on a bounded sample and cleaned piece by piece. Arguments and errors as
     :func:`clean_recording`.
     """
+    return _fit_cleaner(raw_uv, cfg, eeg_id=eeg_id, path=path)[0]
+
+
+def _fit_cleaner(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
+                 path=None) -> tuple["RecordingCleaner", np.ndarray, np.ndarray]:
+    """:func:`fit_cleaner`, plus the gap-filled, median-removed data and its long-gap mask
+    (``_dc_removed``), so that cleaning the same recording need not compute them again."""
     raw_uv = np.asarray(raw_uv)
     where = path if path is not None else "<recording>"
     if raw_uv.ndim != 2 or raw_uv.shape[1] != N_RAW_CHANNELS:
@@ -221,7 +230,7 @@ def fit_cleaner(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None, path=None
             cfg=cfg.ica, label=_label(eeg_id, path))
     else:
         info["ica"] = {"status": "disabled", "removed": []}
-    return RecordingCleaner(cfg=cfg, median_uv=median_uv, model=model, info=info)
+    return RecordingCleaner(cfg=cfg, median_uv=median_uv, model=model, info=info), filled, long_gap
 
 
 @dataclass
@@ -241,6 +250,10 @@ class RecordingCleaner:
     def apply(self, raw_uv: np.ndarray) -> np.ndarray:
         """Cleaned float32 copy of ``raw_uv (n, 20)`` (uV, 200 Hz, RAW_CHANNELS order, NaN allowed)."""
         filled, long_gap, _ = _dc_removed(np.asarray(raw_uv), self.cfg, self.median_uv)
+        return self.apply_filled(filled, long_gap)
+
+    def apply_filled(self, filled: np.ndarray, long_gap: np.ndarray) -> np.ndarray:
+        """:meth:`apply` from ``_dc_removed``'s output (``filled`` is modified)."""
         if self.model is not None:
             n_eeg = len(EEG_CHANNELS)
             filled[:, :n_eeg] = self.model.apply(filled[:, :n_eeg], filled[:, CHANNEL_INDEX[EKG_CHANNEL]])
@@ -327,10 +340,10 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
         return model, _skip(base, f"too flat for ICA ({len(good)} non-flat channels)", label)
     import mne
 
-    hp = highpass(eeg_uv[:, good], cfg.highpass_hz)  # (n, k)
     ekg_hp = None
     if ekg_uv is not None and ekg_uv[valid].std() > _FLAT_STD_UV:
-        ekg_hp = highpass(ekg_uv[:, None], cfg.highpass_hz)[:, 0]
+        hp = highpass(np.column_stack([eeg_uv[:, good], ekg_uv]), cfg.highpass_hz)  # one call: (n, k + 1)
+        hp, ekg_hp = hp[:, :-1], hp[:, -1]
         if cfg.ekg_regression:
             e = ekg_hp[valid]
             coef = np.zeros(eeg_uv.shape[1])
@@ -338,9 +351,11 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
             model.ekg_coef_uv = coef
             hp -= np.outer(ekg_hp, coef[good])
             base["ekg_regression"] = True
+    else:
+        hp = highpass(eeg_uv[:, good], cfg.highpass_hz)  # (n, k)
     decomposed = iclabel.average_referenced(hp) if cfg.labeler == "iclabel" else hp
     decim = max(1, int(np.ceil(n_valid / cfg.max_fit_samples)))
-    fit_data = decomposed[valid][::decim].T
+    fit_data = decomposed[np.flatnonzero(valid)[::decim]].T
     rank = _rank(fit_data)
     n_components = min(cfg.n_components or len(good), rank, len(good))
     if n_components < 2:
@@ -359,7 +374,7 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
         for w in caught:
             logger.debug("%s: ICA: %s", label, w.message)
         if cfg.labeler == "rules":
-            sources = ica.get_sources(mne.io.RawArray(hp.T * 1e-6, info, verbose=False)).get_data()
+            sources = _sources(ica, hp)
     except (np.linalg.LinAlgError, ValueError, RuntimeError) as err:
         return model, _skip(base, f"ICA fit failed ({err})", label)
     if cfg.labeler == "iclabel":
@@ -372,6 +387,15 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
     if removed:
         model.removal, model.offset_uv = _removal_operator(ica, [r["component"] for r in removed])
     return model, base
+
+
+def _sources(ica, x_uv: np.ndarray) -> np.ndarray:
+    """``ica.get_sources`` of ``x_uv (n, k)`` (uV), computed as one matrix product without
+    MNE's copies of the whole recording into a Raw: ``(n_components, n)``."""
+    unmixing = ica.unmixing_matrix_ @ ica.pca_components_[:ica.n_components_]  # (c, k) on pre-whitened volts
+    weights = unmixing / (ica.pre_whitener_[:, 0] * 1e6)[None, :]  # on uV
+    offset = unmixing @ ica.pca_mean_ if ica.pca_mean_ is not None else np.zeros(len(unmixing))
+    return weights @ x_uv.T - offset[:, None]
 
 
 def _removal_operator(ica, exclude: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -427,7 +451,7 @@ def _spectral_scores(sources: np.ndarray, cfg: IcaConfig) -> tuple[np.ndarray, .
     seg = 2 * SAMPLING_RATE_HZ
     n_seg = sources.shape[1] // seg
     segments = sources[:, :n_seg * seg].reshape(len(sources), n_seg, seg)
-    freqs, psd = sp_signal.welch(segments, fs=SAMPLING_RATE_HZ, nperseg=seg // 2, axis=-1)  # (c, s, f)
+    freqs, psd = _welch(segments, seg // 2)  # (c, s, f)
     band = freqs >= cfg.highpass_hz
     loudness = psd[..., band].sum(axis=-1)  # (c, s)
     n_top = max(1, int(np.ceil(_ACTIVE_FRACTION * n_seg)))
@@ -440,6 +464,19 @@ def _spectral_scores(sources: np.ndarray, cfg: IcaConfig) -> tuple[np.ndarray, .
     hf_psd = active[:, high_band & (freqs <= 0.9 * SAMPLING_RATE_HZ / 2)] + 1e-30
     flatness = np.exp(np.log(hf_psd).mean(axis=1)) / hf_psd.mean(axis=1)
     return freqs, low, high, flatness
+
+
+def _welch(x: np.ndarray, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
+    """``scipy.signal.welch(x, fs=200, nperseg=nperseg, axis=-1)`` (Hann, half overlap, mean
+    removed per segment, one-sided density) in plain numpy: the same numbers without scipy's
+    per-call overhead, which dominated on many short 2 s segments."""
+    window = sp_signal.get_window("hann", nperseg)
+    frames = np.lib.stride_tricks.sliding_window_view(x, nperseg, axis=-1)[..., ::nperseg - nperseg // 2, :]
+    frames = (frames - frames.mean(axis=-1, keepdims=True)) * window
+    spectrum = np.fft.rfft(frames, axis=-1)
+    psd = (spectrum.real ** 2 + spectrum.imag ** 2) / (SAMPLING_RATE_HZ * (window ** 2).sum())
+    psd[..., 1:nperseg // 2 + (nperseg % 2)] *= 2  # one-sided: all but DC (and Nyquist for even nperseg)
+    return np.fft.rfftfreq(nperseg, 1 / SAMPLING_RATE_HZ), psd.mean(axis=-2)
 
 
 def reject_components(scores: list[dict[str, float]], cfg: IcaConfig) -> list[dict[str, Any]]:

@@ -56,6 +56,19 @@ def test_polyphase_convolution_equals_plain_convolution_with_reflect_edges():
     assert np.abs(got - expected).max() < 1e-4
 
 
+@pytest.mark.parametrize("n_times", [1000, 10000, 997])
+def test_fft_convolution_equals_plain_convolution_with_reflect_edges(n_times):
+    kernel = design_kernel(FilterConfig())  # 801 taps, as preprocessing uses it
+    x = 100 * np.random.default_rng(1).standard_normal((2, 3, n_times)).astype(np.float32)
+    expected = convolve1d(x.astype(np.float64), kernel, axis=-1, mode="mirror")
+    got = ZeroPhaseFIR(kernel, method="fft")(torch.from_numpy(x)).numpy()
+    assert got.shape == x.shape
+    assert np.abs(got - expected).max() < 1e-5 * np.abs(x).max()
+    assert "kernel" not in ZeroPhaseFIR(kernel, method="fft").state_dict()  # exports stay as they were
+    with pytest.raises(ValueError, match="fft"):
+        ZeroPhaseFIR(kernel, method="fir")
+
+
 @pytest.mark.parametrize("bad", [{"notch_hz": 55}, {"numtaps": 800}, {"l_freq_hz": 30, "h_freq_hz": 20},
                                  {"h_freq_hz": 150}, {"cutoff": 3}])
 def test_bad_filter_config_names_the_key(bad):

@@ -57,9 +57,10 @@ def test_ica_reduces_injected_artifacts_and_keeps_the_signal(measured):
     result, info = measured
     reasons = {reason for r in info["removed"] for reason in r["reasons"]}
     assert info["status"] == "applied" and "eye" in reasons
+    # each artifact's power reduced >= 10x (issue 15: held by the faster fit of max_fit_samples 4000)
     assert result["blink"] > 10
-    assert result["ekg"] > 3  # EKG regression (the leak is far below ICA's reach here)
-    assert result["muscle"] > 3
+    assert result["ekg"] > 10  # EKG regression (the leak is far below ICA's reach here)
+    assert result["muscle"] > 10
     assert result["corr"] > 0.85
     assert result["corr_band"] > 0.85
 
@@ -109,3 +110,29 @@ def test_removal_operator_equals_mne_apply():
     expected = ica.apply(mne.io.RawArray(data, info, verbose=False), exclude=[1, 3], verbose=False).get_data()
     x = data.T * 1e6
     assert np.abs(x - (x - offset) @ removal.T - expected.T * 1e6).max() < 1e-6
+
+
+def test_direct_sources_equal_mne_get_sources():
+    import mne
+
+    from hms_core.signal.ica import _sources
+
+    rng = np.random.default_rng(3)
+    x_uv = rng.standard_normal((4000, 5)) @ rng.standard_normal((5, 5)) * 20 + 7
+    info = mne.create_info([f"c{i}" for i in range(5)], 200.0, "eeg")
+    ica = mne.preprocessing.ICA(n_components=4, method="picard", random_state=0, verbose=False)
+    ica.fit(mne.io.RawArray(x_uv.T * 1e-6, info, verbose=False), verbose=False)
+    want = ica.get_sources(mne.io.RawArray(x_uv.T * 1e-6, info, verbose=False)).get_data()
+    assert np.allclose(_sources(ica, x_uv), want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("nperseg", [200, 101])
+def test_welch_equals_scipy(nperseg):
+    from scipy import signal as sp_signal
+
+    from hms_core.signal.ica import _welch
+
+    x = np.random.default_rng(4).standard_normal((3, 5, 400)) * 30 + 2
+    freqs, psd = _welch(x, nperseg)
+    want_freqs, want = sp_signal.welch(x, fs=200, nperseg=nperseg, axis=-1)
+    assert np.allclose(freqs, want_freqs) and np.allclose(psd, want, rtol=1e-10)
