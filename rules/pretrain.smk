@@ -4,7 +4,7 @@
 rule pretrain:
     input:
         stores=all_stores(),
-        folds=rules.make_folds.output.folds,  # pretrain.holdout_fold's windows are left out
+        folds=rules.make_folds.output.folds,  # pretrain.holdout_folds' windows are left out
     output:
         encoder=FOUNDATION,
     params:
