@@ -80,6 +80,9 @@ def _check_holdout(built: Mapping[str, Any]) -> None:
         for fold in folds:
             if not 0 <= fold < n_folds:
                 raise ConfigError(f"{key}: {fold} is not a fold of folds.n_folds = {n_folds} (0..{n_folds - 1})")
+    if pre.enabled and pre.holdout_folds is not None and len(set(pre.holdout_folds)) >= n_folds:
+        raise ConfigError(f"pretrain.holdout_folds {pre.holdout_folds} holds out all {n_folds} folds, leaving no "
+                          "window to pretrain on; hold out fewer (and list only those in transfer.val_folds)")
     unseen = sorted(set(transfer.val_folds) - set(pre.holdout_folds or []))
     if pre.enabled and transfer.enabled and unseen:
         raise ConfigError(f"transfer.val_folds {transfer.val_folds}: folds {unseen} are not in "

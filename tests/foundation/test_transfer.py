@@ -162,6 +162,8 @@ def test_config_requires_the_study_to_validate_on_held_out_folds():
         load_config(overrides={"transfer": {"val_folds": [0, 2]}})
     with pytest.raises(ConfigError, match="pretrain.holdout_folds: 7 is not a fold"):
         load_config(overrides={"pretrain": {"holdout_folds": [0, 7]}, "transfer": {"enabled": False}})
+    with pytest.raises(ConfigError, match=r"holdout_folds \[0, 1, 2, 3, 4\] holds out all 5 folds"):
+        load_config(overrides={"pretrain": {"holdout_folds": [0, 1, 2, 3, 4]}})
     with pytest.raises(ConfigError, match="transfer.val_folds.*distinct"):
         load_config(overrides={"transfer": {"val_folds": [0, 0]}})
     config = load_config(overrides={"pretrain": {"holdout_folds": None}, "transfer": {"enabled": False}})
