@@ -6,8 +6,10 @@ CBraMod was pretrained on the TUH EEG corpus at 200 Hz with 1 s patches of refer
 the interface of :mod:`hms_core.models.encoder_registry` around
 :class:`braindecode.models.CBraMod`: ``encode_patches`` runs braindecode's patch embedding
 (with its own mask encoding) and criss-cross transformer, and returns one token of width 200
-per (channel, patch). The published weights (``braindecode/cbramod-pretrained``) load with
-:meth:`CBraModEncoder.load_init_weights`.
+per (channel, patch). The patch embedding is braindecode's, recomputed with the real DFT as
+two fixed matrices instead of ``torch.fft.rfft`` (the same numbers), so a model using the
+encoder exports to ONNX. The published weights (``braindecode/cbramod-pretrained``) load
+with :meth:`CBraModEncoder.load_init_weights`.
 """
 from __future__ import annotations
 
@@ -100,6 +102,12 @@ class CBraModEncoder(nn.Module):
         self._kwargs = {"patch_s": float(patch_s), "dim": int(dim), "depth": depth, "heads": heads,
                         "mlp_ratio": float(mlp_ratio), "dropout": float(dropout), "max_patches": max_patches,
                         "input_scale_uv": float(input_scale_uv)}
+        n_freqs = self.patch_samples // 2 + 1
+        angles = (2 * torch.pi * torch.arange(self.patch_samples, dtype=torch.float64)[:, None]
+                  * torch.arange(n_freqs, dtype=torch.float64)[None, :] / self.patch_samples)
+        # rfft(norm="forward") divides by the patch length
+        self.register_buffer("dft_cos", (torch.cos(angles) / self.patch_samples).float(), persistent=False)
+        self.register_buffer("dft_sin", (torch.sin(angles) / self.patch_samples).float(), persistent=False)
         self.backbone = CBraMod(
             n_outputs=contract.N_CLASSES, n_chans=self.n_chans, n_times=self.used_samples, sfreq=self.sfreq,
             patch_size=self.patch_samples, n_layer=depth, nhead=heads,
@@ -136,8 +144,25 @@ class CBraModEncoder(nn.Module):
         """Scaled ``patches (B, C, P, L)`` -> tokens ``(B, C*P, 200)``; True in ``mask (B, C, P)``
         replaces a patch by CBraMod's mask encoding."""
         batch, n_chans, n_patches, _ = patches.shape
-        tokens = self.backbone.encoder(self.backbone.patch_embedding(patches.float(), mask))  # (B, C, P, 200)
+        tokens = self.backbone.encoder(self.embed_patches(patches.float(), mask))  # (B, C, P, 200)
         return tokens.reshape(batch, n_chans * n_patches, self.dim)
+
+    def embed_patches(self, patches: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """braindecode's CBraMod patch embedding of ``patches (B, C, P, L)`` -> ``(B, C, P, 200)``:
+        convolutional + spectral embedding (masked patches become the mask encoding) plus the
+        convolutional positional encoding."""
+        embedding = self.backbone.patch_embedding
+        batch, n_chans, n_patches, length = patches.shape
+        if mask is not None:
+            patches = torch.where(mask[..., None], embedding.mask_encoding.to(patches.dtype), patches)
+        conv = embedding.proj_in(patches.reshape(batch, 1, n_chans * n_patches, length))  # (B, d, C*P, L')
+        conv = conv.reshape(batch, conv.shape[1], n_chans, n_patches, conv.shape[-1])
+        conv = conv.permute(0, 2, 3, 1, 4).reshape(batch, n_chans, n_patches, -1)  # (B, C, P, 200)
+        real, imag = patches @ self.dft_cos, patches @ self.dft_sin
+        amplitude = torch.sqrt(real * real + imag * imag + 1e-12)  # eps: finite gradient at 0
+        tokens = conv + embedding.spectral_proj(amplitude)
+        position = embedding.positional_encoding(tokens.permute(0, 3, 1, 2))  # (B, 200, C, P)
+        return tokens + position.permute(0, 2, 3, 1)
 
     def forward_tokens(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.encode_patches(self.patchify(x), mask=mask)

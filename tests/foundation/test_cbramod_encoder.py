@@ -82,6 +82,24 @@ def test_published_cbramod_weights_load_into_the_encoder(tmp_path):
     assert torch.equal(encoder.eval().forward_features(x), again.eval().forward_features(x))
 
 
+def test_patch_embedding_is_braindecodes_and_exports_to_onnx(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    encoder = CBraModEncoder(**TINY).eval()
+    patches = encoder.patchify(torch.randn(2, 19, 1000) * 50)
+    mask = torch.zeros(patches.shape[:3], dtype=torch.bool)
+    mask[0, 3, 2] = True
+    with torch.no_grad():
+        for m in (None, mask):
+            reference = encoder.backbone.patch_embedding(patches, None if m is None else m.long())
+            assert torch.allclose(encoder.embed_patches(patches, m), reference, atol=1e-4)
+    x = torch.randn(1, 19, 1000) * 50
+    # with gradients on, nn.MultiheadAttention skips its fused fast path, which ONNX lacks
+    torch.onnx.export(encoder, (x,), str(tmp_path / "enc.onnx"), dynamo=False, opset_version=17)
+    session = onnxruntime.InferenceSession(str(tmp_path / "enc.onnx"))
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(out - encoder(x).detach().numpy()).max() < 1e-4
+
+
 def test_published_weights_that_do_not_fit_are_named(tmp_path):
     _published(tmp_path / "deeper", n_layer=2)
     with pytest.raises(DataError, match=r"model.safetensors.*unexpected keys \(\d+\): \['encoder.layers.1"):
@@ -142,3 +160,19 @@ def test_cbramod_pretrains_from_published_weights_and_transfers(tiny_store, tmp_
                             "min_windows": 0}, out_json=tmp_path / "t.json", checkpoint_dir=tmp_path / "t")
     assert study["encoder"] == "cbramod" and len(study["runs"]) == 4
     assert study["pretraining_helps"] is False and not study["verdict"]["enough_runs"]  # 1 fold x 1 seed
+
+
+def test_resnet1d_gru_with_a_cbramod_encoder_exports_with_parity(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from hms_core.export.onnx import export_model
+
+    kwargs = {"widths": (8,), "strides": (2,), "stem_width": 8, "gru_hidden": 8, "foundation_mode": "frozen",
+              "foundation_kwargs": encoder_spec(CBraModEncoder(**TINY))}
+    model = create_model("resnet1d_gru", **kwargs).eval()
+    torch.save({"model_name": "resnet1d_gru", "model_kwargs": kwargs, "state_dict": model.state_dict()},
+               tmp_path / "m_fold0.pth")
+    inputs = {"chains": torch.randn(3, 18, 10000).numpy() * 50, "referential": torch.randn(3, 19, 10000).numpy() * 50}
+    report = export_model([tmp_path / "m_fold0.pth"], tmp_path / "m.onnx", parity_inputs=inputs,
+                          cfg={"batch_size": 2, "n_parity_windows": 3})
+    assert report["passed"] and report["input_fields"] == ["chains", "referential"]
+    assert torch.backends.mha.get_fastpath_enabled()  # restored after the export
