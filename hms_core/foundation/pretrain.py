@@ -223,7 +223,7 @@ def pretrain(
     Returns
     -------
     dict
-        ``n_windows`` (pretrained on), ``n_windows_excluded`` (the held-out fold's), ``n_parameters, epochs, global_step, resumed_from_step, seconds,
+        ``n_windows`` (pretrained on), ``n_windows_excluded`` (the held-out folds'), ``n_parameters, epochs, global_step, resumed_from_step, seconds,
         loss_history`` (per epoch: ``total`` and each objective's unweighted loss),
         ``first_epoch_loss``, ``last_epoch_loss``.
     """

@@ -12,9 +12,10 @@ Input scaling: chains arrive in uV (the frontend clips them to about +-1024 uV);
 encoder divides them by ``input_scale_uv`` (default 100 uV), so typical EEG (10-100 uV)
 lands near unit range and clipped artifacts at about +-10.
 
-The pretrained file (``save_foundation``) holds the encoder's ``state_dict`` and the
-keyword arguments that rebuild it, so ``load_foundation(path)`` works outside the
-pipeline.
+The encoder is ``pretrain.encoder: hms`` of :mod:`hms_core.models.encoder_registry`. The
+pretrained file (``save_foundation``, for any registered encoder) holds the encoder's name,
+its ``state_dict`` and the keyword arguments that rebuild it, so ``load_foundation(path)``
+works outside the pipeline.
 """
 from __future__ import annotations
 
