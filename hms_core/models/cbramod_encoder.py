@@ -113,6 +113,9 @@ class CBraModEncoder(nn.Module):
             patch_size=self.patch_samples, n_layer=depth, nhead=heads,
             dim_feedforward=int(round(CBRAMOD_DIM * mlp_ratio)), drop_prob=dropout, return_encoder_output=True,
         )
+        # CBraMod's reconstruction head: kept so published weights load whole, never run, so
+        # frozen (DistributedDataParallel fails on parameters that get no gradient).
+        self.backbone.proj_out.requires_grad_(False)
 
     def init_kwargs(self) -> dict[str, Any]:
         """Keyword arguments that rebuild this encoder (plain Python types only)."""

@@ -52,6 +52,14 @@ def test_every_registered_encoder_has_the_encoder_interface(name):
     assert type(rebuilt) is type(encoder) and rebuilt.init_kwargs() == encoder.init_kwargs()
 
 
+def test_every_trainable_cbramod_parameter_gets_a_gradient():
+    encoder = CBraModEncoder(**TINY)
+    encoder.forward_features(torch.randn(2, 19, 1000) * 50).sum().backward()
+    no_grad = [n for n, p in encoder.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad  # DistributedDataParallel needs every trainable parameter used
+    assert not any(p.requires_grad for p in encoder.backbone.proj_out.parameters())
+
+
 def test_unknown_or_unwired_encoder_is_a_config_error():
     with pytest.raises(ConfigError, match=r"pretrain.encoder.*'labram'.*hms.*cbramod"):
         build_encoder("labram")
