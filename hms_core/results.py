@@ -447,7 +447,12 @@ def format_summary(results: Mapping[str, Any]) -> str:
     lines.append(f"  training time (sum over folds): {_num(results.get('training_time_s', 0.0) / 60, '.1f')} min"
                  + (f"; run wall time {_num(results['run_wall_s'] / 60, '.1f')} min" if "run_wall_s" in results else ""))
     if "foundation_transfer" in results:
-        lines.append("  foundation transfer study: included in training_results.json")
+        study = results["foundation_transfer"]
+        helps = study.get("pretraining_helps")
+        lines.append("  foundation transfer study: "
+                     + ("" if helps is None else f"pretraining_helps {str(helps).lower()} ({study.get('encoder', 'hms')} "
+                                                 f"encoder, label fraction {study.get('verdict', {}).get('label_fraction', 0):g}); ")
+                     + "details in training_results.json")
     outputs = [p for p in results.get("artifacts", {}) if p.endswith((".onnx", "ensemble.pth"))]
     if outputs:
         lines.append("  outputs: " + ", ".join(sorted(outputs)))

@@ -4,7 +4,9 @@
 rule pretrain:
     input:
         stores=all_stores(),
-        folds=rules.make_folds.output.folds,  # pretrain.holdout_fold's windows are left out
+        folds=rules.make_folds.output.folds,  # pretrain.holdout_folds' windows are left out
+        # published weights (a file or folder the user downloaded); none: random initialisation
+        init_weights=lambda wildcards: config["pretrain"].get("init_weights") or [],
     output:
         encoder=FOUNDATION,
     params:

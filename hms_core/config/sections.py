@@ -81,15 +81,20 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _check_holdout(built: Mapping[str, Any]) -> None:
-    """The transfer study validates on the fold pretraining held out, and both folds exist."""
+    """The transfer study validates only on folds pretraining held out, and all those folds exist."""
     pre, transfer, n_folds = built["pretrain"], built["transfer"], built["folds"].n_folds
-    for key, fold in (("pretrain.holdout_fold", pre.holdout_fold), ("transfer.val_fold", transfer.val_fold)):
-        if fold is not None and not 0 <= fold < n_folds:
-            raise ConfigError(f"{key}: {fold} is not a fold of folds.n_folds = {n_folds} (0..{n_folds - 1})")
-    if pre.enabled and transfer.enabled and pre.holdout_fold != transfer.val_fold:
-        raise ConfigError(f"transfer.val_fold {transfer.val_fold} must be pretrain.holdout_fold "
-                          f"({pre.holdout_fold}): the study validates on windows the encoder never saw "
-                          "(or set transfer.enabled: false)")
+    for key, folds in (("pretrain.holdout_folds", pre.holdout_folds or []), ("transfer.val_folds", transfer.val_folds)):
+        for fold in folds:
+            if not 0 <= fold < n_folds:
+                raise ConfigError(f"{key}: {fold} is not a fold of folds.n_folds = {n_folds} (0..{n_folds - 1})")
+    if pre.enabled and pre.holdout_folds is not None and len(set(pre.holdout_folds)) >= n_folds:
+        raise ConfigError(f"pretrain.holdout_folds {pre.holdout_folds} holds out all {n_folds} folds, leaving no "
+                          "window to pretrain on; hold out fewer (and list only those in transfer.val_folds)")
+    unseen = sorted(set(transfer.val_folds) - set(pre.holdout_folds or []))
+    if pre.enabled and transfer.enabled and unseen:
+        raise ConfigError(f"transfer.val_folds {transfer.val_folds}: folds {unseen} are not in "
+                          f"pretrain.holdout_folds ({pre.holdout_folds}): the study validates on windows the "
+                          "encoder never saw (add them there, or set transfer.enabled: false)")
 
 
 def load_config(*extra: str | os.PathLike, overrides: Mapping | None = None) -> dict:

@@ -56,6 +56,24 @@ def _write_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], tmp:
     import onnx
 
     module.eval()
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    # nn.MultiheadAttention's fused inference path (e.g. in CBraMod) has no ONNX export
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        _trace(module, example, tmp, input_names=input_names, output_names=output_names, opset=opset)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    model = onnx.load(str(tmp))
+    _restore_unused_inputs(model, example, input_names)
+    for key, value in metadata.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = METADATA_PREFIX + key, json.dumps(value)
+    onnx.save(model, str(tmp))
+    onnx.checker.check_model(str(tmp), full_check=True)
+
+
+def _trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], tmp: Path, *,
+           input_names: Sequence[str], output_names: Sequence[str], opset: int) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         # Shape checks traced as constants are fine (shapes are fixed but the batch), and the
         # GRU batch-size warning is covered by running other batch sizes in the parity check.
@@ -67,13 +85,6 @@ def _write_onnx(module: torch.nn.Module, example: tuple[torch.Tensor, ...], tmp:
             module, example, str(tmp), input_names=list(input_names), output_names=list(output_names),
             dynamic_axes={n: {0: "batch"} for n in (*input_names, *output_names)},
             opset_version=opset, do_constant_folding=True, dynamo=False)
-    model = onnx.load(str(tmp))
-    _restore_unused_inputs(model, example, input_names)
-    for key, value in metadata.items():
-        prop = model.metadata_props.add()
-        prop.key, prop.value = METADATA_PREFIX + key, json.dumps(value)
-    onnx.save(model, str(tmp))
-    onnx.checker.check_model(str(tmp), full_check=True)
 
 
 def _restore_unused_inputs(model, example: tuple[torch.Tensor, ...], input_names: Sequence[str]) -> None:

@@ -14,7 +14,6 @@ from hms_core.foundation.objectives import (
     random_crops,
     random_patch_mask,
 )
-from hms_core.models.foundation import EEGFoundationEncoder
 
 
 class PretrainModel(nn.Module):
@@ -22,15 +21,15 @@ class PretrainModel(nn.Module):
 
     Parameters
     ----------
-    encoder : EEGFoundationEncoder
-        The encoder being pretrained.
+    encoder : nn.Module
+        The encoder being pretrained (any of :mod:`hms_core.models.encoder_registry`).
     objectives : ObjectivesConfig
         Which objectives run and their weights.
     random_crop : bool
         Anchor crops at random positions in the window (True) or at the centre.
     """
 
-    def __init__(self, encoder: EEGFoundationEncoder, objectives: ObjectivesConfig, *, random_crop: bool = True):
+    def __init__(self, encoder: nn.Module, objectives: ObjectivesConfig, *, random_crop: bool = True):
         super().__init__()
         self.encoder = encoder
         self.objectives = objectives
@@ -61,7 +60,7 @@ class PretrainModel(nn.Module):
         Parameters
         ----------
         chains_uv : torch.Tensor
-            ``(B, C, T)`` chains in uV, ``T >= encoder.used_samples``.
+            ``(B, C, T)`` in uV of the encoder's ``input_field``, ``T >= encoder.used_samples``.
         """
         enc, obj = self.encoder, self.objectives
         max_shift = int(round(obj.contrastive.max_shift_s * enc.sfreq)) if obj.contrastive.enabled else 0
@@ -73,8 +72,8 @@ class PretrainModel(nn.Module):
         if obj.masked.enabled:
             parts["masked"] = self._masked_loss(enc.patchify(anchor))
         if obj.contrastive.enabled:
-            z_a = self.projector(enc.forward_features(augment_view(anchor, obj.contrastive)))
-            z_b = self.projector(enc.forward_features(augment_view(shifted, obj.contrastive)))
+            z_a = self.projector(enc.forward_features(augment_view(anchor, obj.contrastive, enc.hemisphere_swap)))
+            z_b = self.projector(enc.forward_features(augment_view(shifted, obj.contrastive, enc.hemisphere_swap)))
             parts["contrastive"] = info_nce(z_a, z_b, obj.contrastive.temperature)
         if obj.temporal.enabled:
             parts["temporal"] = self._temporal_loss(enc.patchify(anchor))

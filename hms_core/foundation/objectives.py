@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -202,14 +202,19 @@ def info_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.
     return F.cross_entropy(logits, positives)
 
 
-def augment_view(chains_uv: torch.Tensor, cfg: ContrastiveConfig) -> torch.Tensor:
-    """One random view of ``chains_uv (B, C, T)`` in uV: chain dropout, noise, hemisphere swap."""
+def augment_view(chains_uv: torch.Tensor, cfg: ContrastiveConfig,
+                 swap_index: Sequence[int] | None = contract.CHAIN_HEMISPHERE_SWAP) -> torch.Tensor:
+    """One random view of ``chains_uv (B, C, T)`` in uV: channel dropout, noise, hemisphere swap.
+
+    ``swap_index`` is the channel order of the mirrored head (the encoder's
+    ``hemisphere_swap``: chains or referential channels); None or another length: no swap.
+    """
     batch, n_chans, _ = chains_uv.shape
     device = chains_uv.device
     view = chains_uv
-    if cfg.swap_prob > 0 and n_chans == contract.N_CHAINS:
+    if cfg.swap_prob > 0 and swap_index is not None and len(swap_index) == n_chans:
         swap = torch.rand(batch, device=device) < cfg.swap_prob
-        swapped = view[:, list(contract.CHAIN_HEMISPHERE_SWAP)]
+        swapped = view[:, list(swap_index)]
         view = torch.where(swap[:, None, None], swapped, view)
     if cfg.chain_drop_prob > 0:
         keep = torch.rand(batch, n_chans, 1, device=device) >= cfg.chain_drop_prob

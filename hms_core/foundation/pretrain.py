@@ -2,8 +2,11 @@
 
 The objectives are in :mod:`hms_core.foundation.objectives`, the model that applies them
 in :mod:`hms_core.foundation.head`. Every window of the stores is used, labelled or not
-(low-vote rows included), except those of the patients of ``holdout_fold``: the transfer
-study validates on that fold, so the encoder it assesses has never seen those windows. Labels
+(low-vote rows included), except those of the patients of ``holdout_folds``: the transfer
+study validates on those folds, so the encoder it assesses has never seen those windows.
+``encoder`` picks the architecture (:mod:`hms_core.models.encoder_registry`: our ``hms``
+encoder or braindecode's ``cbramod``); ``init_weights`` starts it from published weights
+(a local file) instead of a random initialisation. Labels
 are never read. The loop is :mod:`hms_core.train.engine` (epoch/step checkpoints, emergency
 save on SIGTERM, exact resume).
 """
@@ -20,17 +23,15 @@ import numpy as np
 import torch
 
 from hms_core import contract
-from hms_core.config import FLATTEN, from_mapping
+from hms_core.config import FLATTEN, check_option, from_mapping
 from hms_core.data.folds import read_folds
 from hms_core.errors import ConfigError, DataError
 from hms_core.foundation.head import PretrainModel
 from hms_core.foundation.objectives import ObjectivesConfig
-from hms_core.models.foundation import (
-    EEGFoundationEncoder,
-    FoundationModelConfig,
-    n_parameters,
-    save_foundation,
-)
+from hms_core.hashing import sha256_file
+from hms_core.models.encoder_registry import ENCODER_NAMES, build_encoder, encoder_class
+from hms_core.models.foundation import FoundationModelConfig, n_parameters, save_foundation
+from hms_core.models.published_weights import read_published
 from hms_core.store import open_window_source
 from hms_core.tracking import Tracker
 from hms_core.train.checkpoint import make_run_key
@@ -59,6 +60,16 @@ class PretrainConfig:
     ----------
     enabled : bool
         Run pretraining (default True); the workflow skips the step otherwise.
+    encoder : {"hms", "cbramod"}
+        The encoder architecture (default ``"hms"``: our patch transformer over the 18 chains;
+        ``"cbramod"``: braindecode's CBraMod over the 19 referential channels, which needs
+        ``model.dim`` 200 and ``model.patch_s`` 1.0; its published sizes are depth 12, heads 8,
+        mlp_ratio 4.0).
+    init_weights : str | None
+        Local file (or folder) of published weights to start from (default None: random
+        initialisation). ``cbramod``: the ``model.safetensors`` (with its ``config.json``) of
+        ``braindecode/cbramod-pretrained``; ``hms``: an earlier pretrained encoder file.
+        Nothing is downloaded.
     model : FoundationModelConfig
         Encoder size and patching (``pretrain.model``).
     objectives : ObjectivesConfig
@@ -68,12 +79,13 @@ class PretrainConfig:
         instead of the centre.
     max_windows : int | None
         Use at most this many windows, sampled with ``seed`` (default None: all).
-    holdout_fold : int | None
-        Never pretrain on the windows of this fold's patients (``data/folds.csv``; default 0,
-        the transfer study's ``transfer.val_fold``), so the study validates on windows the
-        encoder has not seen. None: every window. The main models that use the encoder train
-        per fold; only the model validated on this fold gets an encoder that never saw its
-        validation windows, and all of them get an encoder pretrained on (k-1)/k of the data.
+    holdout_folds : list of int | None
+        Never pretrain on the windows of these folds' patients (``data/folds.csv``; default
+        [0, 1], the transfer study's ``transfer.val_folds``), so the study validates on windows
+        the encoder has not seen. None: every window. The main models that use the encoder
+        train per fold; only those validated on these folds get an encoder that never saw
+        their validation windows, and all of them get an encoder pretrained on (k-2)/k of the
+        data (with two held-out folds of k).
     engine : EngineConfig
         Every key of :class:`~hms_core.train.engine_config.EngineConfig`, given at the top level of
         the section; pretraining's defaults are ``ENGINE_DEFAULTS``, the engine's own for
@@ -81,27 +93,34 @@ class PretrainConfig:
     """
 
     enabled: bool = True
+    encoder: str = "hms"
+    init_weights: str | None = None
     model: FoundationModelConfig = field(default_factory=FoundationModelConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     random_crop: bool = True
     max_windows: int | None = None
-    holdout_fold: int | None = 0
+    holdout_folds: list[int] | None = field(default_factory=lambda: [0, 1])
     engine: EngineConfig = field(default_factory=lambda: EngineConfig(**ENGINE_DEFAULTS), metadata=FLATTEN)
 
     def validate(self, path: str = "pretrain") -> None:
         """Raise ConfigError naming ``<path>.<key>`` for a bad ``max_windows`` or engine setting."""
         if self.max_windows is not None and (not isinstance(self.max_windows, int) or self.max_windows < 2):
             raise ConfigError(f"{path}.max_windows: expected an integer >= 2 or null, got {self.max_windows!r}")
-        if self.holdout_fold is not None and (not isinstance(self.holdout_fold, int) or self.holdout_fold < 0):
-            raise ConfigError(f"{path}.holdout_fold: expected a fold number >= 0 or null, got {self.holdout_fold!r}")
+        check_option(f"{path}.encoder", self.encoder, ENCODER_NAMES)
+        if self.holdout_folds is not None and (
+                not self.holdout_folds
+                or any(not isinstance(f, int) or isinstance(f, bool) or f < 0 for f in self.holdout_folds)):
+            raise ConfigError(f"{path}.holdout_folds: expected a non-empty list of fold numbers >= 0 or null, "
+                              f"got {self.holdout_folds!r}")
         self.engine.validate(path)
 
     def to_dict(self, *, engine: bool = True) -> dict[str, Any]:
         """The section as a flat mapping; ``engine=False`` leaves the engine keys out."""
         own = {
-            "enabled": self.enabled, "model": dataclasses.asdict(self.model),
+            "enabled": self.enabled, "encoder": self.encoder, "init_weights": self.init_weights,
+            "model": dataclasses.asdict(self.model),
             "objectives": dataclasses.asdict(self.objectives), "random_crop": self.random_crop,
-            "max_windows": self.max_windows, "holdout_fold": self.holdout_fold,
+            "max_windows": self.max_windows, "holdout_folds": self.holdout_folds,
         }
         if not engine:
             return own
@@ -109,7 +128,7 @@ class PretrainConfig:
 
 
 class ChainsDataset:
-    """Windows of a source as batches ``{"chains": (B, 18, T)}`` in uV; labels are not read.
+    """Windows of a source as batches ``{field: (B, C, T)}`` in uV; labels are not read.
 
     Parameters
     ----------
@@ -117,10 +136,13 @@ class ChainsDataset:
         Anything with ``.read(rows, fields)`` (see :mod:`hms_core.train.data`).
     rows : np.ndarray
         Positions in ``source.index``.
+    field : str
+        The store field read (default ``"chains"``; the encoder's ``input_field``).
     """
 
-    def __init__(self, source: Any, rows):
+    def __init__(self, source: Any, rows, field: str = "chains"):
         self.source = source
+        self.field = field
         self.rows = np.asarray(rows, dtype=np.int64)
         self.collate_fn = identity_collate
 
@@ -133,34 +155,34 @@ class ChainsDataset:
     def __getitems__(self, indices) -> dict[str, torch.Tensor]:
         rows = self.rows[np.asarray(list(indices), dtype=np.int64)]
         order = np.argsort(rows, kind="stable")  # sorted reads are cheaper for chunked stores
-        chains = self.source.read(rows[order], ["chains"])["chains"]
+        signal = self.source.read(rows[order], [self.field])[self.field]
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
-        return {"chains": torch.from_numpy(np.ascontiguousarray(chains[inverse], dtype=np.float32))}
+        return {self.field: torch.from_numpy(np.ascontiguousarray(signal[inverse], dtype=np.float32))}
 
 
-def holdout_patients(folds_csv, fold: int) -> np.ndarray:
-    """Sorted patient ids of ``fold`` in ``folds_csv`` (``label_id, patient_id, fold``).
+def holdout_patients(folds_csv, folds_held: Sequence[int]) -> np.ndarray:
+    """Sorted patient ids of the folds ``folds_held`` in ``folds_csv`` (``label_id, patient_id, fold``).
 
     Raises
     ------
     DataError
-        When the file is missing, lacks a column, or has no row in ``fold``.
+        When the file is missing, lacks a column, or has no row in one of the folds.
     """
     folds_path = Path(folds_csv)
     folds = read_folds(folds_path, ("patient_id", "fold"))
-    patients = np.unique(folds.loc[folds["fold"] == fold, "patient_id"].to_numpy(dtype=np.int64))
-    if len(patients) == 0:
-        raise DataError(folds_path, f"pretrain.holdout_fold: fold {fold} has no rows "
-                                    f"(folds present: {sorted(folds['fold'].unique().tolist())})")
-    return patients
+    for fold in folds_held:
+        if not (folds["fold"] == fold).any():
+            raise DataError(folds_path, f"pretrain.holdout_folds: fold {fold} has no rows "
+                                        f"(folds present: {sorted(folds['fold'].unique().tolist())})")
+    return np.unique(folds.loc[folds["fold"].isin(list(folds_held)), "patient_id"].to_numpy(dtype=np.int64))
 
 
 def read_holdout(path) -> dict[str, Any] | None:
     """The ``holdout`` record :func:`pretrain` wrote into an encoder file, None when it held none out.
 
-    ``{"fold": int, "patient_ids": [int, ...], "n_windows_excluded": int}``: pretraining never
-    read a window of these patients.
+    ``{"folds": [int, ...], "patient_ids": [int, ...], "n_windows_excluded": int}``: pretraining
+    never read a window of these patients.
     """
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return payload.get("holdout") if isinstance(payload, dict) else None
@@ -187,8 +209,8 @@ def pretrain(
     cfg : PretrainConfig | Mapping | None
         The ``pretrain`` config section.
     folds_csv : path | None
-        ``data/folds.csv``; required when ``cfg.holdout_fold`` is set: the windows of that
-        fold's patients are left out.
+        ``data/folds.csv``; required when ``cfg.holdout_folds`` is set: the windows of those
+        folds' patients are left out.
     out_path : path
         ``models/final/eeg_foundation_pretrained.pth``, written atomically by
         :func:`hms_core.models.foundation.save_foundation` (encoder ``state_dict``, its
@@ -205,7 +227,7 @@ def pretrain(
     Returns
     -------
     dict
-        ``n_windows`` (pretrained on), ``n_windows_excluded`` (the held-out fold's), ``n_parameters, epochs, global_step, resumed_from_step, seconds,
+        ``n_windows`` (pretrained on), ``n_windows_excluded`` (the held-out folds'), ``n_parameters, epochs, global_step, resumed_from_step, seconds,
         loss_history`` (per epoch: ``total`` and each objective's unweighted loss),
         ``first_epoch_loss``, ``last_epoch_loss``.
     """
@@ -217,38 +239,42 @@ def pretrain(
         raise ConfigError(f"pretrain: the stores hold {n_total} window(s); pretraining needs at least 2")
     rows = np.arange(n_total)
     holdout = None
-    if cfg.holdout_fold is not None:
+    if cfg.holdout_folds is not None:
         if folds_csv is None:
-            raise ConfigError(f"pretrain.holdout_fold is {cfg.holdout_fold} but no folds file was given; "
-                              "pass folds_csv or set pretrain.holdout_fold: null")
-        patients = holdout_patients(folds_csv, cfg.holdout_fold)
+            raise ConfigError(f"pretrain.holdout_folds is {cfg.holdout_folds} but no folds file was given; "
+                              "pass folds_csv or set pretrain.holdout_folds: null")
+        patients = holdout_patients(folds_csv, cfg.holdout_folds)
         held = np.isin(source.index["patient_id"].to_numpy(dtype=np.int64), patients)
         rows = rows[~held]
         if len(rows) < 2:
-            raise ConfigError(f"pretrain.holdout_fold: leaving out fold {cfg.holdout_fold} leaves "
+            raise ConfigError(f"pretrain.holdout_folds: leaving out folds {cfg.holdout_folds} leaves "
                               f"{len(rows)} window(s); pretraining needs at least 2")
-        holdout = {"fold": int(cfg.holdout_fold), "patient_ids": [int(p) for p in patients],
+        holdout = {"folds": [int(f) for f in cfg.holdout_folds], "patient_ids": [int(p) for p in patients],
                    "n_windows_excluded": int(held.sum())}
-        logger.info("pretrain: leaving out the %d windows of the %d patients of fold %d",
-                    holdout["n_windows_excluded"], len(patients), cfg.holdout_fold)
+        logger.info("pretrain: leaving out the %d windows of the %d patients of folds %s",
+                    holdout["n_windows_excluded"], len(patients), cfg.holdout_folds)
     if cfg.max_windows is not None and cfg.max_windows < len(rows):
         rows = np.sort(np.random.default_rng(engine_cfg.seed).choice(rows, cfg.max_windows, replace=False))
-    n_times = int(source.read(rows[:1], ["chains"])["chains"].shape[-1])
+    field_name = encoder_class(cfg.encoder).input_field
+    first = source.read(rows[:1], [field_name])[field_name]
     torch.manual_seed(engine_cfg.seed)  # same initial weights on every (re)start
-    encoder = EEGFoundationEncoder(n_chans=contract.N_CHAINS, n_times=n_times, sfreq=contract.SAMPLING_RATE_HZ,
-                                   **dataclasses.asdict(cfg.model))
+    encoder = build_encoder(cfg.encoder, n_chans=int(first.shape[1]), n_times=int(first.shape[-1]),
+                            sfreq=contract.SAMPLING_RATE_HZ, **dataclasses.asdict(cfg.model))
+    if cfg.init_weights is not None:
+        encoder.load_init_weights(cfg.init_weights)
     model = PretrainModel(encoder, cfg.objectives, random_crop=cfg.random_crop)
 
     def loss_fn(module: PretrainModel, batch: dict[str, torch.Tensor]):
-        loss, parts = module(batch["chains"])
+        loss, parts = module(batch[field_name])
         return loss, {name: value.detach() for name, value in parts.items()}
 
     # The engine adds its own result-relevant settings; speed-only ones stay out of the key.
-    run_key = make_run_key("pretrain", source_fingerprint(source), rows.tolist(), n_times,
-                           cfg.to_dict(engine=False))
+    init_digest = None if cfg.init_weights is None else _weights_digest(cfg.init_weights)
+    run_key = make_run_key("pretrain", source_fingerprint(source), rows.tolist(), int(first.shape[-1]),
+                           cfg.to_dict(engine=False), init_digest)
     started = time.time()
     result = fit(
-        model, loss_fn=loss_fn, train_data=ChainsDataset(source, rows), cfg=engine_cfg,
+        model, loss_fn=loss_fn, train_data=ChainsDataset(source, rows, field_name), cfg=engine_cfg,
         checkpoint_dir=checkpoint_dir, run_key=run_key, status_path=status_path,
         status_job="pretrain", status_fields={"model": "eeg_foundation"}, on_step_end=on_step_end,
         tracker=tracker,
@@ -281,3 +307,8 @@ def pretrain(
     logger.info("pretrained encoder on %d windows: loss %.4f -> %.4f; wrote %s",
                 len(rows), history[0]["total"], history[-1]["total"], out_path)
     return metrics
+
+
+def _weights_digest(path) -> str:
+    """sha256 of the weights file ``init_weights`` names (its ``model.safetensors`` for a folder)."""
+    return sha256_file(read_published(path)[2])

@@ -12,9 +12,10 @@ Input scaling: chains arrive in uV (the frontend clips them to about +-1024 uV);
 encoder divides them by ``input_scale_uv`` (default 100 uV), so typical EEG (10-100 uV)
 lands near unit range and clipped artifacts at about +-10.
 
-The pretrained file (``save_foundation``) holds the encoder's ``state_dict`` and the
-keyword arguments that rebuild it, so ``load_foundation(path)`` works outside the
-pipeline.
+The encoder is ``pretrain.encoder: hms`` of :mod:`hms_core.models.encoder_registry`. The
+pretrained file (``save_foundation``, for any registered encoder) holds the encoder's name,
+its ``state_dict`` and the keyword arguments that rebuild it, so ``load_foundation(path)``
+works outside the pipeline.
 """
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ from torch import nn
 
 from hms_core import atomic, contract
 from hms_core.errors import ConfigError, DataError
+from hms_core.models.encoder_registry import build_from_spec, register_encoder
+from hms_core.models.published_weights import load_matching
 from hms_core.models.registry import register_model
 
 logger = logging.getLogger(__name__)
@@ -133,8 +136,9 @@ class _Block(nn.Module):
         return tokens + self.mlp(self.norm_mlp(tokens))
 
 
+@register_encoder("hms")
 class EEGFoundationEncoder(nn.Module):
-    """Patch transformer encoder over bipolar EEG chains.
+    """Patch transformer encoder over bipolar EEG chains (``pretrain.encoder: hms``).
 
     Parameters
     ----------
@@ -158,6 +162,8 @@ class EEGFoundationEncoder(nn.Module):
     """
 
     input_fields = ("chains",)
+    input_field = "chains"
+    hemisphere_swap = contract.CHAIN_HEMISPHERE_SWAP
 
     def __init__(
         self,
@@ -225,6 +231,25 @@ class EEGFoundationEncoder(nn.Module):
             "n_chans": self.n_chans, "n_times": self.n_times, "sfreq": self.sfreq,
             **dataclasses.asdict(self.model_config),
         }
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        return _channel_names(self.n_chans)
+
+    def load_init_weights(self, path) -> None:
+        """Start from the encoder of an earlier :func:`save_foundation` file (same sizes and chains).
+
+        Raises
+        ------
+        DataError
+            When the file is not a foundation checkpoint, reads other chains, or its keys or
+            shapes do not fit this encoder (each named).
+        """
+        payload = _read_payload(path)
+        if list(payload.get("channels") or self.channel_names) != list(self.channel_names):
+            raise DataError(path, f"pretrain.init_weights: the encoder in this file reads {payload['channels']}, "
+                                  f"this one {list(self.channel_names)}")
+        load_matching(self, payload["state_dict"], path)
 
     @property
     def n_tokens(self) -> int:
@@ -317,8 +342,9 @@ class FoundationClassifier(nn.Module):
         Classes (default 6, ``contract.N_CLASSES``).
     n_chans, n_times, sfreq, patch_s, dim, depth, heads, mlp_ratio, dropout, max_patches, input_scale_uv
         Passed to :class:`EEGFoundationEncoder` when ``encoder`` is None.
-    encoder : EEGFoundationEncoder | None
-        An existing (e.g. pretrained) encoder to wrap.
+    encoder : nn.Module | None
+        An existing (e.g. pretrained) encoder of :mod:`hms_core.models.encoder_registry` to
+        wrap; the classifier reads its ``input_field``.
     freeze_encoder : bool
         Linear probe: the encoder's weights get no gradient and it stays in eval mode
         (default False, i.e. fine-tuning).
@@ -335,7 +361,7 @@ class FoundationClassifier(nn.Module):
         n_chans: int = contract.N_CHAINS,
         n_times: int = contract.WINDOW_SAMPLES,
         sfreq: float = contract.SAMPLING_RATE_HZ,
-        encoder: EEGFoundationEncoder | None = None,
+        encoder: nn.Module | None = None,
         freeze_encoder: bool = False,
         head_dropout: float = 0.0,
         **encoder_kwargs: Any,
@@ -346,6 +372,7 @@ class FoundationClassifier(nn.Module):
         elif encoder_kwargs:
             raise ValueError(f"FoundationClassifier: pass either encoder or encoder kwargs, not both {sorted(encoder_kwargs)}")
         self.encoder = encoder
+        self.input_fields = (encoder.input_field,)
         self.freeze_encoder = bool(freeze_encoder)
         self.n_outputs = int(n_outputs)
         self.head_dropout = nn.Dropout(head_dropout)
@@ -389,23 +416,40 @@ def save_foundation(
     payload = {
         "format": FOUNDATION_FORMAT,
         "version": FOUNDATION_VERSION,
+        "encoder": encoder.encoder_name,
         "model_kwargs": encoder.init_kwargs(),
-        "channels": list(contract.BIPOLAR_NAMES[: encoder.n_chans])
-        if encoder.n_chans == contract.N_CHAINS else [f"ch{i}" for i in range(encoder.n_chans)],
+        "channels": list(encoder.channel_names),
         "state_dict": {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()},
         **dict(extra or {}),
     }
     atomic.torch_save(payload, path)
 
 
-def load_foundation(path: str | os.PathLike, map_location: Any = "cpu") -> EEGFoundationEncoder:
+def _channel_names(n_chans: int) -> tuple[str, ...]:
+    return contract.BIPOLAR_NAMES if n_chans == contract.N_CHAINS else tuple(f"ch{i}" for i in range(n_chans))
+
+
+def load_foundation(path: str | os.PathLike, map_location: Any = "cpu") -> nn.Module:
     """Rebuild the encoder that :func:`save_foundation` wrote to ``path`` (eval mode).
+
+    The file names its encoder (``pretrain.encoder``; files without one are ``"hms"``).
 
     Raises
     ------
     DataError
         When the file is missing, unreadable, or not a foundation checkpoint.
     """
+    payload = _read_payload(path)
+    try:
+        encoder = build_from_spec({"encoder": payload.get("encoder", "hms"), **payload["model_kwargs"]})
+        encoder.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
+        raise DataError(path, f"foundation checkpoint does not match the encoder: {exc}") from exc
+    return encoder.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
+
+
+def _read_payload(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The checked contents of a :func:`save_foundation` file."""
     if not os.path.exists(path):
         raise DataError(path, "foundation checkpoint not found (run the pretrain step first)")
     try:
@@ -416,12 +460,7 @@ def load_foundation(path: str | os.PathLike, map_location: Any = "cpu") -> EEGFo
         raise DataError(path, f"not an EEG foundation checkpoint (expected format {FOUNDATION_FORMAT!r})")
     if payload.get("version") != FOUNDATION_VERSION:
         raise DataError(path, f"foundation checkpoint version {payload.get('version')!r}, expected {FOUNDATION_VERSION}")
-    try:
-        encoder = EEGFoundationEncoder(**payload["model_kwargs"])
-        encoder.load_state_dict(payload["state_dict"])
-    except (KeyError, TypeError, RuntimeError, ConfigError) as exc:
-        raise DataError(path, f"foundation checkpoint does not match the encoder: {exc}") from exc
-    return encoder.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
+    return payload
 
 
 @register_model
@@ -462,10 +501,7 @@ def foundation_linear(
         raise ConfigError("models.foundation_linear.foundation_mode is set but no foundation_path "
                           "was given (run the pretrain step, or set foundation_mode to null)")
     if foundation_mode is not None:
-        encoder = load_foundation(foundation_path)
-        if encoder.n_chans != n_chans:
-            raise ConfigError(f"models.foundation_linear: the encoder in {foundation_path} reads "
-                              f"{encoder.n_chans} chains, the model is asked for {n_chans}")
+        encoder = load_foundation(foundation_path)  # it reads its own store field and channels
         encoder_kwargs = {}
     return FoundationClassifier(
         n_outputs=n_outputs, n_chans=n_chans, n_times=n_times, sfreq=sfreq, encoder=encoder,

@@ -123,10 +123,10 @@ class ResNet1dGRU(nn.Module):
         Pretrained foundation encoder file (``load_foundation``).
     foundation_mode : {"frozen", "finetune", None}, default None
         How to use the foundation encoder; None ignores ``foundation_path``. The encoder
-        reads the chains (it was pretrained on them), so with a montage without chains the
-        model also reads ``chains`` (last in ``input_fields``).
+        reads its own store field (``chains`` for ``hms``, ``referential`` for ``cbramod``), so
+        with a montage without it the model also reads that field (last in ``input_fields``).
     foundation_kwargs : dict, optional
-        Build the encoder from these ``EEGFoundationEncoder`` kwargs instead of loading
+        Build the encoder from this ``encoder_registry.encoder_spec`` mapping instead of loading
         ``foundation_path`` (used when reloading a trained model whose state_dict already
         holds the encoder weights).
     """
@@ -159,8 +159,17 @@ class ResNet1dGRU(nn.Module):
         self.n_outputs, self.n_chans, self.n_times, self.sfreq = n_outputs, int(n_chans), n_times, sfreq
         self.montage = montage
         fields = MONTAGE_FIELDS[montage]
-        if foundation_mode is not None and "chains" not in fields:
-            fields = (*fields, "chains")  # the foundation encoder reads the chains
+        self.foundation_mode = foundation_mode
+        self.foundation = None
+        if foundation_mode is not None:
+            from hms_core.models import encoder_registry, foundation as foundation_module
+
+            if foundation_kwargs is not None:
+                self.foundation = encoder_registry.build_from_spec(foundation_kwargs)
+            else:
+                self.foundation = foundation_module.load_foundation(foundation_path)
+            if self.foundation.input_field not in fields:
+                fields = (*fields, self.foundation.input_field)  # the store field the encoder reads
         self.input_fields = fields
         self.input_scale_uv = float(input_scale_uv)
         self.grad_checkpointing = False
@@ -177,16 +186,8 @@ class ResNet1dGRU(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.gru = nn.GRU(in_ch, gru_hidden, num_layers=gru_layers, batch_first=True,
                           bidirectional=True)
-        self.foundation_mode = foundation_mode
-        self.foundation = None
         foundation_dim = 0
-        if foundation_mode is not None:
-            from hms_core.models import foundation as foundation_module
-
-            if foundation_kwargs is not None:
-                self.foundation = foundation_module.EEGFoundationEncoder(**foundation_kwargs)
-            else:
-                self.foundation = foundation_module.load_foundation(foundation_path)
+        if self.foundation is not None:
             foundation_dim = int(self.foundation.feature_dim)
             if foundation_mode == "frozen":
                 self.foundation.requires_grad_(False)
@@ -204,7 +205,9 @@ class ResNet1dGRU(nn.Module):
         """``kwargs`` rewritten to rebuild this model without the foundation file."""
         out = {k: v for k, v in kwargs.items() if k != "foundation_path"}
         if self.foundation is not None:
-            out["foundation_kwargs"] = self.foundation.init_kwargs()
+            from hms_core.models.encoder_registry import encoder_spec
+
+            out["foundation_kwargs"] = encoder_spec(self.foundation)
         return out
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -227,12 +230,12 @@ class ResNet1dGRU(nn.Module):
         seq, _ = self.gru(x.transpose(1, 2))  # (B, T'', 2 * gru_hidden)
         features = torch.cat([seq.mean(dim=1), seq.amax(dim=1)], dim=1)
         if self.foundation is not None:
-            chains = named["chains"]
+            signal = named[self.foundation.input_field]
             if self.foundation_mode == "frozen":
                 with torch.no_grad():
-                    extra = self.foundation.forward_features(chains)
+                    extra = self.foundation.forward_features(signal)
             else:
-                extra = self.foundation.forward_features(chains)
+                extra = self.foundation.forward_features(signal)
             features = torch.cat([features, extra.to(features.dtype)], dim=1)
         return features
 

@@ -28,7 +28,7 @@ def tiny_cfg(**engine) -> dict:
         "epochs": 3, "batch_size": 8, "lr": 2e-3, "progress": False, "device": "cpu",
         "model": {"dim": 16, "depth": 1, "heads": 2, "max_patches": 4},
         "objectives": {"masked": {"mask_ratio": 0.5, "target": "both"}, "temporal": {"n_future": 1}},
-        "holdout_fold": None,
+        "holdout_folds": None,
         **engine,
     }
 
@@ -113,7 +113,7 @@ def test_pretraining_never_reads_the_held_out_fold(tiny_store, tmp_path):
     patient = source.index["patient_id"].to_numpy()
     held_rows = {i for i, p in enumerate(patient) if p in held}
     assert held_rows and len(held_rows) < len(patient)
-    metrics = pretrain(source, tiny_cfg(epochs=1, holdout_fold=1), out_path=tmp_path / "enc.pth",
+    metrics = pretrain(source, tiny_cfg(epochs=1, holdout_folds=[1]), out_path=tmp_path / "enc.pth",
                        checkpoint_dir=tmp_path / "ckpt", folds_csv=tiny_store.folds_csv)
     kept = set(range(len(patient))) - held_rows
     assert not source.rows_read & held_rows
@@ -121,9 +121,9 @@ def test_pretraining_never_reads_the_held_out_fold(tiny_store, tmp_path):
     assert metrics["n_windows"] == len(patient) - len(held_rows)
     assert metrics["n_windows_excluded"] == len(held_rows)
     holdout = read_holdout(tmp_path / "enc.pth")
-    assert holdout["fold"] == 1 and set(holdout["patient_ids"]) == held
-    with pytest.raises(ConfigError, match="holdout_fold is 0 but no folds file"):
-        pretrain(source, tiny_cfg(holdout_fold=0), out_path=tmp_path / "x.pth", checkpoint_dir=tmp_path / "c2")
+    assert holdout["folds"] == [1] and set(holdout["patient_ids"]) == held
+    with pytest.raises(ConfigError, match=r"holdout_folds is \[0\] but no folds file"):
+        pretrain(source, tiny_cfg(holdout_folds=[0]), out_path=tmp_path / "x.pth", checkpoint_dir=tmp_path / "c2")
 
 
 def test_pretrain_config_errors_name_the_key():
@@ -133,5 +133,5 @@ def test_pretrain_config_errors_name_the_key():
         from_mapping(PretrainConfig, {"precision": "fp8"}, "pretrain")
     with pytest.raises(ConfigError, match="pretrain.model.dim"):
         from_mapping(PretrainConfig, {"model": {"dim": 0}}, "pretrain")
-    with pytest.raises(ConfigError, match="pretrain.holdout_fold.*-1"):
-        from_mapping(PretrainConfig, {"holdout_fold": -1}, "pretrain")
+    with pytest.raises(ConfigError, match="pretrain.holdout_folds.*-1"):
+        from_mapping(PretrainConfig, {"holdout_folds": [-1]}, "pretrain")

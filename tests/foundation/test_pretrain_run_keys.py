@@ -11,10 +11,10 @@ from hms_core.foundation.pretrain import pretrain
 from hms_core.foundation.transfer import transfer_study
 from hms_core.store import COMPLETE_FILE
 
-PRETRAIN = {"epochs": 1, "batch_size": 8, "progress": False, "device": "cpu", "holdout_fold": None,
+PRETRAIN = {"epochs": 1, "batch_size": 8, "progress": False, "device": "cpu", "holdout_folds": None,
             "model": {"dim": 16, "depth": 1, "heads": 2, "max_patches": 4}}
 TRANSFER = {"epochs": 1, "probe_epochs": 2, "batch_size": 8, "progress": False, "device": "cpu",
-            "label_fractions": [1.0], "repeats": 1, "min_patients": 1, "min_windows": 0}
+            "label_fractions": [1.0], "repeats": 1, "min_patients": 1, "min_windows": 0, "val_folds": [0]}
 
 
 def _copy(store, dst):
@@ -48,7 +48,7 @@ def test_pretrain_restarts_on_rebuilt_store_contents(tiny_store, tmp_path):
 @pytest.fixture(scope="module")
 def encoder(tiny_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("run_key_encoder")
-    pretrain([tiny_store.store], {**PRETRAIN, "holdout_fold": 0}, out_path=out / "enc.pth",
+    pretrain([tiny_store.store], {**PRETRAIN, "holdout_folds": [0]}, out_path=out / "enc.pth",
              checkpoint_dir=out / "ckpt", folds_csv=tiny_store.folds_csv)
     return out / "enc.pth"
 

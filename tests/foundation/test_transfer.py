@@ -1,5 +1,6 @@
-"""Transfer study on the tiny store: every arm runs on paired patient subsets, the prior is the
-reference, and the encoder it assesses never saw the validation fold."""
+"""Transfer study on the tiny store: every arm runs on paired patient subsets and seeds over two
+validation folds, the prior is the reference, the verdict follows its rule, and the encoder
+it assesses never saw a validation fold."""
 from __future__ import annotations
 
 import json
@@ -33,65 +34,79 @@ TRANSFER = {"epochs": 1, "probe_epochs": 3, "batch_size": 8, "progress": False, 
 
 @pytest.fixture(scope="module")
 def encoder_path(tiny_store, tmp_path_factory):
-    """An encoder pretrained without fold 0 (the study's validation fold)."""
+    """An encoder pretrained without folds 0 and 1 (the study's validation folds)."""
     out = tmp_path_factory.mktemp("transfer_pretrain")
     pretrain([tiny_store.store], PRETRAIN, out_path=out / "enc.pth", checkpoint_dir=out / "ckpt",
              folds_csv=tiny_store.folds_csv)
     return out / "enc.pth"
 
 
-def _prior_kl(tiny_store) -> float:
-    """KL of the training folds' mean vote distribution on fold 0, computed here from the stores."""
+def _prior_kl(tiny_store, fold: int) -> float:
+    """KL of the training folds' mean vote distribution on ``fold``, computed here from the stores."""
     index = open_window_source([tiny_store.store]).index
     joined = index.merge(pd.read_csv(tiny_store.folds_csv)[["label_id", "fold"]], on="label_id")
     votes = joined[list(contract.VOTE_COLUMNS)].to_numpy(dtype=np.float64)
     joined, votes = joined[votes.sum(1) > 0], votes[votes.sum(1) > 0]
     targets = votes / votes.sum(1, keepdims=True)
-    val = (joined["fold"] == 0).to_numpy()
+    val = (joined["fold"] == fold).to_numpy()
     return kaggle_kl(targets[val], np.broadcast_to(targets[~val].mean(0), targets[val].shape))
 
 
-def test_transfer_study_pairs_subsets_and_reports_the_prior(tiny_store, encoder_path, tmp_path):
+def test_transfer_study_pairs_folds_and_seeds_and_gives_a_verdict(tiny_store, encoder_path, tmp_path):
     out_json = tmp_path / "transfer.json"
     result = transfer_study([tiny_store.store], tiny_store.folds_csv, encoder_path, TRANSFER,
                             out_json=out_json, checkpoint_dir=tmp_path / "ckpt", status_path=tmp_path / "run.json")
-    assert json.loads(out_json.read_text())["summary"] == result["summary"]
+    saved = json.loads(out_json.read_text())
+    assert saved["summary"] == result["summary"] and saved["pretraining_helps"] == result["pretraining_helps"]
     folds = pd.read_csv(tiny_store.folds_csv)
-    assert result["n_val_windows"] == int((folds["fold"] == 0).sum())
-    val_patients = set(folds.loc[folds["fold"] == 0, "patient_id"])
+    assert sorted({r["val_fold"] for r in result["runs"]}) == [0, 1]
+    for fold in (0, 1):
+        assert result["folds"][str(fold)]["n_val_windows"] == int((folds["fold"] == fold).sum())
+        assert result["folds"][str(fold)]["val_kl_prior"] == pytest.approx(_prior_kl(tiny_store, fold), rel=1e-6)
     for run in result["runs"]:
         assert np.isfinite(run["val_kl"]) and run["val_kl"] >= 0
         assert len(run["val_kl_per_epoch"]) == (1 if run["mode"] == "finetune" else 3)
         assert run["val_kl_per_epoch"][-1] == pytest.approx(run["val_kl"], rel=1e-5)
-        assert not set(run["train_patient_ids"]) & val_patients
-    # Paired: both inits train on the same patients in each (mode, fraction, repeat) ...
-    by_arm = {(r["init"], r["mode"], r["label_fraction"], r["repeat"]): r["train_patient_ids"] for r in result["runs"]}
+        assert not set(run["train_patient_ids"]) & set(folds.loc[folds["fold"] == run["val_fold"], "patient_id"])
+        assert run["seed"] == run["repeat"]  # training seed = transfer.seed (0) + repeat
+    # Paired: both inits train on the same patients in each (fold, mode, fraction, seed) ...
+    by_arm = {(r["init"], r["val_fold"], r["mode"], r["label_fraction"], r["repeat"]): r["train_patient_ids"]
+              for r in result["runs"]}
     assert {k[1:] for k in by_arm if k[0] == "pretrained"} == {k[1:] for k in by_arm if k[0] == "random"}
-    for (init, mode, fraction, repeat), patients in by_arm.items():
-        assert by_arm[("random", mode, fraction, repeat)] == patients
-    # ... the repeats of a fraction are different subsets, and the whole set runs once.
-    half = {tuple(p) for (init, mode, f, r), p in by_arm.items() if init == "pretrained" and mode == "frozen" and f == 0.5}
-    assert len(half) == result["summary"]["frozen"]["0.5"]["n_repeats"] >= 2
-    assert all(len(p) == 2 for p in half)
-    assert result["summary"]["frozen"]["1"]["n_repeats"] == 1
-    # The summary: means over repeats, the paired difference per repeat, the prior as the reference.
-    prior = _prior_kl(tiny_store)
-    assert result["val_kl_prior"] == pytest.approx(prior, rel=1e-6)
+    for (init, *rest), patients in by_arm.items():
+        assert by_arm[("random", *rest)] == patients
+    # ... each seed of a fraction draws its own subset, and the whole set runs once per fold.
+    half = {tuple(p) for (init, fold, mode, f, r), p in by_arm.items()
+            if init == "pretrained" and fold == 0 and mode == "frozen" and f == 0.5}
+    assert len(half) == result["summary"]["frozen"]["0.5"]["n_seeds"] == 3
+    assert result["summary"]["frozen"]["0.5"]["n_folds"] == 2
+    assert result["summary"]["frozen"]["1"]["n_seeds"] == 1
+    # The summary: means over folds x seeds, seed spread within folds, paired differences, the prior.
     for mode in ("frozen", "finetune"):
         cell = result["summary"][mode]["0.5"]
-        runs = {(r["init"], r["repeat"]): r["val_kl"] for r in result["runs"]
+        runs = {(r["init"], r["val_fold"], r["repeat"]): r for r in result["runs"]
                 if r["mode"] == mode and r["label_fraction"] == 0.5}
-        repeats = sorted({rep for _, rep in runs})
-        diffs = [runs[("pretrained", rep)] - runs[("random", rep)] for rep in repeats]
-        assert cell["paired_diff"]["values"] == pytest.approx(diffs)
-        assert cell["paired_diff"]["std"] == pytest.approx(float(np.std(diffs, ddof=1)))
+        keys = sorted({k[1:] for k in runs})
+        diffs = [runs[("pretrained", *k)]["val_kl"] - runs[("random", *k)]["val_kl"] for k in keys]
+        assert cell["paired_diff"]["values"] == pytest.approx(diffs) and cell["paired_diff"]["n"] == 6
         for init in ("pretrained", "random"):
-            assert cell[init]["mean"] == pytest.approx(np.mean([runs[(init, rep)] for rep in repeats]))
-            assert cell[init]["vs_prior"] == pytest.approx(cell[init]["mean"] - prior)
-    assert f"prior {prior:.3f}" in result["conclusion"] and "vs prior" in result["conclusion"]
-    assert "not pretrained on" in result["notes"]
+            kls = {k: runs[(init, *k)]["val_kl"] for k in keys}
+            assert cell[init]["mean"] == pytest.approx(np.mean(list(kls.values())))
+            within = [np.std([v for (f, _), v in kls.items() if f == fold], ddof=1) for fold in (0, 1)]
+            assert cell[init]["seed_std"] == pytest.approx(float(np.mean(within)))
+            priors = [runs[(init, *k)]["val_kl_prior"] for k in keys]
+            assert cell[init]["vs_prior"] == pytest.approx(cell[init]["mean"] - np.mean(priors))
+    # The verdict at the smallest fraction follows its rule from these numbers.
+    decision = result["verdict"]
+    assert decision["label_fraction"] == 0.5 and decision["enough_runs"]
+    for mode, evidence in decision["modes"].items():
+        cell = result["summary"][mode]["0.5"]
+        assert evidence["margin"] == pytest.approx(cell["random"]["mean"] - cell["pretrained"]["mean"])
+        assert evidence["helps"] == (evidence["margin"] > evidence["spread"])
+    assert result["pretraining_helps"] == all(e["helps"] for e in decision["modes"].values())
+    assert f"pretraining_helps: {str(result['pretraining_helps']).lower()}" in result["conclusion"]
     status = json.loads((tmp_path / "run.json").read_text())["jobs"]["transfer"]
-    assert status["done"] == status["total"] == len(result["runs"]) == 2 * 2 * (len(half) + 1)
+    assert status["done"] == len(result["runs"]) == 2 * 2 * 2 * (3 + 1)
 
 
 def test_patient_subset_keeps_whole_patients():
@@ -132,22 +147,27 @@ def test_repeated_subsets_differ_across_repeats_and_collapse_when_equal():
     assert len(repeated_subsets(rows, index, 1.0, cfg)) == 1
 
 
-def test_study_refuses_an_encoder_pretrained_on_its_validation_fold(tiny_store, tmp_path):
-    pretrain([tiny_store.store], {**PRETRAIN, "holdout_fold": 1}, out_path=tmp_path / "enc.pth",
+def test_study_refuses_an_encoder_pretrained_on_a_validation_fold(tiny_store, tmp_path):
+    pretrain([tiny_store.store], {**PRETRAIN, "holdout_folds": [1]}, out_path=tmp_path / "enc.pth",
              checkpoint_dir=tmp_path / "pre", folds_csv=tiny_store.folds_csv)
-    with pytest.raises(DataError, match="pretrained on windows of 2 validation patient.*holdout_fold to 0"):
+    with pytest.raises(DataError, match="pretrained on windows of 2 validation patient.*fold 0.*add 0 to "
+                                        "pretrain.holdout_folds"):
         transfer_study([tiny_store.store], tiny_store.folds_csv, tmp_path / "enc.pth", TRANSFER,
                        out_json=tmp_path / "t.json", checkpoint_dir=tmp_path / "c")
     assert not (tmp_path / "t.json").exists()
 
 
-def test_config_requires_the_study_to_validate_on_the_held_out_fold():
-    with pytest.raises(ConfigError, match="transfer.val_fold 1 must be pretrain.holdout_fold"):
-        load_config(overrides={"transfer": {"val_fold": 1}})
-    with pytest.raises(ConfigError, match="pretrain.holdout_fold: 7 is not a fold"):
-        load_config(overrides={"pretrain": {"holdout_fold": 7}, "transfer": {"enabled": False}})
-    config = load_config(overrides={"pretrain": {"holdout_fold": None}, "transfer": {"enabled": False}})
-    assert config["pretrain"]["holdout_fold"] is None
+def test_config_requires_the_study_to_validate_on_held_out_folds():
+    with pytest.raises(ConfigError, match=r"transfer.val_folds \[0, 2\]: folds \[2\] are not in pretrain.holdout_folds"):
+        load_config(overrides={"transfer": {"val_folds": [0, 2]}})
+    with pytest.raises(ConfigError, match="pretrain.holdout_folds: 7 is not a fold"):
+        load_config(overrides={"pretrain": {"holdout_folds": [0, 7]}, "transfer": {"enabled": False}})
+    with pytest.raises(ConfigError, match=r"holdout_folds \[0, 1, 2, 3, 4\] holds out all 5 folds"):
+        load_config(overrides={"pretrain": {"holdout_folds": [0, 1, 2, 3, 4]}})
+    with pytest.raises(ConfigError, match="transfer.val_folds.*distinct"):
+        load_config(overrides={"transfer": {"val_folds": [0, 0]}})
+    config = load_config(overrides={"pretrain": {"holdout_folds": None}, "transfer": {"enabled": False}})
+    assert config["pretrain"]["holdout_folds"] is None
 
 
 def test_foundation_linear_is_registered_and_loads_the_encoder(encoder_path):
