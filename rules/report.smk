@@ -7,7 +7,7 @@ rule report_figures:
     output:
         figures=report(
             directory("results/figures"),
-            patterns=["{name}.png"],
+            patterns=["{name}.png", "{name}.csv"],
             caption="../config/report_caption.rst",
             category="Results",
         ),

@@ -170,6 +170,7 @@ def test_report_embeds_the_figures(run_dir: Path):
     html = report.read_text(errors="replace")
     for figure in ("learning_curves", "confusion_matrix", "reliability", "per_class_kl", "preprocessing"):
         assert f"{figure}.png" in html, figure
+    assert "ica_removed.csv" in html  # per recording, the ICA components removed and why
 
 
 def test_mlflow_holds_a_run_per_job_under_the_workflow_run(run_dir: Path):
