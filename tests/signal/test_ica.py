@@ -135,4 +135,5 @@ def test_welch_equals_scipy(nperseg):
     x = np.random.default_rng(4).standard_normal((3, 5, 400)) * 30 + 2
     freqs, psd = _welch(x, nperseg)
     want_freqs, want = sp_signal.welch(x, fs=200, nperseg=nperseg, axis=-1)
-    assert np.allclose(freqs, want_freqs) and np.allclose(psd, want, rtol=1e-10)
+    # float32 frames and FFT: within float32 rounding of scipy's float64 density
+    assert np.allclose(freqs, want_freqs) and np.allclose(psd, want, rtol=2e-5, atol=1e-6 * want.max())
