@@ -137,3 +137,12 @@ def test_welch_equals_scipy(nperseg):
     want_freqs, want = sp_signal.welch(x, fs=200, nperseg=nperseg, axis=-1)
     # float32 frames and FFT: within float32 rounding of scipy's float64 density
     assert np.allclose(freqs, want_freqs) and np.allclose(psd, want, rtol=2e-5, atol=1e-6 * want.max())
+
+
+def test_solver_tolerance_is_null_or_positive():
+    from hms_core.errors import ConfigError
+
+    IcaConfig(tol=None).validate()
+    IcaConfig(tol=1e-5).validate()
+    with pytest.raises(ConfigError, match=r"preprocessing\.ica\.tol"):
+        IcaConfig(tol=0.0).validate()
