@@ -283,7 +283,7 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     index["nan_fraction"] = nan_fraction
     index["ica_removed"] = [json.dumps(info["ica"]["removed"]) for info in infos]
     index["ica_status"] = [info["ica"].get("status", "") for info in infos]
-    fields = {name: np.concatenate(part) for name, part in parts.items()}
+    fields = {name: part[0] if len(part) == 1 else np.concatenate(part) for name, part in parts.items()}
     fields["kaggle_spec"] = kaggle
     return fields, index
 

@@ -79,6 +79,16 @@ def _codecs(dtype: str, level: int) -> tuple:
     return _compressor(dtype, level), zarr.codecs.Crc32cCodec()
 
 
+def _cast(block: np.ndarray, dtype: str) -> np.ndarray:
+    """``block.astype(dtype)``; float32 to float16 through torch, which rounds the same
+    (to nearest even, overflow to inf) with vector instructions, about 2x faster than numpy."""
+    if block.dtype == np.float32 and np.dtype(dtype) == np.float16:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(block)).to(torch.float16).numpy()
+    return block.astype(dtype)
+
+
 def shard_key(field: str, shard: int, ndim: int) -> str:
     """Path, relative to the store, of shard ``shard`` of ``field`` (zarr v3 ``c/<i>/0/...``).
 
@@ -152,7 +162,7 @@ class StoreWriter:
             block = np.asarray(fields[name])
             if block.shape != (k, *self.shapes[name]):
                 raise ValueError(f"{name}: got shape {block.shape}, expected {(k, *self.shapes[name])}")
-            self._buffer[name].append(block.astype(self.dtype))
+            self._buffer[name].append(_cast(block, self.dtype))
         self._index.append(index.reset_index(drop=True))
         self._buffered += k
         if self._buffered >= self.shard:

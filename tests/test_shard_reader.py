@@ -33,7 +33,7 @@ def test_every_window_decodes_as_zarr_decodes_it(tmp_path, shard, dtype):
 
 def test_chunk_never_written_reads_as_zarrs_fill_value(tmp_path):
     array = zarr.create_array(tmp_path / "a", shape=(6, 3, 4), chunks=(1, 3, 4), shards=(3, 3, 4),
-                              dtype="float16", compressors=_codecs("float16"), fill_value=0,
+                              dtype="float16", compressors=_codecs("float16", 1), fill_value=0,
                               config={"write_empty_chunks": False})
     array[1] = 7.0
     array[3] = 2.0
@@ -50,7 +50,7 @@ def test_other_layouts_are_left_to_zarr(tmp_path):
     plain[:] = 1.0
     assert open_shard_reader(tmp_path / "no_checksum") is None
     two = zarr.create_array(tmp_path / "two_per_chunk", shape=(4, 3), chunks=(2, 3), dtype="float16",
-                            compressors=_codecs("float16"))
+                            compressors=_codecs("float16", 1))
     two[:] = 1.0
     assert open_shard_reader(tmp_path / "two_per_chunk") is None
 

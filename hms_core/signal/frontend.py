@@ -90,10 +90,15 @@ class WindowFrontend(torch.nn.Module):
         """
         eeg = raw_uv[:, :N_EEG_CHANNELS]
         finite = ~torch.isnan(eeg)
-        zeroed = torch.where(finite, eeg, torch.zeros_like(eeg))
-        count = finite.to(eeg.dtype).sum(dim=-1, keepdim=True)
-        mean = zeroed.sum(dim=-1, keepdim=True) / torch.clamp(count, min=1.0)
-        centred = torch.where(finite, eeg - mean, torch.zeros_like(eeg))
+        if not torch.jit.is_tracing() and bool(finite.all()):
+            # Cleaned windows have no NaN: the plain mean is the same number, without the masks
+            # (a traced graph, such as the ONNX export, keeps the general form).
+            centred = eeg - eeg.mean(dim=-1, keepdim=True)
+        else:
+            zeroed = torch.where(finite, eeg, torch.zeros_like(eeg))
+            count = finite.to(eeg.dtype).sum(dim=-1, keepdim=True)
+            mean = zeroed.sum(dim=-1, keepdim=True) / torch.clamp(count, min=1.0)
+            centred = torch.where(finite, eeg - mean, torch.zeros_like(eeg))
         referential = self.fir(centred)  # (B, 19, T)
         chains = self.montage(referential)  # (B, 18, T)
         return (torch.clamp(chains, min=-self.clip_uv, max=self.clip_uv),

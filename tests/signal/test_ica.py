@@ -135,4 +135,27 @@ def test_welch_equals_scipy(nperseg):
     x = np.random.default_rng(4).standard_normal((3, 5, 400)) * 30 + 2
     freqs, psd = _welch(x, nperseg)
     want_freqs, want = sp_signal.welch(x, fs=200, nperseg=nperseg, axis=-1)
-    assert np.allclose(freqs, want_freqs) and np.allclose(psd, want, rtol=1e-10)
+    # float32 frames and FFT: within float32 rounding of scipy's float64 density
+    assert np.allclose(freqs, want_freqs) and np.allclose(psd, want, rtol=2e-5, atol=1e-6 * want.max())
+
+
+def test_solver_tolerance_is_null_or_positive():
+    from hms_core.errors import ConfigError
+
+    IcaConfig(tol=None).validate()
+    IcaConfig(tol=1e-5).validate()
+    with pytest.raises(ConfigError, match=r"preprocessing\.ica\.tol"):
+        IcaConfig(tol=0.0).validate()
+
+
+@pytest.mark.parametrize("n_times", [500, 661, 30_000])
+def test_highpass_equals_mne_filter_data(n_times):
+    import mne
+
+    from hms_core.signal.ica import highpass
+
+    x = np.cumsum(np.random.default_rng(5).standard_normal((n_times, 4)), axis=0) * 10 + 40
+    want = mne.filter.filter_data(np.ascontiguousarray(x.T), 200, l_freq=1.0, h_freq=None, verbose=False).T
+    got = highpass(x, 1.0)
+    assert got.dtype == np.float64 and got.shape == x.shape
+    assert np.abs(got - want).max() < 1e-5 * np.ptp(x)
