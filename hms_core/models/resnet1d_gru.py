@@ -123,8 +123,9 @@ class ResNet1dGRU(nn.Module):
         Pretrained foundation encoder file (``load_foundation``).
     foundation_mode : {"frozen", "finetune", None}, default None
         How to use the foundation encoder; None ignores ``foundation_path``. The encoder
-        reads its own store field (``chains`` for ``hms``, ``referential`` for ``cbramod``), so
-        with a montage without it the model also reads that field (last in ``input_fields``).
+        reads its own store field (``chains`` for ``hms`` and ``biot``, ``referential`` for
+        ``cbramod``), so with a montage without it the model also reads that field (last in
+        ``input_fields``).
     foundation_kwargs : dict, optional
         Build the encoder from this ``encoder_registry.encoder_spec`` mapping instead of loading
         ``foundation_path`` (used when reloading a trained model whose state_dict already

@@ -19,6 +19,9 @@ from hms_core.models.foundation import EEGFoundationEncoder, load_foundation, sa
 from hms_core.models.registry import create_model
 
 TINY = {"depth": 1, "heads": 4, "mlp_ratio": 1.0, "dropout": 0.0, "max_patches": 4}
+# small sizes each registered encoder accepts
+TINY_SIZES = {"hms": {"dim": 16, "heads": 2, "depth": 1, "max_patches": 3}, "cbramod": TINY,
+              "biot": {"dim": 32, "depth": 1, "heads": 4, "max_patches": 4}}
 
 
 def _published(path, *, n_layer=1, dim_feedforward=200, n_chans=contract.N_EEG_CHANNELS, **config_edits):
@@ -35,8 +38,7 @@ def _published(path, *, n_layer=1, dim_feedforward=200, n_chans=contract.N_EEG_C
 
 @pytest.mark.parametrize("name", ENCODER_NAMES)
 def test_every_registered_encoder_has_the_encoder_interface(name):
-    sizes = {"dim": 16, "heads": 2, "depth": 1, "max_patches": 3} if name == "hms" else TINY
-    encoder = build_encoder(name, **sizes).eval()
+    encoder = build_encoder(name, **TINY_SIZES[name]).eval()
     x = torch.randn(2, len(encoder.channel_names), contract.WINDOW_SAMPLES) * 50
     patches = encoder.patchify(x)
     assert patches.shape == (2, encoder.n_chans, encoder.n_patches, encoder.patch_samples)
