@@ -21,7 +21,7 @@ from hms_core.config import check_option
 _ENCODERS: dict[str, type[nn.Module]] = {}
 # name -> module that registers it
 _BUILTIN = {"hms": "hms_core.models.foundation", "cbramod": "hms_core.models.cbramod_encoder",
-            "biot": "hms_core.models.biot_encoder"}
+            "biot": "hms_core.models.biot_encoder", "labram": "hms_core.models.labram_encoder"}
 ENCODER_NAMES = tuple(_BUILTIN)
 
 

@@ -124,7 +124,7 @@ class ResNet1dGRU(nn.Module):
     foundation_mode : {"frozen", "finetune", None}, default None
         How to use the foundation encoder; None ignores ``foundation_path``. The encoder
         reads its own store field (``chains`` for ``hms`` and ``biot``, ``referential`` for
-        ``cbramod``), so with a montage without it the model also reads that field (last in
+        ``cbramod`` and ``labram``), so with a montage without it the model also reads that field (last in
         ``input_fields``).
     foundation_kwargs : dict, optional
         Build the encoder from this ``encoder_registry.encoder_spec`` mapping instead of loading

@@ -21,7 +21,8 @@ from hms_core.models.registry import create_model
 TINY = {"depth": 1, "heads": 4, "mlp_ratio": 1.0, "dropout": 0.0, "max_patches": 4}
 # small sizes each registered encoder accepts
 TINY_SIZES = {"hms": {"dim": 16, "heads": 2, "depth": 1, "max_patches": 3}, "cbramod": TINY,
-              "biot": {"dim": 32, "depth": 1, "heads": 4, "max_patches": 4}}
+              "biot": {"dim": 32, "depth": 1, "heads": 4, "max_patches": 4},
+              "labram": {"depth": 1, "heads": 4, "mlp_ratio": 1.0, "max_patches": 4}}
 
 
 def _published(path, *, n_layer=1, dim_feedforward=200, n_chans=contract.N_EEG_CHANNELS, **config_edits):
@@ -63,8 +64,8 @@ def test_every_trainable_cbramod_parameter_gets_a_gradient():
 
 
 def test_unknown_or_unwired_encoder_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"pretrain.encoder.*'labram'.*hms.*cbramod"):
-        build_encoder("labram")
+    with pytest.raises(ConfigError, match=r"pretrain.encoder.*'eegpt'.*hms.*cbramod.*biot.*labram"):
+        build_encoder("eegpt")
 
 
 def test_cbramod_constraints_are_config_errors():
