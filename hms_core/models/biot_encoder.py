@@ -43,6 +43,8 @@ BIOT_HOP_SAMPLES = BIOT_FRAME_SAMPLES // 2
 BIOT_MLP_RATIO = 4.0
 # braindecode's positional-encoding table has 1000 rows (frames per channel).
 BIOT_MAX_FRAMES = 1000
+# BIOT's 16-channel checkpoints read the TCP bipolar montage: our first 16 chains.
+BIOT_TCP_CHANNELS = 16
 
 
 @register_encoder("biot")
@@ -191,9 +193,11 @@ class BIOTEncoder(nn.Module):
         """Load published BIOT weights (``model.safetensors`` + ``config.json``) from ``path``.
 
         The task head of a published classifier (``final_layer.*``) is skipped when its
-        width differs; the mask embedding (ours) keeps its random start. The 18-channel
-        checkpoints' channel tokens 17 and 18 were learned for C3-A2 and C4-A1 (SHHS); here
-        they embed Fz-Cz and Cz-Pz, which a ``chs_info`` in ``config.json`` reports as a
+        width differs; the mask embedding (ours) keeps its random start. A 16-channel
+        checkpoint (``biot-pretrained-prest-16chs``: the TCP montage, our first 16 chains)
+        fills the first 16 channel tokens; those of Fz-Cz and Cz-Pz keep their random start.
+        The 18-channel checkpoints' tokens 17 and 18 were learned for C3-A2 and C4-A1 (SHHS);
+        here they embed Fz-Cz and Cz-Pz, which a ``chs_info`` in ``config.json`` reports as a
         channel mismatch.
 
         Raises
@@ -203,8 +207,18 @@ class BIOTEncoder(nn.Module):
             keys or shapes do not fit this architecture (each named).
         """
         state, config, weights = read_published(path)
-        check_channels(config, self.channel_names, weights)
-        head = {k: v for k, v in self.backbone.state_dict().items() if k.startswith("final_layer.")}
+        own = self.backbone.state_dict()
+        tokens_key = "encoder.channel_tokens.weight"
+        file_tokens = state.get(tokens_key)
+        if (file_tokens is not None and file_tokens.ndim == 2 and file_tokens.shape[0] == BIOT_TCP_CHANNELS
+                and file_tokens.shape[1] == own[tokens_key].shape[1]):
+            check_channels(config, self.channel_names[:BIOT_TCP_CHANNELS], weights)
+            state = {**state, tokens_key: torch.cat([file_tokens, own[tokens_key][BIOT_TCP_CHANNELS:]])}
+            logger.info("biot: %s is a %d-channel checkpoint; the channel tokens of %s keep their random start",
+                        weights, BIOT_TCP_CHANNELS, ", ".join(self.channel_names[BIOT_TCP_CHANNELS:]))
+        else:
+            check_channels(config, self.channel_names, weights)
+        head = {k: v for k, v in own.items() if k.startswith("final_layer.")}
         state = {k: v for k, v in state.items() if k not in head or v.shape == head[k].shape}
         state.update({k: v for k, v in head.items() if k not in state})  # another task head: keep ours
         load_matching(self.backbone, state, weights)

@@ -103,6 +103,20 @@ def test_published_biot_weights_load_into_the_encoder(tmp_path):
     assert torch.equal(encoder.eval().forward_features(x), again.eval().forward_features(x))
 
 
+def test_a_16_channel_biot_checkpoint_fills_the_tcp_chains(tmp_path):
+    tcp_names = [{"ch_name": n} for n in BIOT_18_NAMES[:16]]
+    published = _published(tmp_path / "prest-16chs", n_chans=16, chs_info=tcp_names)
+    encoder = BIOTEncoder(**TINY)
+    midline = encoder.backbone.encoder.channel_tokens.weight[16:].detach().clone()  # Fz-Cz, Cz-Pz
+    encoder.load_init_weights(tmp_path / "prest-16chs")
+    tokens = encoder.backbone.encoder.channel_tokens.weight
+    assert torch.equal(tokens[:16], published.encoder.channel_tokens.weight) and torch.equal(tokens[16:], midline)
+    state = encoder.backbone.state_dict()
+    for key, value in published.state_dict().items():
+        if key != "encoder.channel_tokens.weight" and not key.startswith("final_layer."):
+            assert torch.equal(state[key], value), key
+
+
 def test_published_biot_weights_that_do_not_fit_are_named(tmp_path):
     _published(tmp_path / "deeper", num_layers=2)
     with pytest.raises(DataError, match=r"unexpected keys \(\d+\): \['encoder.transformer.layers.layers.1"):
@@ -110,9 +124,12 @@ def test_published_biot_weights_that_do_not_fit_are_named(tmp_path):
     _published(tmp_path / "wider", embed_dim=64)
     with pytest.raises(DataError, match=r"shape mismatches.*channel_tokens.weight: file \(18, 64\) vs encoder \(18, 32\)"):
         BIOTEncoder(**TINY).load_init_weights(tmp_path / "wider")
-    _published(tmp_path / "prest16", n_chans=16, chs_info=None)
-    with pytest.raises(DataError, match="built for 16 channels, the encoder reads 18"):
-        BIOTEncoder(**TINY).load_init_weights(tmp_path / "prest16")
+    _published(tmp_path / "other22", n_chans=22, chs_info=None)
+    with pytest.raises(DataError, match="built for 22 channels, the encoder reads 18"):
+        BIOTEncoder(**TINY).load_init_weights(tmp_path / "other22")
+    _published(tmp_path / "tcp_reordered", n_chans=16, chs_info=[{"ch_name": n} for n in BIOT_18_NAMES[15::-1]])
+    with pytest.raises(DataError, match="same set in another order"):
+        BIOTEncoder(**TINY).load_init_weights(tmp_path / "tcp_reordered")
     _published(tmp_path / "shhs", chs_info=[{"ch_name": n} for n in BIOT_18_NAMES])
     with pytest.raises(DataError, match=r"missing \['Fz-Cz', 'Cz-Pz'\], extra \['C3-A2', 'C4-A1'\]"):
         BIOTEncoder(**TINY).load_init_weights(tmp_path / "shhs")
