@@ -85,6 +85,7 @@ class BIOTEncoder(nn.Module):
     input_field = "chains"
     channel_names = contract.BIPOLAR_NAMES
     hemisphere_swap = contract.CHAIN_HEMISPHERE_SWAP
+    masking_parameters = ("mask_embedding",)
 
     def __init__(self, *, n_chans: int = contract.N_CHAINS, n_times: int = contract.WINDOW_SAMPLES,
                  sfreq: float = contract.SAMPLING_RATE_HZ, patch_s: float = 1.0, dim: int = 256,

@@ -192,6 +192,9 @@ class ResNet1dGRU(nn.Module):
             foundation_dim = int(self.foundation.feature_dim)
             if foundation_mode == "frozen":
                 self.foundation.requires_grad_(False)
+            else:  # never masked here: no gradient, which DistributedDataParallel rejects
+                for name in self.foundation.masking_parameters:
+                    self.foundation.get_parameter(name).requires_grad_(False)
         self.feature_dim = 4 * gru_hidden + foundation_dim
         self.head_dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, n_outputs)

@@ -55,6 +55,18 @@ def test_every_registered_encoder_has_the_encoder_interface(name):
     assert type(rebuilt) is type(encoder) and rebuilt.init_kwargs() == encoder.init_kwargs()
 
 
+@pytest.mark.parametrize("name", ENCODER_NAMES)
+def test_resnet1d_gru_finetuning_any_encoder_gives_every_trainable_parameter_a_gradient(name):
+    encoder = build_encoder(name, **TINY_SIZES[name])
+    model = create_model("resnet1d_gru", widths=(8,), strides=(2,), stem_width=8, gru_hidden=8,
+                         foundation_mode="finetune", foundation_kwargs=encoder_spec(encoder))
+    inputs = [torch.randn(2, 19 if field == "referential" else 18, 10000) * 50 for field in model.input_fields]
+    model(*inputs).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad  # DistributedDataParallel needs every trainable parameter used
+    assert all(model.foundation.get_parameter(n).requires_grad is False for n in encoder.masking_parameters)
+
+
 def test_every_trainable_cbramod_parameter_gets_a_gradient():
     encoder = CBraModEncoder(**TINY)
     encoder.forward_features(torch.randn(2, 19, 1000) * 50).sum().backward()
