@@ -5,7 +5,7 @@ in :mod:`hms_core.foundation.head`. Every window of the stores is used, labelled
 (low-vote rows included), except those of the patients of ``holdout_folds``: the transfer
 study validates on those folds, so the encoder it assesses has never seen those windows.
 ``encoder`` picks the architecture (:mod:`hms_core.models.encoder_registry`: our ``hms``
-encoder or braindecode's ``cbramod``); ``init_weights`` starts it from published weights
+encoder or braindecode's ``cbramod``, ``biot`` and ``labram``); ``init_weights`` starts it from published weights
 (a local file) instead of a random initialisation. Labels
 are never read. The loop is :mod:`hms_core.train.engine` (epoch/step checkpoints, emergency
 save on SIGTERM, exact resume).
@@ -60,15 +60,21 @@ class PretrainConfig:
     ----------
     enabled : bool
         Run pretraining (default True); the workflow skips the step otherwise.
-    encoder : {"hms", "cbramod"}
+    encoder : {"hms", "cbramod", "biot", "labram"}
         The encoder architecture (default ``"hms"``: our patch transformer over the 18 chains;
         ``"cbramod"``: braindecode's CBraMod over the 19 referential channels, which needs
         ``model.dim`` 200 and ``model.patch_s`` 1.0; its published sizes are depth 12, heads 8,
-        mlp_ratio 4.0).
+        mlp_ratio 4.0; ``"biot"``: braindecode's BIOT over the 18 chains, which needs
+        ``model.patch_s`` 1.0, ``model.mlp_ratio`` 4.0 and an even ``model.dim``; its published
+        sizes are dim 256, depth 4, heads 8; ``"labram"``: braindecode's Labram over the 19
+        referential channels, which needs ``model.dim`` 200 and ``model.patch_s`` 1.0; its
+        published base sizes are depth 12, heads 10, mlp_ratio 4.0).
     init_weights : str | None
         Local file (or folder) of published weights to start from (default None: random
         initialisation). ``cbramod``: the ``model.safetensors`` (with its ``config.json``) of
-        ``braindecode/cbramod-pretrained``; ``hms``: an earlier pretrained encoder file.
+        ``braindecode/cbramod-pretrained``; ``biot``: that of an 18-channel
+        ``braindecode/biot-pretrained-*``; ``labram``: that of ``braindecode/labram-pretrained``;
+        ``hms``: an earlier pretrained encoder file.
         Nothing is downloaded.
     model : FoundationModelConfig
         Encoder size and patching (``pretrain.model``).

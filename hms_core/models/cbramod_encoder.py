@@ -66,6 +66,7 @@ class CBraModEncoder(nn.Module):
     input_field = "referential"
     channel_names = contract.EEG_CHANNELS
     hemisphere_swap = contract.REFERENTIAL_HEMISPHERE_SWAP
+    masking_parameters = ("backbone.patch_embedding.mask_encoding",)
 
     def __init__(self, *, n_chans: int = contract.N_EEG_CHANNELS, n_times: int = contract.WINDOW_SAMPLES,
                  sfreq: float = contract.SAMPLING_RATE_HZ, patch_s: float = 1.0, dim: int = CBRAMOD_DIM,

@@ -4,7 +4,8 @@ Every encoder takes the braindecode signal arguments (``n_chans``, ``n_times``, 
 plus the ``pretrain.model`` sizes, and exposes the interface the pretraining objectives and
 the transfer into classifiers use: ``input_field`` (the store field it reads), ``n_chans``,
 ``sfreq``, ``dim`` = ``feature_dim``, ``patch_samples``, ``n_patches``, ``used_samples``,
-``hemisphere_swap`` (channel order of the mirrored head), ``crop``, ``patchify``,
+``hemisphere_swap`` (channel order of the mirrored head), ``masking_parameters`` (names of
+the parameters only masking uses; a classifier freezes them), ``crop``, ``patchify``,
 ``encode_patches(patches, mask=None) -> (B, C*P, dim)``, ``forward_features -> (B, dim)``,
 ``init_kwargs()`` and ``load_init_weights(path)``. Encoder modules are imported on first use
 (as :mod:`hms_core.models.registry` does), so this module imports none of them.
@@ -20,7 +21,8 @@ from hms_core.config import check_option
 
 _ENCODERS: dict[str, type[nn.Module]] = {}
 # name -> module that registers it
-_BUILTIN = {"hms": "hms_core.models.foundation", "cbramod": "hms_core.models.cbramod_encoder"}
+_BUILTIN = {"hms": "hms_core.models.foundation", "cbramod": "hms_core.models.cbramod_encoder",
+            "biot": "hms_core.models.biot_encoder", "labram": "hms_core.models.labram_encoder"}
 ENCODER_NAMES = tuple(_BUILTIN)
 
 

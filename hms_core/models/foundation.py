@@ -164,6 +164,7 @@ class EEGFoundationEncoder(nn.Module):
     input_fields = ("chains",)
     input_field = "chains"
     hemisphere_swap = contract.CHAIN_HEMISPHERE_SWAP
+    masking_parameters = ("mask_token",)
 
     def __init__(
         self,

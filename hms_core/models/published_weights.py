@@ -58,18 +58,30 @@ def read_published(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], di
     return state, config, path
 
 
+# 10-10 names of the 10-20 electrodes that were renamed (our contract uses the 10-20 ones).
+_RENAMED_ELECTRODES = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
+
+
+def _canonical(name) -> str:
+    """Upper-case channel name with 10-10 electrode names mapped to 10-20 (``F7-T7`` = ``F7-T3``)."""
+    parts = str(name).upper().split("-")
+    return "-".join(_RENAMED_ELECTRODES.get(part, part) for part in parts)
+
+
 def check_channels(config: dict[str, Any] | None, expected: Sequence[str], path) -> None:
     """Raise DataError when ``config.json`` declares another channel set than ``expected``.
 
-    ``chs_info`` names are compared in order, case-insensitively; without them, ``n_chans``
+    ``chs_info`` names are compared in order, case-insensitively and with the 10-10 names
+    T7, T8, P7, P8 equal to the 10-20 T3, T4, T5, T6 (also within bipolar names such as
+    ``F7-T7``); without them, ``n_chans``
     is compared to ``len(expected)``. A config that declares neither passes.
     """
     if not config:
         return
     names = [ch.get("ch_name") for ch in (config.get("chs_info") or []) if isinstance(ch, dict)]
-    if names and [str(n).upper() for n in names] != [n.upper() for n in expected]:
-        missing = [n for n in expected if n.upper() not in {str(m).upper() for m in names}]
-        extra = [n for n in names if str(n).upper() not in {m.upper() for m in expected}]
+    if names and [_canonical(n) for n in names] != [_canonical(n) for n in expected]:
+        missing = [n for n in expected if _canonical(n) not in {_canonical(m) for m in names}]
+        extra = [n for n in names if _canonical(n) not in {_canonical(m) for m in expected}]
         raise DataError(path, f"pretrain.init_weights: the weights were built for channels {names}, the "
                               f"encoder reads {list(expected)} (missing {missing}, extra {extra}"
                               f"{', same set in another order' if not missing and not extra else ''})")

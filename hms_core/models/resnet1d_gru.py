@@ -123,8 +123,9 @@ class ResNet1dGRU(nn.Module):
         Pretrained foundation encoder file (``load_foundation``).
     foundation_mode : {"frozen", "finetune", None}, default None
         How to use the foundation encoder; None ignores ``foundation_path``. The encoder
-        reads its own store field (``chains`` for ``hms``, ``referential`` for ``cbramod``), so
-        with a montage without it the model also reads that field (last in ``input_fields``).
+        reads its own store field (``chains`` for ``hms`` and ``biot``, ``referential`` for
+        ``cbramod`` and ``labram``), so with a montage without it the model also reads that field (last in
+        ``input_fields``).
     foundation_kwargs : dict, optional
         Build the encoder from this ``encoder_registry.encoder_spec`` mapping instead of loading
         ``foundation_path`` (used when reloading a trained model whose state_dict already
@@ -191,6 +192,9 @@ class ResNet1dGRU(nn.Module):
             foundation_dim = int(self.foundation.feature_dim)
             if foundation_mode == "frozen":
                 self.foundation.requires_grad_(False)
+            else:  # never masked here: no gradient, which DistributedDataParallel rejects
+                for name in self.foundation.masking_parameters:
+                    self.foundation.get_parameter(name).requires_grad_(False)
         self.feature_dim = 4 * gru_hidden + foundation_dim
         self.head_dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.feature_dim, n_outputs)

@@ -19,6 +19,10 @@ from hms_core.models.foundation import EEGFoundationEncoder, load_foundation, sa
 from hms_core.models.registry import create_model
 
 TINY = {"depth": 1, "heads": 4, "mlp_ratio": 1.0, "dropout": 0.0, "max_patches": 4}
+# small sizes each registered encoder accepts
+TINY_SIZES = {"hms": {"dim": 16, "heads": 2, "depth": 1, "max_patches": 3}, "cbramod": TINY,
+              "biot": {"dim": 32, "depth": 1, "heads": 4, "max_patches": 4},
+              "labram": {"depth": 1, "heads": 4, "mlp_ratio": 1.0, "max_patches": 4}}
 
 
 def _published(path, *, n_layer=1, dim_feedforward=200, n_chans=contract.N_EEG_CHANNELS, **config_edits):
@@ -35,8 +39,7 @@ def _published(path, *, n_layer=1, dim_feedforward=200, n_chans=contract.N_EEG_C
 
 @pytest.mark.parametrize("name", ENCODER_NAMES)
 def test_every_registered_encoder_has_the_encoder_interface(name):
-    sizes = {"dim": 16, "heads": 2, "depth": 1, "max_patches": 3} if name == "hms" else TINY
-    encoder = build_encoder(name, **sizes).eval()
+    encoder = build_encoder(name, **TINY_SIZES[name]).eval()
     x = torch.randn(2, len(encoder.channel_names), contract.WINDOW_SAMPLES) * 50
     patches = encoder.patchify(x)
     assert patches.shape == (2, encoder.n_chans, encoder.n_patches, encoder.patch_samples)
@@ -52,6 +55,18 @@ def test_every_registered_encoder_has_the_encoder_interface(name):
     assert type(rebuilt) is type(encoder) and rebuilt.init_kwargs() == encoder.init_kwargs()
 
 
+@pytest.mark.parametrize("name", ENCODER_NAMES)
+def test_resnet1d_gru_finetuning_any_encoder_gives_every_trainable_parameter_a_gradient(name):
+    encoder = build_encoder(name, **TINY_SIZES[name])
+    model = create_model("resnet1d_gru", widths=(8,), strides=(2,), stem_width=8, gru_hidden=8,
+                         foundation_mode="finetune", foundation_kwargs=encoder_spec(encoder))
+    inputs = [torch.randn(2, 19 if field == "referential" else 18, 10000) * 50 for field in model.input_fields]
+    model(*inputs).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad  # DistributedDataParallel needs every trainable parameter used
+    assert all(model.foundation.get_parameter(n).requires_grad is False for n in encoder.masking_parameters)
+
+
 def test_every_trainable_cbramod_parameter_gets_a_gradient():
     encoder = CBraModEncoder(**TINY)
     encoder.forward_features(torch.randn(2, 19, 1000) * 50).sum().backward()
@@ -61,8 +76,8 @@ def test_every_trainable_cbramod_parameter_gets_a_gradient():
 
 
 def test_unknown_or_unwired_encoder_is_a_config_error():
-    with pytest.raises(ConfigError, match=r"pretrain.encoder.*'labram'.*hms.*cbramod"):
-        build_encoder("labram")
+    with pytest.raises(ConfigError, match=r"pretrain.encoder.*'eegpt'.*hms.*cbramod.*biot.*labram"):
+        build_encoder("eegpt")
 
 
 def test_cbramod_constraints_are_config_errors():
