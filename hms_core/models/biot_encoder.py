@@ -21,7 +21,6 @@ numbers), so a model using the encoder exports to ONNX.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from braindecode.models import BIOT
@@ -30,6 +29,7 @@ from torch import nn
 from hms_core import contract
 from hms_core.errors import ConfigError
 from hms_core.models.encoder_registry import register_encoder
+from hms_core.models.patch_window import PatchWindowEncoder
 from hms_core.models.published_weights import check_channels, load_matching, read_published
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ BIOT_TCP_CHANNELS = 16
 
 
 @register_encoder("biot")
-class BIOTEncoder(nn.Module):
+class BIOTEncoder(PatchWindowEncoder):
     """braindecode's BIOT over the 18 bipolar chains, as a foundation encoder.
 
     Parameters
@@ -126,36 +126,10 @@ class BIOTEncoder(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(self.dim))
         nn.init.normal_(self.mask_embedding, std=0.02)
 
-    def init_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments that rebuild this encoder (plain Python types only)."""
-        return {"n_chans": self.n_chans, "n_times": self.n_times, "sfreq": self.sfreq, **self._kwargs}
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n_chans * self.n_patches
-
     @property
     def n_frames(self) -> int:
         """STFT frames per channel: the patches and the half-hop frames between them."""
         return 2 * self.n_patches - 1
-
-    @property
-    def used_samples(self) -> int:
-        """Samples per channel that the encoder reads (the central ones)."""
-        return self.n_patches * self.patch_samples
-
-    def crop(self, x: torch.Tensor) -> torch.Tensor:
-        """Central ``used_samples`` of ``x (B, 18, T)`` -> ``(B, 18, used_samples)``."""
-        if x.ndim != 3 or x.shape[1] != self.n_chans or x.shape[2] < self.used_samples:
-            raise ValueError(f"BIOTEncoder expects (batch, {self.n_chans}, >= {self.used_samples}), "
-                             f"got {tuple(x.shape)}")
-        start = (x.shape[2] - self.used_samples) // 2
-        return x[:, :, start:start + self.used_samples]
-
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, 18, T)`` in uV -> scaled patches ``(B, 18, n_patches, 200)`` of the central crop."""
-        x = self.crop(x) / self.input_scale_uv
-        return x.reshape(x.shape[0], self.n_chans, self.n_patches, self.patch_samples)
 
     def encode_patches(self, patches: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled ``patches (B, C, P, L)`` -> tokens ``(B, C*P, dim)`` of the patch-aligned frames;

@@ -14,15 +14,14 @@ with :meth:`CBraModEncoder.load_init_weights`.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from braindecode.models import CBraMod
-from torch import nn
 
 from hms_core import contract
 from hms_core.errors import ConfigError
 from hms_core.models.encoder_registry import register_encoder
+from hms_core.models.patch_window import PatchWindowEncoder
 from hms_core.models.published_weights import check_channels, load_matching, read_published
 
 logger = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ CBRAMOD_PATCH_SAMPLES = 200
 
 
 @register_encoder("cbramod")
-class CBraModEncoder(nn.Module):
+class CBraModEncoder(PatchWindowEncoder):
     """braindecode's CBraMod over the 19 referential channels, as a foundation encoder.
 
     Parameters
@@ -117,32 +116,6 @@ class CBraModEncoder(nn.Module):
         # CBraMod's reconstruction head: kept so published weights load whole, never run, so
         # frozen (DistributedDataParallel fails on parameters that get no gradient).
         self.backbone.proj_out.requires_grad_(False)
-
-    def init_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments that rebuild this encoder (plain Python types only)."""
-        return {"n_chans": self.n_chans, "n_times": self.n_times, "sfreq": self.sfreq, **self._kwargs}
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n_chans * self.n_patches
-
-    @property
-    def used_samples(self) -> int:
-        """Samples per channel that the encoder reads (the central ones)."""
-        return self.n_patches * self.patch_samples
-
-    def crop(self, x: torch.Tensor) -> torch.Tensor:
-        """Central ``used_samples`` of ``x (B, 19, T)`` -> ``(B, 19, used_samples)``."""
-        if x.ndim != 3 or x.shape[1] != self.n_chans or x.shape[2] < self.used_samples:
-            raise ValueError(f"CBraModEncoder expects (batch, {self.n_chans}, >= {self.used_samples}), "
-                             f"got {tuple(x.shape)}")
-        start = (x.shape[2] - self.used_samples) // 2
-        return x[:, :, start:start + self.used_samples]
-
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, 19, T)`` in uV -> scaled patches ``(B, 19, n_patches, 200)`` of the central crop."""
-        x = self.crop(x) / self.input_scale_uv
-        return x.reshape(x.shape[0], self.n_chans, self.n_patches, self.patch_samples)
 
     def encode_patches(self, patches: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled ``patches (B, C, P, L)`` -> tokens ``(B, C*P, 200)``; True in ``mask (B, C, P)``

@@ -32,6 +32,7 @@ from torch import nn
 from hms_core import atomic, contract
 from hms_core.errors import ConfigError, DataError
 from hms_core.models.encoder_registry import build_from_spec, register_encoder
+from hms_core.models.patch_window import PatchWindowEncoder
 from hms_core.models.published_weights import load_matching
 from hms_core.models.registry import register_model
 
@@ -137,7 +138,7 @@ class _Block(nn.Module):
 
 
 @register_encoder("hms")
-class EEGFoundationEncoder(nn.Module):
+class EEGFoundationEncoder(PatchWindowEncoder):
     """Patch transformer encoder over bipolar EEG chains (``pretrain.encoder: hms``).
 
     Parameters
@@ -251,38 +252,6 @@ class EEGFoundationEncoder(nn.Module):
             raise DataError(path, f"pretrain.init_weights: the encoder in this file reads {payload['channels']}, "
                                   f"this one {list(self.channel_names)}")
         load_matching(self, payload["state_dict"], path)
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n_chans * self.n_patches
-
-    @property
-    def used_samples(self) -> int:
-        """Samples per chain that the encoder reads (the central ones)."""
-        return self.n_patches * self.patch_samples
-
-    def crop(self, x: torch.Tensor) -> torch.Tensor:
-        """Central ``used_samples`` of ``x (B, C, T)`` -> ``(B, C, used_samples)``."""
-        if x.ndim != 3 or x.shape[1] != self.n_chans:
-            raise ValueError(
-                f"EEGFoundationEncoder expects (batch, {self.n_chans}, time), got {tuple(x.shape)}"
-            )
-        if x.shape[2] < self.used_samples:
-            raise ValueError(
-                f"EEGFoundationEncoder needs at least {self.used_samples} samples "
-                f"({self.n_patches} patches of {self.patch_samples}), got {x.shape[2]}"
-            )
-        start = (x.shape[2] - self.used_samples) // 2
-        return x[:, :, start:start + self.used_samples]
-
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """Cut ``x (B, C, T)`` in uV into scaled patches ``(B, C, n_patches, patch_samples)``.
-
-        Takes the central ``used_samples`` when ``T`` is longer and divides by
-        ``input_scale_uv``.
-        """
-        x = self.crop(x) / self.input_scale_uv
-        return x.reshape(x.shape[0], self.n_chans, self.n_patches, self.patch_samples)
 
     def embed_patches(self, patches: torch.Tensor) -> torch.Tensor:
         """Content embedding of ``patches (B, C, P, L)`` -> ``(B, C, P, dim)`` (no positions).

@@ -20,7 +20,6 @@ pooling). The published weights (``braindecode/labram-pretrained``) load with
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 from braindecode.models import Labram
@@ -30,6 +29,7 @@ from torch import nn
 from hms_core import contract
 from hms_core.errors import ConfigError, DataError
 from hms_core.models.encoder_registry import register_encoder
+from hms_core.models.patch_window import PatchWindowEncoder
 from hms_core.models.published_weights import load_matching, read_published
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ LABRAM_PATCH_SAMPLES = 200
 
 
 @register_encoder("labram")
-class LaBraMEncoder(nn.Module):
+class LaBraMEncoder(PatchWindowEncoder):
     """braindecode's Labram over the 19 referential channels, as a foundation encoder.
 
     Parameters
@@ -108,32 +108,6 @@ class LaBraMEncoder(nn.Module):
         # Our addition (braindecode's Labram has no masking): the embedding of a hidden patch.
         self.mask_embedding = nn.Parameter(torch.zeros(LABRAM_DIM))
         nn.init.trunc_normal_(self.mask_embedding, std=0.02)
-
-    def init_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments that rebuild this encoder (plain Python types only)."""
-        return {"n_chans": self.n_chans, "n_times": self.n_times, "sfreq": self.sfreq, **self._kwargs}
-
-    @property
-    def n_tokens(self) -> int:
-        return self.n_chans * self.n_patches
-
-    @property
-    def used_samples(self) -> int:
-        """Samples per channel that the encoder reads (the central ones)."""
-        return self.n_patches * self.patch_samples
-
-    def crop(self, x: torch.Tensor) -> torch.Tensor:
-        """Central ``used_samples`` of ``x (B, 19, T)`` -> ``(B, 19, used_samples)``."""
-        if x.ndim != 3 or x.shape[1] != self.n_chans or x.shape[2] < self.used_samples:
-            raise ValueError(f"LaBraMEncoder expects (batch, {self.n_chans}, >= {self.used_samples}), "
-                             f"got {tuple(x.shape)}")
-        start = (x.shape[2] - self.used_samples) // 2
-        return x[:, :, start:start + self.used_samples]
-
-    def patchify(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, 19, T)`` in uV -> scaled patches ``(B, 19, n_patches, 200)`` of the central crop."""
-        x = self.crop(x) / self.input_scale_uv
-        return x.reshape(x.shape[0], self.n_chans, self.n_patches, self.patch_samples)
 
     def encode_patches(self, patches: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scaled ``patches (B, C, P, L)`` -> normed patch tokens ``(B, C*P, 200)``; True in

@@ -10,12 +10,10 @@ from braindecode.models import Labram
 
 from hms_core import contract
 from hms_core.errors import ConfigError, DataError
-from hms_core.foundation.pretrain import pretrain
-from hms_core.foundation.transfer import transfer_study
-from hms_core.models.encoder_registry import encoder_spec
-from hms_core.models.foundation import load_foundation
 from hms_core.models.labram_encoder import LaBraMEncoder
 from hms_core.models.registry import create_model
+
+from encoder_checks import TINY_RESNET, export_resnet_with, pretrain_from_published, small_study, untrained_parameters
 
 TINY = {"depth": 1, "heads": 4, "mlp_ratio": 1.0, "dropout": 0.0, "max_patches": 4}
 
@@ -51,8 +49,7 @@ def test_every_trainable_labram_parameter_gets_a_gradient():
     mask = torch.zeros(patches.shape[:3], dtype=torch.bool)
     mask[:, 0, 0] = True
     encoder.encode_patches(patches, mask=mask).sum().backward()
-    no_grad = [n for n, p in encoder.named_parameters() if p.requires_grad and p.grad is None]
-    assert not no_grad  # DistributedDataParallel needs every trainable parameter used
+    assert not untrained_parameters(encoder)  # DistributedDataParallel needs every trainable parameter used
     assert not any(p.requires_grad for p in encoder.backbone.final_layer.parameters())
 
 
@@ -96,36 +93,17 @@ def test_published_labram_weights_that_do_not_fit_are_named(tmp_path):
 
 def test_labram_pretrains_from_published_weights_and_transfers(tiny_store, tmp_path):
     _published(tmp_path / "labram-pretrained")
-    cfg = {"encoder": "labram", "init_weights": str(tmp_path / "labram-pretrained"), "model": {**TINY, "dim": 200},
-           "objectives": {"temporal": {"n_future": 1}}, "epochs": 1, "batch_size": 8, "progress": False,
-           "device": "cpu", "holdout_folds": [0], "max_windows": 16}
-    metrics = pretrain([tiny_store.store], cfg, out_path=tmp_path / "enc.pth", checkpoint_dir=tmp_path / "ckpt",
-                       folds_csv=tiny_store.folds_csv)
-    assert set(metrics["last_epoch_loss"]) == {"total", "masked", "contrastive", "temporal"}
-    assert all(torch.isfinite(torch.tensor(v)) for v in metrics["last_epoch_loss"].values())
-    encoder = load_foundation(tmp_path / "enc.pth")
+    encoder = pretrain_from_published("labram", tmp_path / "labram-pretrained", {**TINY, "dim": 200}, tiny_store, tmp_path)
     assert isinstance(encoder, LaBraMEncoder) and encoder.input_field == "referential"
     model = create_model("resnet1d_gru", foundation_path=str(tmp_path / "enc.pth"), foundation_mode="frozen",
-                         widths=(8,), strides=(2,), stem_width=8, gru_hidden=8)
+                         **TINY_RESNET)
     assert model.input_fields == ("chains", "referential")
     assert model(torch.randn(2, 18, 10000) * 50, torch.randn(2, 19, 10000) * 50).shape == (2, contract.N_CLASSES)
-    study = transfer_study([tiny_store.store], tiny_store.folds_csv, tmp_path / "enc.pth",
-                           {"epochs": 1, "probe_epochs": 2, "batch_size": 8, "progress": False, "device": "cpu",
-                            "label_fractions": [1.0], "repeats": 1, "val_folds": [0], "min_patients": 1,
-                            "min_windows": 0}, out_json=tmp_path / "t.json", checkpoint_dir=tmp_path / "t")
+    study = small_study(tiny_store, tmp_path)
     assert study["encoder"] == "labram" and len(study["runs"]) == 4
 
 
 def test_resnet1d_gru_with_a_labram_encoder_exports_with_parity(tmp_path):
     pytest.importorskip("onnxruntime")
-    from hms_core.export.onnx import export_model
-
-    kwargs = {"widths": (8,), "strides": (2,), "stem_width": 8, "gru_hidden": 8, "foundation_mode": "finetune",
-              "foundation_kwargs": encoder_spec(LaBraMEncoder(**TINY))}
-    model = create_model("resnet1d_gru", **kwargs).eval()
-    torch.save({"model_name": "resnet1d_gru", "model_kwargs": kwargs, "state_dict": model.state_dict()},
-               tmp_path / "m_fold0.pth")
-    inputs = {"chains": torch.randn(3, 18, 10000).numpy() * 50, "referential": torch.randn(3, 19, 10000).numpy() * 50}
-    report = export_model([tmp_path / "m_fold0.pth"], tmp_path / "m.onnx", parity_inputs=inputs,
-                          cfg={"batch_size": 2, "n_parity_windows": 3})
+    report = export_resnet_with(LaBraMEncoder(**TINY), "finetune", tmp_path)
     assert report["passed"] and report["input_fields"] == ["chains", "referential"]
