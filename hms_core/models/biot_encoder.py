@@ -154,15 +154,9 @@ class BIOTEncoder(PatchWindowEncoder):
         out = encoder.transformer(tokens.reshape(batch, n_chans * n_frames, self.dim))
         return out.reshape(batch, n_chans, n_frames, self.dim)
 
-    def forward_tokens(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encode_patches(self.patchify(x), mask=mask)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``x (B, 18, T)`` chains in uV -> ``(B, dim)``: BIOT's mean over all frames."""
         return self.encode_frames(self.patchify(x)).mean(dim=(1, 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
 
     def load_init_weights(self, path) -> None:
         """Load published BIOT weights (``model.safetensors`` + ``config.json``) from ``path``.

@@ -141,16 +141,6 @@ class CBraModEncoder(PatchWindowEncoder):
         position = embedding.positional_encoding(tokens.permute(0, 3, 1, 2))  # (B, 200, C, P)
         return tokens + position.permute(0, 2, 3, 1)
 
-    def forward_tokens(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encode_patches(self.patchify(x), mask=mask)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, 19, T)`` referential channels in uV -> ``(B, 200)`` (mean of the tokens)."""
-        return self.forward_tokens(x).mean(dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
-
     def load_init_weights(self, path) -> None:
         """Load published CBraMod weights (``model.safetensors`` + ``config.json``) from ``path``.
 

@@ -291,17 +291,6 @@ class EEGFoundationEncoder(PatchWindowEncoder):
             tokens = block(tokens)
         return self.norm(tokens)
 
-    def forward_tokens(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``x (B, C, T)`` in uV -> tokens ``(B, C*P, dim)``, channel-major."""
-        return self.encode_patches(self.patchify(x), mask=mask)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, C, T)`` chains in uV -> window features ``(B, feature_dim)`` (mean of tokens)."""
-        return self.forward_tokens(x).mean(dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
-
 
 class FoundationClassifier(nn.Module):
     """The foundation encoder with a linear head: ``chains (B, C, T) -> logits (B, n_outputs)``.

@@ -132,16 +132,6 @@ class LaBraMEncoder(PatchWindowEncoder):
             tokens = block(tokens)
         return backbone.norm(tokens)[:, 1:]
 
-    def forward_tokens(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.encode_patches(self.patchify(x), mask=mask)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``x (B, 19, T)`` referential channels in uV -> ``(B, 200)`` (mean of the patch tokens)."""
-        return self.forward_tokens(x).mean(dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_features(x)
-
     def load_init_weights(self, path) -> None:
         """Load published LaBraM weights (``model.safetensors`` + ``config.json``) from ``path``.
 

@@ -15,7 +15,8 @@ from torch import nn
 
 
 class PatchWindowEncoder(nn.Module):
-    """Base of the foundation encoders: central crop, patches, token count, rebuild kwargs."""
+    """Base of the foundation encoders: central crop, patches, token count, rebuild kwargs and
+    the forward passes built on the subclass's ``encode_patches``."""
 
     n_chans: int
     n_times: int
@@ -53,3 +54,15 @@ class PatchWindowEncoder(nn.Module):
         central crop."""
         x = self.crop(x) / self.input_scale_uv
         return x.reshape(x.shape[0], self.n_chans, self.n_patches, self.patch_samples)
+
+    def forward_tokens(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (B, C, T)`` in uV -> tokens ``(B, C*P, dim)``, channel-major; True in
+        ``mask (B, C, P)`` hides a patch."""
+        return self.encode_patches(self.patchify(x), mask=mask)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``x (B, C, T)`` in uV -> window features ``(B, dim)``: the mean of the tokens."""
+        return self.forward_tokens(x).mean(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)
