@@ -31,6 +31,7 @@ from hms_core.signal.frontend import (FRONTEND_FIELDS, FrontendConfig, WindowFro
                                      window_shapes)
 from hms_core.signal.ica import IcaConfig, clean_recording
 from hms_core.signal.nan import NanConfig
+from hms_core.signal.shared_frames import RecordingSpectrograms
 from hms_core.signal.spectrogram import SpectrogramConfig
 from hms_core.store import INDEX_COLUMNS, StoreWriter
 
@@ -203,6 +204,7 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
                              windows_per_shard=cfg.windows_per_shard, compression_level=cfg.compression_level,
                              name=out_store)
         by_id = dict(tuple(rows.groupby("eeg_id")))
+        since_trim = 0
         for i, eeg_id in enumerate(tqdm(eeg_ids, desc=job, unit="rec", mininterval=5, disable=None)):
             try:
                 fields, index = process_recording(data_dir, eeg_id, by_id[eeg_id], cfg, frontend)
@@ -214,7 +216,10 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
             else:
                 writer.append(fields, index)
                 del fields
-            _release_freed_memory()
+            since_trim += len(by_id[eeg_id])
+            if since_trim >= _TRIM_EVERY_WINDOWS:
+                _release_freed_memory()
+                since_trim = 0
             update_status(status_path, job=job, stage="preprocessing", done=i + 1, total=len(eeg_ids),
                           windows=writer.n_written + writer._buffered, bad_recordings=len(bad))
         n_windows = writer.close({"preprocess_config": cfg.to_dict(), "frontend_config": frontend_cfg.to_dict(),
@@ -223,6 +228,9 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
         atomic.write_json(quarantine_out, {"store": str(out_store), "bad_recordings": bad})
     logger.info("%s: %d windows from %d recordings (%d skipped)", out_store, n_windows, len(eeg_ids) - len(bad), len(bad))
     return {"n_recordings": len(eeg_ids) - len(bad), "n_windows": n_windows, "n_bad": len(bad)}
+
+
+_TRIM_EVERY_WINDOWS = 32  # about 100 MB of window fields between trims; a trim costs ~5 ms
 
 
 def _release_freed_memory() -> None:
@@ -273,9 +281,19 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     nan_fraction = [float(nan_rows[s.stop] - nan_rows[s.start]) / ((s.stop - s.start) * n_eeg) for s in slices]
     parts: dict[str, list[np.ndarray]] = {name: [] for name in FRONTEND_FIELDS}
     device = frontend.fir.weight.device
+    # Windows cut from one cleaned recording share their STFT frames (see signal.shared_frames).
+    starts = np.array([s.start for s in slices])
+    shared = RecordingSpectrograms(frontend, starts, windows.shape[-1]) if cfg.ica.fit_on == "recording" else None
     with torch.no_grad():
         for start in range(0, len(windows), cfg.frontend_batch):
-            out = frontend.fields(torch.from_numpy(windows[start:start + cfg.frontend_batch]).to(device))
+            chunk = slice(start, start + cfg.frontend_batch)
+            raw_chunk = torch.from_numpy(windows[chunk]).to(device)
+            if shared is None:
+                out = frontend.fields(raw_chunk)
+            else:
+                chains, referential = frontend.signals(raw_chunk)
+                eeg_spec, eeg_mel = shared(raw_chunk, chains, starts[chunk])
+                out = {"chains": chains, "referential": referential, "eeg_spec": eeg_spec, "eeg_mel": eeg_mel}
             for name in FRONTEND_FIELDS:
                 parts[name].append(out[name].cpu().numpy())
     kaggle = kaggle_windows(data_dir, rows, eeg_id)
@@ -326,21 +344,34 @@ def clean_windows(raw_uv: np.ndarray, slices: Sequence[slice], cfg: PreprocessCo
 
 
 def kaggle_windows(data_dir, rows: pd.DataFrame, eeg_id: int) -> np.ndarray:
-    """Log images ``(k, 4, 100, 300)`` of the Kaggle spectrogram windows of ``rows``."""
+    """Log images ``(k, 4, 100, 300)`` of the Kaggle spectrogram windows of ``rows``.
+
+    Windows of one spectrogram overlap, so the log image is taken once over the rows they
+    span (when that is fewer rows than the windows hold) and the windows are cut from it:
+    the same numbers, elementwise.
+    """
     from hms_core.data.io import read_spectrogram, spectrogram_first_row, spectrogram_path
 
-    out = []
-    cache: dict[int, np.ndarray] = {}
-    for spectrogram_id, offset in zip(rows["spectrogram_id"], rows["spectrogram_label_offset_seconds"]):
-        spectrogram_id = int(spectrogram_id)
+    images: list[np.ndarray | None] = [None] * len(rows)
+    ids = rows["spectrogram_id"].to_numpy().astype(np.int64)
+    firsts = np.array([spectrogram_first_row(o) for o in rows["spectrogram_label_offset_seconds"]], dtype=np.int64)
+    for spectrogram_id in dict.fromkeys(ids.tolist()):  # rows of one eeg usually share one
         path = spectrogram_path(data_dir, spectrogram_id)
-        if spectrogram_id not in cache:
-            cache = {spectrogram_id: read_spectrogram(path, spectrogram_id)[1]}  # rows of one eeg share one
-        power = cache[spectrogram_id]
-        first = spectrogram_first_row(offset)
-        if first + SPEC_WINDOW_ROWS > len(power):
-            raise DataError(path, f"spectrogram has {len(power)} rows but offset {offset:g} s needs "
-                                  f"{first + SPEC_WINDOW_ROWS}", eeg_id=eeg_id)
-        out.append(power[first:first + SPEC_WINDOW_ROWS])
-    with torch.no_grad():
-        return kaggle_spec_image(torch.from_numpy(np.stack(out))).numpy()
+        power = read_spectrogram(path, spectrogram_id)[1]
+        members = np.flatnonzero(ids == spectrogram_id)
+        for i in members:
+            if firsts[i] + SPEC_WINDOW_ROWS > len(power):
+                offset = rows["spectrogram_label_offset_seconds"].iloc[i]
+                raise DataError(path, f"spectrogram has {len(power)} rows but offset {offset:g} s needs "
+                                      f"{firsts[i] + SPEC_WINDOW_ROWS}", eeg_id=eeg_id)
+        low, high = int(firsts[members].min()), int(firsts[members].max()) + SPEC_WINDOW_ROWS
+        with torch.no_grad():
+            if high - low < len(members) * SPEC_WINDOW_ROWS:
+                span = kaggle_spec_image(torch.from_numpy(power[None, low:high])).numpy()[0]  # (4, 100, span)
+                for i in members:
+                    images[i] = span[..., firsts[i] - low:firsts[i] - low + SPEC_WINDOW_ROWS]
+            else:
+                cut = np.stack([power[f:f + SPEC_WINDOW_ROWS] for f in firsts[members]])
+                for i, image in zip(members, kaggle_spec_image(torch.from_numpy(cut)).numpy()):
+                    images[i] = image
+    return np.stack(images)

@@ -145,20 +145,20 @@ def kaggle_spec_image(power: torch.Tensor, *, min_power: float = KAGGLE_LOG_MIN,
     Parameters
     ----------
     power : torch.Tensor
-        ``(B, 300, 400)``: 300 rows (2 s apart, 600 s) of the 400 ``SPEC_COLUMNS`` (uV^2).
+        ``(B, rows, 400)``: rows 2 s apart (300 for a 600 s window) of the 400 ``SPEC_COLUMNS`` (uV^2).
     min_power, max_power : float
         Clip range before the natural log; default exp(-4) to exp(8).
 
     Returns
     -------
     torch.Tensor
-        ``(B, 4, 100, 300)``: region (LL, RL, LP, RP), frequency (row 0 = 0.59 Hz, ascending),
+        ``(B, 4, 100, rows)``: region (LL, RL, LP, RP), frequency (row 0 = 0.59 Hz, ascending),
         time. NaN cells (gaps in the recording) take the log floor ``log(min_power)``, the
         value of zero power: models that leave the floor out of their statistics then treat
         them as gaps (0 would read as a plausible power of 1 uV^2).
     """
-    batch = power.shape[0]
-    image = power.reshape(batch, SPEC_WINDOW_ROWS, len(SPEC_REGIONS), SPEC_N_FREQS).permute(0, 2, 3, 1)
+    batch, n_rows = power.shape[0], power.shape[1]
+    image = power.reshape(batch, n_rows, len(SPEC_REGIONS), SPEC_N_FREQS).permute(0, 2, 3, 1)
     logged = torch.log(torch.clamp(image, min=min_power, max=max_power))
     return torch.where(torch.isnan(image), torch.full_like(logged, float(np.log(min_power))), logged)
 

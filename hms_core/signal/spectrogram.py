@@ -168,28 +168,58 @@ class RegionSpectrogram(torch.nn.Module):
         rows = [r for region in SPEC_REGIONS for r in REGION_CHAIN_ROWS[region]]
         self.register_buffer("chain_rows", torch.tensor(rows, dtype=torch.long))
 
-    def power(self, chains: torch.Tensor, *, start: int = 0, length: int | None = None) -> torch.Tensor:
-        """Per-chain power ``(B, 16, F, frames)`` of the 16 region chains (uV^2 per bin)."""
-        x = chains.index_select(1, self.chain_rows)
-        n_times = x.shape[-1] if length is None else length
-        x = x[..., start:start + n_times]
-        batch, n_chains = x.shape[0], x.shape[1]
-        n_frames = n_times // self.hop
+    def region_chains(self, chains: torch.Tensor) -> torch.Tensor:
+        """The 16 chains of the four regions, ``(B, 16, T)`` (a view when their rows are contiguous)."""
+        rows = self.chain_rows.tolist() if not torch.jit.is_tracing() else None
+        if rows is not None and rows == list(range(rows[0], rows[0] + len(rows))):
+            return chains[:, rows[0]:rows[0] + len(rows)]
+        return chains.index_select(1, self.chain_rows)
+
+    def n_frames_of(self, n_times: int) -> int:
+        """Frames of a spectrogram of ``n_times`` samples."""
+        return n_times // self.hop
+
+    def padded(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``(padded (N, 1, L), n_frames)`` of signals ``x (..., T)``: reflect-padded by half a
+        frame on the left and what the last frame needs on the right, zero-completed to whole
+        hops, ready for :meth:`spectrum`."""
+        n_times = x.shape[-1]
+        n_frames = self.n_frames_of(n_times)
         left = self.n_fft // 2
         right = self.n_fft - left - self.hop
         flat = F.pad(x.reshape(-1, 1, n_times), (left, max(right, 0)), mode="reflect")
         # Zeros to complete the last fold (they meet zero kernel taps only), then trim.
         needed = self.hop * (n_frames + self.n_blocks - 1)
-        flat = F.pad(flat, (0, self.hop * self.n_blocks))[..., :needed]
-        folded = flat.reshape(-1, needed // self.hop, self.hop).transpose(1, 2)  # (N, hop, L/hop)
-        spec = F.conv1d(folded, self.dft)  # (N, 2F, frames)
-        real, imag = spec[:, :self.n_bins], spec[:, self.n_bins:]
-        power = real * real + imag * imag
-        return power.reshape(batch, n_chains, self.n_bins, n_frames)
+        return F.pad(flat, (0, self.hop * self.n_blocks))[..., :needed], n_frames
+
+    def spectrum(self, padded: torch.Tensor, first: int, stop: int) -> torch.Tensor:
+        """Windowed DFT ``(N, 2F, stop - first)`` (real parts, then imaginary parts) of frames
+        ``first`` to ``stop - 1`` of :meth:`padded`'s output."""
+        part = padded[..., self.hop * first:self.hop * (stop + self.n_blocks - 1)]
+        folded = part.reshape(part.shape[0], -1, self.hop).transpose(1, 2)  # (N, hop, L/hop)
+        return F.conv1d(folded, self.dft)
+
+    def power(self, chains: torch.Tensor, *, start: int = 0, length: int | None = None) -> torch.Tensor:
+        """Per-chain power ``(B, 16, F, frames)`` of the 16 region chains (uV^2 per bin)."""
+        x = self.region_chains(chains)
+        n_times = x.shape[-1] if length is None else length
+        x = x[..., start:start + n_times]
+        batch, n_chains = x.shape[0], x.shape[1]
+        padded, n_frames = self.padded(x)
+        spec = self.spectrum(padded, 0, n_frames)  # (N, 2F, frames)
+        return self.power_of(spec).reshape(batch, n_chains, self.n_bins, n_frames)
+
+    def power_of(self, spec: torch.Tensor) -> torch.Tensor:
+        """Power ``(..., F, frames)`` of :meth:`spectrum`'s ``(..., 2F, frames)``."""
+        real, imag = spec[..., :self.n_bins, :], spec[..., self.n_bins:, :]
+        return real * real + imag * imag
 
     def forward(self, chains: torch.Tensor, *, start: int = 0,
                 length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        power = self.power(chains, start=start, length=length)
+        return self.from_power(self.power(chains, start=start, length=length))
+
+    def from_power(self, power: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(eeg_spec, eeg_mel)`` log images from the per-chain power ``(B, 16, F, frames)``."""
         region_power = torch.einsum("rc,bcft->brft", self.regions, power)
         mel_power = torch.einsum("mf,brft->brmt", self.mel, region_power)
         floor = self.log_floor
