@@ -89,20 +89,25 @@ class WindowFrontend(torch.nn.Module):
         unclipped referential channels, as it always was.
         """
         eeg = raw_uv[:, :N_EEG_CHANNELS]
-        finite = ~torch.isnan(eeg)
-        if not torch.jit.is_tracing() and bool(finite.all()):
-            # Cleaned windows have no NaN: the plain mean is the same number, without the masks
-            # (a traced graph, such as the ONNX export, keeps the general form).
-            centred = eeg - eeg.mean(dim=-1, keepdim=True)
+        plain_mean = None if torch.jit.is_tracing() else eeg.mean(dim=-1, keepdim=True)
+        if plain_mean is not None and bool(torch.isfinite(plain_mean).all()):
+            # A finite mean means no NaN (nor inf) in the window, as in cleaned windows: the
+            # plain mean is the same number, without the masks (a traced graph, such as the
+            # ONNX export, keeps the general form).
+            centred = eeg - plain_mean
         else:
+            finite = ~torch.isnan(eeg)
             zeroed = torch.where(finite, eeg, torch.zeros_like(eeg))
             count = finite.to(eeg.dtype).sum(dim=-1, keepdim=True)
             mean = zeroed.sum(dim=-1, keepdim=True) / torch.clamp(count, min=1.0)
             centred = torch.where(finite, eeg - mean, torch.zeros_like(eeg))
         referential = self.fir(centred)  # (B, 19, T)
         chains = self.montage(referential)  # (B, 18, T)
-        return (torch.clamp(chains, min=-self.clip_uv, max=self.clip_uv),
-                torch.clamp(referential, min=-self.clip_uv, max=self.clip_uv))
+        if torch.jit.is_tracing():
+            return (torch.clamp(chains, min=-self.clip_uv, max=self.clip_uv),
+                    torch.clamp(referential, min=-self.clip_uv, max=self.clip_uv))
+        # in place: both are fresh tensors (the montage's difference, the filter's output)
+        return chains.clamp_(-self.clip_uv, self.clip_uv), referential.clamp_(-self.clip_uv, self.clip_uv)
 
     def chains(self, raw_uv: torch.Tensor) -> torch.Tensor:
         """Filtered, clipped chains ``(B, 18, T)`` in uV from ``raw_uv (B, 20, T)``."""
