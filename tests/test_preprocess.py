@@ -50,6 +50,8 @@ def test_config_rejects_unknown_keys():
         from_mapping(PreprocessConfig, {"on_bad_recording": "ignore"}, "preprocessing")
     with pytest.raises(ConfigError, match="method"):
         from_mapping(PreprocessConfig, {"ica": {"method": "jade"}}, "preprocessing")
+    with pytest.raises(ConfigError, match=r"preprocessing\.compressor: invalid value 'gzip'"):
+        from_mapping(PreprocessConfig, {"compressor": "gzip"}, "preprocessing")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,18 @@ def two_stores(tiny_dataset, train_df, tmp_path_factory):
     status = out / "status" / "run.json"
     preprocess_batch(tiny_dataset, train_df, batches[0], out / "batch_0000.zarr", cfg, status_path=status,
                      quarantine_out=out / "q0.json")
-    preprocess_batch(tiny_dataset, train_df, batches[1], out / "batch_0001.zarr", FAST)
+    preprocess_batch(tiny_dataset, train_df, batches[1], out / "batch_0001.zarr",
+                     {**FAST, "compressor": "lz4", "compression_level": 9})
     return out, batches, cfg
+
+
+def test_store_codec_follows_the_config_and_both_verify(two_stores):
+    out, _, _ = two_stores
+    for batch, (cname, level) in {"batch_0000.zarr": ("zstd", 1), "batch_0001.zarr": ("lz4", 9)}.items():
+        meta = json.loads((out / batch / "chains" / "zarr.json").read_text())
+        blosc = meta["codecs"][0]["configuration"]["codecs"][1]["configuration"]
+        assert (blosc["cname"], blosc["clevel"]) == (cname, level)
+        assert verify_store(out / batch) == []
 
 
 def test_store_holds_every_window_and_equals_the_frontend(tiny_dataset, train_df, two_stores):
