@@ -92,9 +92,23 @@ def _codecs(dtype: str, level: int, compressor: str = "zstd") -> tuple:
             zarr.codecs.Crc32cCodec())
 
 
-def _cast(block: np.ndarray, dtype: str) -> np.ndarray:
+CAST_WINDOWS = 4  # windows cast per step, into a buffer reused for every step
+
+
+def _cast(block: np.ndarray, dtype: str, buffer: np.ndarray | None = None) -> np.ndarray:
     """``block.astype(dtype)``; float32 to float16 through torch, which rounds the same
-    (to nearest even, overflow to inf) with vector instructions, about 2x faster than numpy."""
+    (to nearest even, overflow to inf) with vector instructions, about 2x faster than numpy.
+    Into ``buffer[:len(block)]`` if given (its dtype; a fresh array costs twice the cast in
+    page faults)."""
+    if buffer is not None:
+        out = buffer[:len(block)]
+        if block.dtype == np.float32 and out.dtype == np.float16:
+            import torch
+
+            torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(block)))
+        else:
+            out[...] = block
+        return out
     if block.dtype == np.float32 and np.dtype(dtype) == np.float16:
         import torch
 
@@ -173,6 +187,7 @@ class StoreWriter:
         self._pending: dict[str, list[tuple[bytes, bytes]]] = {name: [] for name in WINDOW_FIELDS}
         self._buffered = 0
         self._index: list[pd.DataFrame] = []
+        self._cast_buffers: dict[str, np.ndarray] = {}
 
     def _write_array_metadata(self, n_windows: int) -> None:
         for name, shape in self.shapes.items():
@@ -191,7 +206,10 @@ class StoreWriter:
             if blocks[name].shape != (k, *self.shapes[name]):
                 raise ValueError(f"{name}: got shape {blocks[name].shape}, expected {(k, *self.shapes[name])}")
         for name, block in blocks.items():
-            self._pending[name].extend(shard_writer.encode_windows(_cast(block, self.dtype), self.blosc))
+            buffer = self._cast_buffers.setdefault(name, np.empty((CAST_WINDOWS, *self.shapes[name]), self.dtype))
+            for start in range(0, k, CAST_WINDOWS):
+                cast = _cast(block[start:start + CAST_WINDOWS], self.dtype, buffer)
+                self._pending[name].extend(shard_writer.encode_windows(cast, self.blosc))
         self._index.append(index.reset_index(drop=True))
         self._buffered += k
         if self._buffered >= self.shard:
