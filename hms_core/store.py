@@ -15,8 +15,11 @@ Layout of one store directory (``data/processed/batch_0000.zarr``)::
 
 Each array has one window per chunk; chunks are grouped into shards of
 ``windows_per_shard`` windows (fewer files; a read still decodes only the chunks it needs).
-The writer buffers whole shards so every shard file is written exactly once, and memory
-stays bounded by one shard per field whatever the batch size.
+Chunks are Blosc frames (zstd or lz4, byte shuffle, one Blosc block per window chunk).
+:class:`StoreWriter` writes the zarr v3 files itself (:mod:`hms_core.shard_writer`: zarr's
+per-chunk machinery cost more CPU than the compression): it encodes each window once and
+writes each shard file once, whole, holding at most one shard of encoded windows per field.
+zarr reads the stores as any zarr v3 group.
 :class:`WindowStore` reads windows straight from these files with
 :class:`hms_core.shard_reader.ShardReader` (zarr's per-read overhead was 10x the decoding),
 and with zarr for any other layout (older stores).
@@ -38,15 +41,17 @@ import logging
 import math
 import os
 import shutil
+import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from hms_core import atomic
+from hms_core import atomic, shard_writer
 from hms_core.errors import DataError, DiskFullError
 from hms_core.shard_reader import ShardReader, open_shard_reader
+from hms_core.shard_writer import BloscSettings
 
 logger = logging.getLogger(__name__)
 
@@ -62,26 +67,48 @@ INDEX_FILE = "index.parquet"
 INDEX_COLUMNS = ("label_id", "eeg_id", "patient_id", "eeg_label_offset_seconds", "spectrogram_id",
                  "spectrogram_label_offset_seconds")
 DTYPES = ("float16", "float32")
+StoreCompressor = Literal["zstd", "lz4"]
+COMPRESSORS = typing.get_args(StoreCompressor)
 
 
-def _compressor(dtype: str, level: int):
-    import zarr.codecs
+# Blosc block of up to 1 MiB: one block per window chunk of the default shapes. zstd
+# level 1 against blosc's automatic 32 KiB blocks, on the realistic synthetic batch: 24% less
+# compression CPU, 6% fewer bytes, decoding in 0.55x the time.
+BLOSC_BLOCK_BYTES = 1 << 20
 
+
+def _blosc(dtype: str, level: int, compressor: str = "zstd") -> BloscSettings:
     # Byte shuffle: on float16 chains it compresses better than bit shuffle and decodes faster.
-    return zarr.codecs.BloscCodec(cname="zstd", clevel=level, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+    return BloscSettings(cname=compressor, clevel=int(level), typesize=np.dtype(dtype).itemsize, shuffle="shuffle",
+                         blocksize=BLOSC_BLOCK_BYTES)
 
 
-def _codecs(dtype: str, level: int) -> tuple:
-    """Compression, then a CRC32C of the compressed bytes (per chunk; zarr's shard index
-    carries its own CRC32C by default)."""
+def _codecs(dtype: str, level: int, compressor: str = "zstd") -> tuple:
+    """The store's chunk codecs as zarr codecs: compression, then a CRC32C of the compressed
+    bytes (zarr's shard index carries its own CRC32C by default)."""
     import zarr.codecs
 
-    return _compressor(dtype, level), zarr.codecs.Crc32cCodec()
+    return (zarr.codecs.BloscCodec(**_blosc(dtype, level, compressor).configuration()),
+            zarr.codecs.Crc32cCodec())
 
 
-def _cast(block: np.ndarray, dtype: str) -> np.ndarray:
+CAST_WINDOWS = 4  # windows cast per step, into a buffer reused for every step
+
+
+def _cast(block: np.ndarray, dtype: str, buffer: np.ndarray | None = None) -> np.ndarray:
     """``block.astype(dtype)``; float32 to float16 through torch, which rounds the same
-    (to nearest even, overflow to inf) with vector instructions, about 2x faster than numpy."""
+    (to nearest even, overflow to inf) with vector instructions, about 2x faster than numpy.
+    Into ``buffer[:len(block)]`` if given (its dtype; a fresh array costs twice the cast in
+    page faults)."""
+    if buffer is not None:
+        out = buffer[:len(block)]
+        if block.dtype == np.float32 and out.dtype == np.float16:
+            import torch
+
+            torch.from_numpy(out).copy_(torch.from_numpy(np.ascontiguousarray(block)))
+        else:
+            out[...] = block
+        return out
     if block.dtype == np.float32 and np.dtype(dtype) == np.float16:
         import torch
 
@@ -118,7 +145,9 @@ class StoreWriter:
     windows_per_shard : int
         Windows per shard file; 1 turns sharding off.
     compression_level : int
-        zstd level of the Blosc compression, 0 (none) to 9; default 3.
+        Blosc level, 0 (none) to 9; default 1.
+    compressor : {"zstd", "lz4"}
+        Blosc codec; default "zstd" (``preprocessing.compressor`` says when to take which).
     name : path-like, optional
         The store's final path, named in errors (default ``path``).
 
@@ -129,9 +158,13 @@ class StoreWriter:
     """
 
     def __init__(self, path, *, max_windows: int, shapes: Mapping[str, tuple[int, ...]], dtype: str = "float16",
-                 windows_per_shard: int = 16, compression_level: int = 3, name=None):
-        import zarr
-
+                 windows_per_shard: int = 16, compression_level: int = 1, compressor: str = "zstd", name=None):
+        if compressor not in COMPRESSORS:
+            raise ValueError(f"compressor {compressor!r}: allowed values are {', '.join(COMPRESSORS)}")
+        if not 0 <= int(compression_level) <= 9:
+            raise ValueError(f"compression_level {compression_level!r} must lie in [0, 9]")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: allowed values are {', '.join(DTYPES)}")
         self.path = Path(path)
         self.name = Path(name) if name is not None else self.path
         self.dtype = dtype
@@ -142,27 +175,41 @@ class StoreWriter:
             raise ValueError(f"{self.path}: no window shape for field(s) {', '.join(missing)} "
                              f"(a store holds {', '.join(WINDOW_FIELDS)})")
         self.shapes = {name: tuple(int(s) for s in shapes[name]) for name in WINDOW_FIELDS}
+        self.blosc = _blosc(dtype, compression_level, compressor)
         self.n_written = 0
-        self.arrays = {}
         with self._disk_full_is_named():
-            self.group = zarr.open_group(self.path, mode="w", zarr_format=3)
-            for name, shape in self.shapes.items():
-                self.arrays[name] = self.group.create_array(
-                    name, shape=(max(max_windows, 1), *shape), dtype=dtype, chunks=(1, *shape),
-                    shards=(self.shard, *shape) if self.shard > 1 else None,
-                    compressors=_codecs(dtype, compression_level), fill_value=0, config={"write_empty_chunks": True})
-        self._buffer: dict[str, list[np.ndarray]] = {name: [] for name in WINDOW_FIELDS}
+            if self.path.exists():  # a new store replaces whatever is there, as zarr's mode "w"
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True)
+            shard_writer.write_json(self.path / "zarr.json", shard_writer.group_metadata({}))
+            self._write_array_metadata(max(self.max_windows, 1))
+        # Encoded windows not yet in a shard file: (blosc frame, CRC32C) each.
+        self._pending: dict[str, list[tuple[bytes, bytes]]] = {name: [] for name in WINDOW_FIELDS}
         self._buffered = 0
         self._index: list[pd.DataFrame] = []
+        self._cast_buffers: dict[str, np.ndarray] = {}
+
+    def _write_array_metadata(self, n_windows: int) -> None:
+        for name, shape in self.shapes.items():
+            (self.path / name).mkdir(exist_ok=True)
+            shard_writer.write_json(self.path / name / "zarr.json", shard_writer.array_metadata(
+                n_windows, shape, self.dtype, self.shard, self.blosc))
 
     def append(self, fields: Mapping[str, np.ndarray], index: pd.DataFrame) -> None:
         """Add ``k`` windows: ``fields[name]`` is ``(k, *shape)``, ``index`` has ``k`` rows."""
         k = len(index)
+        if self.n_written + self._buffered + k > self.max_windows:
+            raise ValueError(f"more windows than max_windows={self.max_windows}")
+        blocks = {}
         for name in WINDOW_FIELDS:
-            block = np.asarray(fields[name])
-            if block.shape != (k, *self.shapes[name]):
-                raise ValueError(f"{name}: got shape {block.shape}, expected {(k, *self.shapes[name])}")
-            self._buffer[name].append(_cast(block, self.dtype))
+            blocks[name] = np.asarray(fields[name])
+            if blocks[name].shape != (k, *self.shapes[name]):
+                raise ValueError(f"{name}: got shape {blocks[name].shape}, expected {(k, *self.shapes[name])}")
+        for name, block in blocks.items():
+            buffer = self._cast_buffers.setdefault(name, np.empty((CAST_WINDOWS, *self.shapes[name]), self.dtype))
+            for start in range(0, k, CAST_WINDOWS):
+                cast = _cast(block[start:start + CAST_WINDOWS], self.dtype, buffer)
+                self._pending[name].extend(shard_writer.encode_windows(cast, self.blosc))
         self._index.append(index.reset_index(drop=True))
         self._buffered += k
         if self._buffered >= self.shard:
@@ -170,16 +217,17 @@ class StoreWriter:
                 self._flush(whole_shards_only=True)
 
     def _flush(self, *, whole_shards_only: bool) -> None:
+        """Write the buffered windows as shard files (each written once, whole): all of them,
+        or only those that fill whole shards."""
         n = self._buffered - self._buffered % self.shard if whole_shards_only else self._buffered
-        if n == 0:
-            return
+        for start in range(0, n, self.shard):
+            shard = (self.n_written + start) // self.shard
+            for name in WINDOW_FIELDS:
+                chunks = self._pending[name][start:start + self.shard]
+                shard_writer.write_file(self.path / shard_key(name, shard, len(self.shapes[name])),
+                                        shard_writer.shard_buffers(chunks, self.shard))
         for name in WINDOW_FIELDS:
-            data = np.concatenate(self._buffer[name])
-            array = self.arrays[name]
-            if self.n_written + n > array.shape[0]:
-                raise ValueError(f"more windows than max_windows={array.shape[0]}")
-            array[self.n_written:self.n_written + n] = data[:n]
-            self._buffer[name] = [data[n:]] if n < len(data) else []
+            del self._pending[name][:n]
         self.n_written += n
         self._buffered -= n
 
@@ -193,13 +241,13 @@ class StoreWriter:
                                "were appended")
         with self._disk_full_is_named():
             self._flush(whole_shards_only=False)
-            for name, array in self.arrays.items():
-                array.resize((self.n_written, *self.shapes[name]))
+            if self.n_written != max(self.max_windows, 1):
+                self._write_array_metadata(self.n_written)
             index.to_parquet(self.path / INDEX_FILE, index=False)
-            self.group.attrs.update({"hms_store_version": STORE_VERSION, "n_windows": self.n_written,
-                                     "windows_per_shard": self.shard,
-                                     "shapes": {k: list(v) for k, v in self.shapes.items()}, "dtype": self.dtype,
-                                     **dict(attributes or {})})
+            shard_writer.write_json(self.path / "zarr.json", shard_writer.group_metadata(
+                {"hms_store_version": STORE_VERSION, "n_windows": self.n_written, "windows_per_shard": self.shard,
+                 "shapes": {k: list(v) for k, v in self.shapes.items()}, "dtype": self.dtype,
+                 **dict(attributes or {})}))
             self._write_completion_marker()
         return self.n_written
 

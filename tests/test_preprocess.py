@@ -50,6 +50,8 @@ def test_config_rejects_unknown_keys():
         from_mapping(PreprocessConfig, {"on_bad_recording": "ignore"}, "preprocessing")
     with pytest.raises(ConfigError, match="method"):
         from_mapping(PreprocessConfig, {"ica": {"method": "jade"}}, "preprocessing")
+    with pytest.raises(ConfigError, match=r"preprocessing\.compressor: invalid value 'gzip'"):
+        from_mapping(PreprocessConfig, {"compressor": "gzip"}, "preprocessing")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +62,18 @@ def two_stores(tiny_dataset, train_df, tmp_path_factory):
     status = out / "status" / "run.json"
     preprocess_batch(tiny_dataset, train_df, batches[0], out / "batch_0000.zarr", cfg, status_path=status,
                      quarantine_out=out / "q0.json")
-    preprocess_batch(tiny_dataset, train_df, batches[1], out / "batch_0001.zarr", FAST)
+    preprocess_batch(tiny_dataset, train_df, batches[1], out / "batch_0001.zarr",
+                     {**FAST, "compressor": "lz4", "compression_level": 9})
     return out, batches, cfg
+
+
+def test_store_codec_follows_the_config_and_both_verify(two_stores):
+    out, _, _ = two_stores
+    for batch, (cname, level) in {"batch_0000.zarr": ("zstd", 1), "batch_0001.zarr": ("lz4", 9)}.items():
+        meta = json.loads((out / batch / "chains" / "zarr.json").read_text())
+        blosc = meta["codecs"][0]["configuration"]["codecs"][1]["configuration"]
+        assert (blosc["cname"], blosc["clevel"]) == (cname, level)
+        assert verify_store(out / batch) == []
 
 
 def test_store_holds_every_window_and_equals_the_frontend(tiny_dataset, train_df, two_stores):
@@ -199,26 +211,25 @@ def test_error_mode_names_file_and_recording(kind, broken_dataset, train_df, tmp
 def test_disk_full_leaves_no_store_and_a_plain_rerun_rebuilds_it(tiny_dataset, train_df, tmp_path, monkeypatch):
     import errno
 
-    import zarr.storage._local as local
-
+    from hms_core import shard_writer
     from hms_core.errors import DiskFullError
 
-    real_put, writes = local._put, []
+    real_write, writes = shard_writer.write_file, []
 
-    def put_until_full(path, value, exclusive=False):
+    def write_until_full(path, buffers):
         writes.append(path)
         if "/c/" in str(path) and len(writes) > 15:  # a few shards in, the disk fills up
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_put(path, value, exclusive)
+        return real_write(path, buffers)
 
-    monkeypatch.setattr(local, "_put", put_until_full)
+    monkeypatch.setattr(shard_writer, "write_file", write_until_full)
     target = tmp_path / "batch_0000.zarr"
     ids = sorted(train_df["eeg_id"].unique())
     with pytest.raises(DiskFullError, match=r"batch_0000\.zarr.*no space left.*needs about .* MB") as err:
         preprocess_batch(tiny_dataset, train_df, ids, target, FAST)
     assert err.value.needed_bytes > 0 and err.value.path.endswith("batch_0000.zarr")
     assert not target.exists() and not list(tmp_path.glob(".batch_0000.zarr.*"))
-    monkeypatch.setattr(local, "_put", real_put)
+    monkeypatch.setattr(shard_writer, "write_file", real_write)
     preprocess_batch(tiny_dataset, train_df, ids, target, FAST)
     store = WindowStore([target])
     assert len(store) == len(train_df)

@@ -11,9 +11,9 @@ SHAPES = {"chains": (18, 50), "referential": (19, 50), "eeg_spec": (4, 5, 6), "e
           "kaggle_spec": (4, 10, 30)}
 
 
-def write_store(path, n_recordings, seed, *, shard=4):
+def write_store(path, n_recordings, seed, *, shard=4, **writer_options):
     rng = np.random.default_rng(seed)
-    writer = StoreWriter(path, max_windows=n_recordings * 6, shapes=SHAPES, windows_per_shard=shard)
+    writer = StoreWriter(path, max_windows=n_recordings * 6, shapes=SHAPES, windows_per_shard=shard, **writer_options)
     written = {name: [] for name in SHAPES}
     labels = []
     for rec in range(n_recordings):

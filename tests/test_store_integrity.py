@@ -121,18 +121,19 @@ def test_all_zero_window_is_stored_and_reads_back(tmp_path):
     assert verify_store(path) == []
 
 
-def test_disk_full_names_the_store_and_the_space_needed_and_records_nothing(tmp_path, monkeypatch):
-    import zarr.storage._local as local
+@pytest.mark.parametrize("fills_at", [3, 12])  # array metadata; shard files
+def test_disk_full_names_the_store_and_the_space_needed_and_records_nothing(tmp_path, monkeypatch, fills_at):
+    import os
 
-    real_put, calls = local._put, []
+    real_writev, calls = os.writev, []
 
-    def put_until_full(path, value, exclusive=False):
-        calls.append(path)
-        if len(calls) > 12:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_put(path, value, exclusive)
+    def writev_until_full(fd, buffers):
+        calls.append(fd)
+        if len(calls) > fills_at:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_writev(fd, buffers)
 
-    monkeypatch.setattr(local, "_put", put_until_full)
+    monkeypatch.setattr(os, "writev", writev_until_full)
     with pytest.raises(DiskFullError, match=r"full\.zarr.*no space left.*needs about .* MB.* free") as err:
         write_store(tmp_path / "full.zarr", 6, seed=8)
     assert err.value.path.endswith("full.zarr") and err.value.needed_bytes > 0
