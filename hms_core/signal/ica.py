@@ -32,6 +32,7 @@ from hms_core.config import check_option
 from hms_core.contract import CHANNEL_INDEX, EEG_CHANNELS, EKG_CHANNEL, N_RAW_CHANNELS, SAMPLING_RATE_HZ
 from hms_core.errors import ConfigError, DataError
 from hms_core.signal import iclabel
+from hms_core.signal.ica_solver import fit_picard
 from hms_core.signal.nan import interpolate_short_gaps
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ FRONTAL_CHANNELS = ("Fp1", "Fp2")
 _FLAT_STD_UV = 1e-3  # a channel with less spread than this is treated as flat
 _DEFAULT_TOL = {"rules": 1e-3, "iclabel": 1e-4}  # IcaConfig.tol None: the solver tolerance per labeler
 _ACTIVE_FRACTION = 0.1  # spectral rules look at each component's loudest 10% of 2 s segments
+_EKG_COLUMN = CHANNEL_INDEX[EKG_CHANNEL]
+if _EKG_COLUMN != N_RAW_CHANNELS - 1:  # RecordingCleaner.apply_filled reads EEG and EKG as one block
+    raise ImportError("hms_core.signal.ica expects the EKG as the last raw channel")
 
 
 @dataclass
@@ -191,14 +195,54 @@ def _dc_removed(raw_uv: np.ndarray, cfg, median_uv: np.ndarray | None = None
     Returns ``(filled (n, 20) float64, long_gap (n, 20) bool, median_uv (20,))``.
     """
     filled = interpolate_short_gaps(raw_uv, max_gap_samples=int(round(cfg.nan.max_interp_s * SAMPLING_RATE_HZ)))
-    if median_uv is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: median NaN -> 0 below
-            median_uv = np.nan_to_num(np.nanmedian(filled, axis=0))
-    filled -= median_uv
     long_gap = np.isnan(filled)
-    filled[long_gap] = 0.0
+    if median_uv is None:
+        median_uv = _column_medians(raw_uv, filled, long_gap)
+    filled -= median_uv
+    if long_gap.any():
+        filled[long_gap] = 0.0
     return filled, long_gap, median_uv
+
+
+def _column_medians(raw_uv: np.ndarray, filled: np.ndarray, long_gap: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(filled, axis=0)``, 0 for an all-NaN column, equal to it bit for bit.
+
+    A column of ``raw_uv`` without a missing value is ``filled``'s column: its median is
+    selected from the raw dtype (float32 from parquet) by :func:`_median`.
+    """
+    complete = np.isfinite(raw_uv).all(axis=0)
+    medians = np.zeros(raw_uv.shape[1])
+    for col in range(raw_uv.shape[1]):
+        values = raw_uv[:, col] if complete[col] else filled[~long_gap[:, col], col]
+        if len(values):
+            medians[col] = _median(np.ascontiguousarray(values))
+    return medians
+
+
+def _median(x: np.ndarray) -> float:
+    """``np.median(x.astype(np.float64))`` of a 1-D ``x`` without NaN, bit for bit, faster.
+
+    Floyd-Rivest selection: the middle order statistics lie, almost surely, between two
+    order statistics of an evenly spaced sample of about 1000 values; one pass counts the
+    values below that band and keeps those inside (a few percent), and only those are
+    partitioned. When the band misses them, the whole array is partitioned.
+    """
+    n = len(x)
+    ranks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    sample = np.sort(x[::max(1, n // 1000)])
+    if n < 5000 or len(sample) < 100:
+        middle = np.partition(x, ranks)[ranks]
+    else:
+        spread = 3 * int(np.sqrt(len(sample)))  # sample ranks: the band is about +-9% of the data
+        lo = sample[max(len(sample) // 2 - spread, 0)]
+        hi = sample[min(len(sample) // 2 + spread, len(sample) - 1)]
+        n_below = np.count_nonzero(x < lo)
+        band = x[(x >= lo) & (x <= hi)]
+        if n_below <= ranks[0] and ranks[-1] < n_below + len(band):
+            middle = np.partition(band, [r - n_below for r in ranks])[[r - n_below for r in ranks]]
+        else:
+            middle = np.partition(x, ranks)[ranks]
+    return float(np.mean(middle.astype(np.float64)))
 
 
 def fit_cleaner(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None, path=None) -> "RecordingCleaner":
@@ -260,12 +304,23 @@ class RecordingCleaner:
         return self.apply_filled(filled, long_gap)
 
     def apply_filled(self, filled: np.ndarray, long_gap: np.ndarray) -> np.ndarray:
-        """:meth:`apply` from ``_dc_removed``'s output (``filled`` is modified)."""
+        """:meth:`apply` from ``_dc_removed``'s output (``filled`` may be modified)."""
+        affine = None
         if self.model is not None:
-            n_eeg = len(EEG_CHANNELS)
-            filled[:, :n_eeg] = self.model.apply(filled[:, :n_eeg], filled[:, CHANNEL_INDEX[EKG_CHANNEL]])
-            filled[long_gap] = 0.0
-        return filled.astype(np.float32)
+            ekg = filled[:, _EKG_COLUMN]
+            affine = self.model.affine(len(EEG_CHANNELS), float(np.median(ekg)) if self.model.ekg_coef_uv is not None else None)
+        if affine is None:
+            return filled.astype(np.float32)
+        mix, const = affine
+        n_eeg = len(EEG_CHANNELS)
+        correction = filled[:, :len(mix)] @ mix  # the EKG is the last raw column
+        correction += const
+        out = np.empty(filled.shape, dtype=np.float32)
+        np.subtract(filled[:, :n_eeg], correction, out=out[:, :n_eeg], casting="same_kind")
+        out[:, n_eeg:] = filled[:, n_eeg:]
+        if long_gap.any():
+            out[long_gap] = 0.0
+        return out
 
 
 @dataclass
@@ -287,14 +342,41 @@ class ArtifactModel:
     offset_uv: np.ndarray | None = None  # (k,)
 
     def apply(self, eeg_uv: np.ndarray, ekg_uv: np.ndarray | None) -> np.ndarray:
-        """Cleaned copy of ``eeg_uv (n, 19)`` given the EKG channel ``ekg_uv (n,)`` in uV."""
-        out = np.array(eeg_uv, dtype=np.float64, copy=True)
-        if self.ekg_coef_uv is not None and ekg_uv is not None:
-            out -= np.outer(ekg_uv - np.median(ekg_uv), self.ekg_coef_uv)
+        """Cleaned float64 copy of ``eeg_uv (n, 19)`` given the EKG channel ``ekg_uv (n,)`` in uV."""
+        x = np.asarray(eeg_uv, dtype=np.float64)
+        with_ekg = self.ekg_coef_uv is not None and ekg_uv is not None
+        affine = self.affine(x.shape[1], float(np.median(ekg_uv)) if with_ekg else None)
+        if affine is None:
+            return x.copy()
+        mix, const = affine
+        source = np.column_stack([x, ekg_uv]) if with_ekg else x
+        return x - (source @ mix + const)
+
+    def affine(self, n_eeg: int, ekg_median_uv: float | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The cleaning as one affine map of the channels, or None for the identity.
+
+        Returns ``(mix, const)``: the cleaned EEG is ``x - (source @ mix + const)`` with
+        ``source`` the EEG ``x (n, n_eeg)`` and, when ``ekg_median_uv`` is given and an EKG
+        regression was fitted, the EKG as one more column (``mix`` then has ``n_eeg + 1``
+        rows); ``ekg_median_uv`` is the median of that EKG. Expanding
+        ``y = x - (ekg - median) b``, ``y_G - (y_G - offset) K^T`` on the fitted channels G.
+        """
+        with_ekg = self.ekg_coef_uv is not None and ekg_median_uv is not None
+        if not with_ekg and self.removal is None:
+            return None
+        mix = np.zeros((n_eeg + with_ekg, n_eeg))
+        const = np.zeros(n_eeg)
+        ch = self.channels
         if self.removal is not None:
-            part = out[:, self.channels]
-            out[:, self.channels] = part - (part - self.offset_uv) @ self.removal.T
-        return out
+            mix[np.ix_(ch, ch)] = self.removal.T
+            const[ch] = -(self.removal @ self.offset_uv)
+        if with_ekg:
+            b = self.ekg_coef_uv.copy()
+            if self.removal is not None:
+                b[ch] -= self.removal @ self.ekg_coef_uv[ch]
+            mix[n_eeg] = b
+            const -= ekg_median_uv * b
+        return mix, const
 
 
 def highpass(x_uv: np.ndarray, l_freq_hz: float) -> np.ndarray:
@@ -305,11 +387,17 @@ def highpass(x_uv: np.ndarray, l_freq_hz: float) -> np.ndarray:
     over the whole padded recording, about 4x less CPU than MNE's float64 overlap-add, and
     equal to it within float32 rounding (about 1e-6 of the signal's range).
     """
+    rows = np.ascontiguousarray(np.asarray(x_uv).T, dtype=np.float32)
+    return _highpass_rows(rows, l_freq_hz).T.astype(np.float64)
+
+
+def _highpass_rows(x_uv: np.ndarray, l_freq_hz: float) -> np.ndarray:
+    """:func:`highpass` of the rows of a float32 ``x_uv (C, n)``: float32 ``(C, n)``."""
     import scipy.fft
     import torch
 
     kernel = _highpass_kernel(float(l_freq_hz))
-    x = torch.from_numpy(np.ascontiguousarray(np.asarray(x_uv).T, dtype=np.float32))  # (C, n)
+    x = torch.from_numpy(np.ascontiguousarray(x_uv, dtype=np.float32))  # (C, n)
     n_times = x.shape[1]
     n_edge = max(min(len(kernel), n_times) - 1, 0)
     padded = torch.cat([2 * x[:, :1] - x[:, 1:n_edge + 1].flip(1), x,
@@ -317,7 +405,7 @@ def highpass(x_uv: np.ndarray, l_freq_hz: float) -> np.ndarray:
     n_fft = scipy.fft.next_fast_len(padded.shape[1] + len(kernel) - 1, real=True)  # linear, not circular
     spectrum = torch.fft.rfft(padded, n=n_fft) * torch.fft.rfft(torch.from_numpy(kernel.astype(np.float32)), n=n_fft)
     shift = (len(kernel) - 1) // 2 + n_edge
-    return torch.fft.irfft(spectrum, n=n_fft)[:, shift:shift + n_times].numpy().T.astype(np.float64)
+    return torch.fft.irfft(spectrum, n=n_fft)[:, shift:shift + n_times].numpy()
 
 
 @functools.lru_cache(maxsize=4)
@@ -357,6 +445,13 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
         status, method, labeler, n_components, ekg_regression, removed: one dict per removed
         component: ``component``, ``labeler``, ``reasons`` and, for "rules", the rule scores,
         for "iclabel", ``class``, ``probability`` and all class ``probabilities``.
+
+    Notes
+    -----
+    The channels are handled channel-major (``(channels, n)``) from here on. With the
+    "rules" labeler and picard, the ICA is :func:`hms_core.signal.ica_solver.fit_picard`
+    (MNE's ``ICA.fit`` arithmetic without its Raw objects); "iclabel" and fastica go through
+    ``mne.preprocessing.ICA``.
     """
     base: dict[str, Any] = {"method": cfg.method, "labeler": cfg.labeler, "n_components": 0,
                             "ekg_regression": False, "removed": []}
@@ -364,54 +459,72 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
     if n_valid < cfg.min_duration_s * SAMPLING_RATE_HZ:
         return ArtifactModel(np.arange(0), cfg.highpass_hz), _skip(
             base, f"too short for ICA ({n_valid / SAMPLING_RATE_HZ:.1f} s finite)", label)
-    good = np.flatnonzero(eeg_uv[valid].std(axis=0) > _FLAT_STD_UV)
+    all_valid = n_valid == len(valid)
+    n_eeg = eeg_uv.shape[1]
+    # one float32 (channels, n) copy: what the high-pass filters, and the spread checks
+    x = np.empty((n_eeg + (ekg_uv is not None), len(eeg_uv)), dtype=np.float32)
+    x[:n_eeg] = eeg_uv.T
+    if ekg_uv is not None:
+        x[n_eeg] = ekg_uv
+    spread = (x if all_valid else x[:, valid]).std(axis=1, dtype=np.float64)
+    good = np.flatnonzero(spread[:n_eeg] > _FLAT_STD_UV)
     model = ArtifactModel(good, cfg.highpass_hz)
     if len(good) < 3:
         return model, _skip(base, f"too flat for ICA ({len(good)} non-flat channels)", label)
-    import mne
+    k = len(good)
+    with_ekg = ekg_uv is not None and spread[n_eeg] > _FLAT_STD_UV
+    picks = np.append(good, n_eeg) if with_ekg else good
+    hp = _highpass_rows(x if len(picks) == len(x) else x[picks], cfg.highpass_hz).astype(np.float64)  # (k [+1], n)
+    del x
+    ekg_hp = hp[k] if with_ekg else None
+    coef = None  # (k,) EKG regression weights of the good channels
+    if with_ekg and cfg.ekg_regression:
+        e = ekg_hp if all_valid else ekg_hp[valid]
+        coef = (hp[:k] if all_valid else hp[:k, valid]) @ e / (e @ e)
+        model.ekg_coef_uv = np.zeros(n_eeg)
+        model.ekg_coef_uv[good] = coef
+        base["ekg_regression"] = True
 
-    ekg_hp = None
-    if ekg_uv is not None and ekg_uv[valid].std() > _FLAT_STD_UV:
-        hp = highpass(np.column_stack([eeg_uv[:, good], ekg_uv]), cfg.highpass_hz)  # one call: (n, k + 1)
-        hp, ekg_hp = hp[:, :-1], hp[:, -1]
-        if cfg.ekg_regression:
-            e = ekg_hp[valid]
-            coef = np.zeros(eeg_uv.shape[1])
-            coef[good] = hp[valid].T @ e / (e @ e)
-            model.ekg_coef_uv = coef
-            hp -= np.outer(ekg_hp, coef[good])
-            base["ekg_regression"] = True
-    else:
-        hp = highpass(eeg_uv[:, good], cfg.highpass_hz)  # (n, k)
-    decomposed = iclabel.average_referenced(hp) if cfg.labeler == "iclabel" else hp
+    def decomposed(cols) -> np.ndarray:
+        """``(k, len(cols))``: the high-passed, EKG-regressed EEG ICA decomposes (average-
+        referenced for ICLabel) at the samples ``cols``."""
+        out = hp[:k, cols]
+        if coef is not None:
+            out -= coef[:, None] * ekg_hp[cols]
+        return out - out.mean(axis=0) if cfg.labeler == "iclabel" else out
+
     decim = max(1, int(np.ceil(n_valid / cfg.max_fit_samples)))
-    fit_data = decomposed[np.flatnonzero(valid)[::decim]].T
+    fit_data = decomposed(np.flatnonzero(valid)[::decim])  # (k, n_fit)
     rank = _rank(fit_data)
-    n_components = min(cfg.n_components or len(good), rank, len(good))
+    n_components = min(cfg.n_components or k, rank, k)
     if n_components < 2:
         return model, _skip(base, f"rank {rank} too low for ICA", label)
     names = [EEG_CHANNELS[i] for i in good]
-    info = mne.create_info(names, SAMPLING_RATE_HZ, "eeg", verbose=False)
     fit_params = {"tol": cfg.tol if cfg.tol is not None else _DEFAULT_TOL[cfg.labeler]}
     if cfg.method == "picard":
         fit_params.update(iclabel.PICARD_FIT_PARAMS if cfg.labeler == "iclabel" else {"extended": False, "ortho": True})
-    ica = mne.preprocessing.ICA(n_components=n_components, method=cfg.method, fit_params=fit_params,
-                                max_iter=cfg.max_iter, random_state=cfg.random_state, verbose=False)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ica.fit(mne.io.RawArray(fit_data * 1e-6, info, verbose=False), verbose=False)
-        for w in caught:
-            logger.debug("%s: ICA: %s", label, w.message)
+        if cfg.labeler == "rules" and cfg.method == "picard":
+            ica = fit_picard(fit_data, n_components, fit_params=fit_params, max_iter=cfg.max_iter,
+                             random_state=cfg.random_state)
+        else:
+            ica = _fit_mne_ica(fit_data, names, n_components, cfg.method, fit_params, cfg, label)
         if cfg.labeler == "rules":
-            sources = _sources(ica, hp)
+            weights, offset = _source_weights(ica)  # (c, k) on uV, (c,)
+            if coef is not None:  # the regression folded in: sources of [eeg; ekg] directly
+                weights = np.column_stack([weights, -weights @ coef])
+            elif with_ekg:
+                weights = np.column_stack([weights, np.zeros(len(weights))])
+            sources = weights @ (hp if all_valid else hp[:, valid])  # (c, n_valid)
+            sources -= offset[:, None]
     except (np.linalg.LinAlgError, ValueError, RuntimeError) as err:
         return model, _skip(base, f"ICA fit failed ({err})", label)
     if cfg.labeler == "iclabel":
-        proba = iclabel.label_components(ica, iclabel.labelling_raw(decomposed[valid], names, cfg.highpass_hz))
-        removed = iclabel.reject_by_label(proba, cfg.reject, cfg.max_removed)
+        raw = iclabel.labelling_raw(decomposed(np.flatnonzero(valid)).T, names, cfg.highpass_hz)
+        removed = iclabel.reject_by_label(iclabel.label_components(ica, raw), cfg.reject, cfg.max_removed)
     else:
-        scores = component_scores(sources, ica.get_components(), names, ekg_hp=ekg_hp, valid=valid, cfg=cfg)
+        ekg_valid = None if ekg_hp is None else ekg_hp if all_valid else ekg_hp[valid]
+        scores = component_scores(sources, ica.get_components(), names, ekg_hp=ekg_valid, cfg=cfg)
         removed = [{"labeler": "rules", **r} for r in reject_components(scores, cfg)]
     base.update(n_components=n_components, removed=removed, status="applied")
     if removed:
@@ -419,12 +532,35 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
     return model, base
 
 
-def _sources(ica, x_uv: np.ndarray) -> np.ndarray:
-    """``ica.get_sources`` of ``x_uv (n, k)`` (uV), computed as one matrix product without
-    MNE's copies of the whole recording into a Raw: ``(n_components, n)``."""
+def _fit_mne_ica(fit_data: np.ndarray, names: list[str], n_components: int, method: str, fit_params: dict,
+                 cfg: IcaConfig, label: str):
+    """``mne.preprocessing.ICA`` fitted on ``fit_data (k, n_fit)`` (uV) as a RawArray."""
+    import mne
+
+    info = mne.create_info(names, SAMPLING_RATE_HZ, "eeg", verbose=False)
+    ica = mne.preprocessing.ICA(n_components=n_components, method=method, fit_params=fit_params,
+                                max_iter=cfg.max_iter, random_state=cfg.random_state, verbose=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ica.fit(mne.io.RawArray(fit_data * 1e-6, info, verbose=False), verbose=False)
+    for w in caught:
+        logger.debug("%s: ICA: %s", label, w.message)
+    return ica
+
+
+def _source_weights(ica) -> tuple[np.ndarray, np.ndarray]:
+    """``(weights (c, k), offset (c,))`` with ``ica.get_sources`` of ``x (k, n)`` in uV equal to
+    ``weights @ x - offset`` (``ica`` an MNE ICA or an :class:`IcaSolution`)."""
     unmixing = ica.unmixing_matrix_ @ ica.pca_components_[:ica.n_components_]  # (c, k) on pre-whitened volts
     weights = unmixing / (ica.pre_whitener_[:, 0] * 1e6)[None, :]  # on uV
     offset = unmixing @ ica.pca_mean_ if ica.pca_mean_ is not None else np.zeros(len(unmixing))
+    return weights, offset
+
+
+def _sources(ica, x_uv: np.ndarray) -> np.ndarray:
+    """``ica.get_sources`` of ``x_uv (n, k)`` (uV), computed as one matrix product without
+    MNE's copies of the whole recording into a Raw: ``(n_components, n)``."""
+    weights, offset = _source_weights(ica)
     return weights @ x_uv.T - offset[:, None]
 
 
@@ -441,32 +577,38 @@ def _removal_operator(ica, exclude: list[int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def component_scores(sources: np.ndarray, mixing: np.ndarray, names: list[str], *,
-                     ekg_hp: np.ndarray | None, valid: np.ndarray, cfg: IcaConfig) -> list[dict[str, float]]:
+                     ekg_hp: np.ndarray | None, cfg: IcaConfig) -> list[dict[str, float]]:
     """Per-component rule scores.
 
     Parameters
     ----------
     sources : np.ndarray
-        ``(n_components, n)`` component time courses of the high-passed data.
+        ``(n_components, n)`` component time courses of the high-passed data, valid samples only.
     mixing : np.ndarray
         ``(n_channels, n_components)`` channel weights of each component.
     names : list of str
         Channel names of the rows of ``mixing``.
+    ekg_hp : np.ndarray | None
+        ``(n,)`` the high-passed EKG channel at the same samples, or None.
 
     Returns
     -------
     list of dict
         ``ekg_corr``, ``frontal_share``, ``low_share``, ``hf_share``, ``flatness`` per component.
     """
-    _, low, high, flatness = _spectral_scores(sources[:, valid], cfg)
+    _, low, high, flatness = _spectral_scores(sources, cfg)
     frontal_rows = [names.index(c) for c in FRONTAL_CHANNELS if c in names]
     weights = mixing ** 2
     frontal = weights[frontal_rows].sum(axis=0) / (weights.sum(axis=0) + 1e-30)
     corr = np.zeros(len(sources))
     if ekg_hp is not None:
-        s = sources[:, valid] - sources[:, valid].mean(axis=1, keepdims=True)
-        e = ekg_hp[valid] - ekg_hp[valid].mean()
-        corr = (s @ e) / (np.linalg.norm(s, axis=1) * np.linalg.norm(e) + 1e-30)
+        # Pearson correlation without a centred copy of the sources: e is centred, so
+        # (s - mean s) . e = s . e, and |s - mean s|^2 = |s|^2 - n mean(s)^2
+        n = sources.shape[1]
+        e = ekg_hp - ekg_hp.mean()
+        mean = sources.mean(axis=1)
+        norm = np.sqrt(np.maximum(np.einsum("ij,ij->i", sources, sources) - n * mean ** 2, 0.0))
+        corr = (sources @ e) / (norm * np.linalg.norm(e) + 1e-30)
     return [{"ekg_corr": float(corr[i]), "frontal_share": float(frontal[i]), "low_share": float(low[i]),
              "hf_share": float(high[i]), "flatness": float(flatness[i])} for i in range(len(sources))]
 
@@ -476,17 +618,20 @@ def _spectral_scores(sources: np.ndarray, cfg: IcaConfig) -> tuple[np.ndarray, .
 
     Muscle bursts are brief: over a whole recording their power drowns in the background a
     component also carries. So the spectrum is taken over the component's loudest 2 s
-    segments (the top ``_ACTIVE_FRACTION`` by power), where an artifact, if any, is active.
+    segments (the top ``_ACTIVE_FRACTION`` by power at or above ``highpass_hz`` in their
+    Welch density), where an artifact, if any, is active. The loudness of every segment is
+    computed in the time domain (:func:`_segment_loudness`); the Welch densities only of the
+    segments kept.
     """
     seg = 2 * SAMPLING_RATE_HZ
     n_seg = sources.shape[1] // seg
     segments = sources[:, :n_seg * seg].reshape(len(sources), n_seg, seg)
-    freqs, psd = _welch(segments, seg // 2)  # (c, s, f)
-    band = freqs >= cfg.highpass_hz
-    loudness = psd[..., band].sum(axis=-1)  # (c, s)
+    loudness = _segment_loudness(segments, seg // 2, cfg.highpass_hz)  # (c, s)
     n_top = max(1, int(np.ceil(_ACTIVE_FRACTION * n_seg)))
     top = np.argsort(-loudness, axis=1)[:, :n_top]
-    active = np.take_along_axis(psd, top[..., None], axis=1).mean(axis=1)  # (c, f)
+    freqs, psd = _welch(np.take_along_axis(segments, top[..., None], axis=1), seg // 2)  # (c, n_top, f)
+    active = psd.mean(axis=1)  # (c, f)
+    band = freqs >= cfg.highpass_hz
     total = active[:, band].sum(axis=1) + 1e-30
     low = active[:, band & (freqs < cfg.eye_max_hz)].sum(axis=1) / total
     high_band = freqs >= cfg.muscle_min_hz
@@ -494,6 +639,66 @@ def _spectral_scores(sources: np.ndarray, cfg: IcaConfig) -> tuple[np.ndarray, .
     hf_psd = active[:, high_band & (freqs <= 0.9 * SAMPLING_RATE_HZ / 2)] + 1e-30
     flatness = np.exp(np.log(hf_psd).mean(axis=1)) / hf_psd.mean(axis=1)
     return freqs, low, high, flatness
+
+
+def _segment_loudness(segments: np.ndarray, nperseg: int, min_hz: float) -> np.ndarray:
+    """``_welch(segments, nperseg)`` summed over the frequencies >= ``min_hz``, without FFTs.
+
+    The Welch frames of a segment (half overlap) start at multiples of ``nperseg // 2``:
+    each is two consecutive half-frame blocks. By Parseval the density summed over all
+    frequencies is ``sum(xw ** 2) / (fs * sum(w ** 2))`` for the frame ``xw`` (mean removed,
+    windowed); the bins below ``min_hz`` (the DC bin by default) are subtracted from their
+    DFT sums. Every sum is a product of the blocks with a few fixed vectors: one matrix
+    product for the whole recording instead of a Welch density per segment (equal to the
+    FFT route within float rounding, tests/signal/test_ica.py).
+
+    Parameters
+    ----------
+    segments : np.ndarray
+        ``(c, s, seg)`` with ``seg`` a multiple of ``nperseg // 2`` and ``nperseg`` even.
+
+    Returns
+    -------
+    np.ndarray
+        ``(c, s)``.
+    """
+    half = nperseg // 2
+    c, s, seg = segments.shape
+    if nperseg % 2 or seg % half:
+        raise ValueError(f"segments of {seg} samples do not split into frames of {nperseg}")
+    window = sp_signal.get_window("hann", nperseg)
+    freqs = np.fft.rfftfreq(nperseg, 1 / SAMPLING_RATE_HZ)
+    below = np.flatnonzero(freqs < min_hz)  # bins left out of the sum
+    t = np.arange(nperseg)
+    dft = np.exp(-2j * np.pi * np.outer(below, t) / nperseg) * window  # (b, nperseg) windowed DFT rows
+    # per block: sum x, and x against (w, w^2, windowed DFT rows), each frame half separately
+    vectors = [np.ones(half)]
+    for v in (window, window ** 2, *dft.real, *dft.imag):
+        vectors += [v[:half], v[half:]]
+    blocks = segments.reshape(c, s * (seg // half), half)  # a view: one matrix product per component
+    proj = (blocks @ np.stack(vectors, axis=1)).reshape(c, s, seg // half, -1)  # (c, s, blocks, m)
+    squared_window = np.stack([window[:half] ** 2, window[half:] ** 2], axis=1)
+    squares = np.empty((c, blocks.shape[1], 2))
+    buffer = np.empty(blocks.shape[1:])
+    for i in range(c):  # one reused buffer, not a squared copy of all sources
+        squares[i] = np.square(blocks[i], out=buffer) @ squared_window
+    squares = squares.reshape(c, s, seg // half, 2)
+
+    def frame(col):  # (c, s, frames): first half from block j, second from block j + 1
+        return proj[..., :-1, col] + proj[..., 1:, col + 1]
+
+    mean = (proj[..., :-1, 0] + proj[..., 1:, 0]) / nperseg
+    energy = (squares[..., :-1, 0] + squares[..., 1:, 1] - 2 * mean * frame(3)
+              + mean ** 2 * (window ** 2).sum())  # sum((x - mean)^2 w^2)
+    kept = nperseg * energy  # sum over all DFT bins of |X|^2 (Parseval)
+    n_below = len(below)
+    for i, k in enumerate(below):
+        re = frame(5 + 2 * i) - mean * dft[i].real.sum()
+        im = frame(5 + 2 * n_below + 2 * i) - mean * dft[i].imag.sum()
+        # bins 0 and nperseg / 2 appear once in the one-sided density, the others twice
+        # (and twice in the full-spectrum Parseval sum)
+        kept -= (re ** 2 + im ** 2) * (1 if k == 0 or 2 * k == nperseg else 2)
+    return kept.mean(axis=-1) / (SAMPLING_RATE_HZ * (window ** 2).sum())
 
 
 def _welch(x: np.ndarray, nperseg: int) -> tuple[np.ndarray, np.ndarray]:
@@ -536,9 +741,13 @@ def reject_components(scores: list[dict[str, float]], cfg: IcaConfig) -> list[di
 
 
 def _rank(data: np.ndarray) -> int:
+    """Numerical rank of ``data (k, n)`` with each row scaled to unit spread: the singular
+    values above 1e-5 of the largest, from the eigenvalues of the ``(k, k)`` Gram matrix
+    (above 1e-10 of the largest: far above its float64 rounding, about 1e-14)."""
     std = data.std(axis=1, keepdims=True)
-    singular = np.linalg.svd(data / np.where(std > 0, std, 1.0), compute_uv=False)
-    return int((singular > singular[0] * 1e-5).sum())
+    scaled = data / np.where(std > 0, std, 1.0)
+    eigenvalues = np.linalg.eigvalsh(scaled @ scaled.T)
+    return int((eigenvalues > eigenvalues[-1] * 1e-10).sum())
 
 
 def _skip(info: dict[str, Any], reason: str, label: str) -> dict[str, Any]:
