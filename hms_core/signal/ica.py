@@ -48,6 +48,8 @@ _FLAT_STD_UV = 1e-3  # a channel with less spread than this is treated as flat
 _DEFAULT_TOL = {"rules": 1e-3, "iclabel": 1e-4}  # IcaConfig.tol None: the solver tolerance per labeler
 _ACTIVE_FRACTION = 0.1  # spectral rules look at each component's loudest 10% of 2 s segments
 _EKG_COLUMN = CHANNEL_INDEX[EKG_CHANNEL]
+_APPLY_ROWS = 8192  # rows per block of RecordingCleaner.apply_filled
+_HIGHPASS_ROWS = 4  # channels per FFT batch of _highpass_rows
 if _EKG_COLUMN != N_RAW_CHANNELS - 1:  # RecordingCleaner.apply_filled reads EEG and EKG as one block
     raise ImportError("hms_core.signal.ica expects the EKG as the last raw channel")
 
@@ -188,35 +190,53 @@ def clean_recording(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
     return cleaner.apply_filled(filled, long_gap), dict(cleaner.info)
 
 
-def _dc_removed(raw_uv: np.ndarray, cfg, median_uv: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _dc_removed(raw_uv: np.ndarray, cfg, median_uv: np.ndarray | None = None,
+                missing: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Short gaps interpolated, ``median_uv`` (default: the data's own) removed, long gaps 0.
 
-    Returns ``(filled (n, 20) float64, long_gap (n, 20) bool, median_uv (20,))``.
+    Returns ``(filled (n, 20) float32, long_gap (n, 20) bool, median_uv (20,) float64)``;
+    ``filled`` is computed in float64 and rounded once. ``missing``: ``~np.isfinite(raw_uv)``
+    when the caller has it. Only the channels with a missing value are interpolated (in
+    float64, one at a time); the others have the median removed a block of rows at a time.
     """
-    filled = interpolate_short_gaps(raw_uv, max_gap_samples=int(round(cfg.nan.max_interp_s * SAMPLING_RATE_HZ)))
-    long_gap = np.isnan(filled)
+    if missing is None:
+        missing = ~np.isfinite(raw_uv)
+    n, n_channels = raw_uv.shape
+    gappy = np.flatnonzero(missing.any(axis=0))
+    max_gap = int(round(cfg.nan.max_interp_s * SAMPLING_RATE_HZ))
+    interpolated = {c: interpolate_short_gaps(raw_uv[:, c:c + 1], max_gap_samples=max_gap)[:, 0] for c in gappy}
     if median_uv is None:
-        median_uv = _column_medians(raw_uv, filled, long_gap)
-    filled -= median_uv
-    if long_gap.any():
-        filled[long_gap] = 0.0
+        median_uv = np.zeros(n_channels)
+        complete = np.setdiff1d(np.arange(n_channels), gappy)
+        if n and len(complete):
+            median_uv[complete] = [_median(row) for row in _transposed(raw_uv[:, complete], raw_uv.dtype)]
+        for c, values in interpolated.items():
+            values = values[~np.isnan(values)]
+            if len(values):  # an all-NaN channel keeps median 0
+                median_uv[c] = _median(values)
+    filled = np.empty(raw_uv.shape, dtype=np.float32)
+    for start in range(0, n, _APPLY_ROWS):
+        rows = slice(start, start + _APPLY_ROWS)
+        np.subtract(raw_uv[rows], median_uv, out=filled[rows], casting="same_kind")  # in float64, rounded once
+    long_gap = np.zeros(raw_uv.shape, dtype=bool)
+    for c, values in interpolated.items():
+        values -= median_uv[c]
+        long_gap[:, c] = gap = np.isnan(values)
+        values[gap] = 0.0
+        filled[:, c] = values
     return filled, long_gap, median_uv
 
 
-def _column_medians(raw_uv: np.ndarray, filled: np.ndarray, long_gap: np.ndarray) -> np.ndarray:
-    """``np.nanmedian(filled, axis=0)``, 0 for an all-NaN column, equal to it bit for bit.
-
-    A column of ``raw_uv`` without a missing value is ``filled``'s column: its median is
-    selected from the raw dtype (float32 from parquet) by :func:`_median`.
-    """
-    complete = np.isfinite(raw_uv).all(axis=0)
-    medians = np.zeros(raw_uv.shape[1])
-    for col in range(raw_uv.shape[1]):
-        values = raw_uv[:, col] if complete[col] else filled[~long_gap[:, col], col]
-        if len(values):
-            medians[col] = _median(np.ascontiguousarray(values))
-    return medians
+def _transposed(x: np.ndarray, dtype=None, out: np.ndarray | None = None) -> np.ndarray:
+    """``x.T`` of a 2-D ``x`` copied into ``out`` (default: a new C-ordered array of ``dtype``)
+    in blocks of rows that stay in cache: numpy's own transposing copy of a long recording
+    is about twice slower."""
+    if out is None:
+        out = np.empty(x.shape[::-1], dtype=dtype)
+    step = 1024
+    for start in range(0, len(x), step):
+        out[:, start:start + step] = x[start:start + step].T
+    return out
 
 
 def _median(x: np.ndarray) -> float:
@@ -265,17 +285,20 @@ def _fit_cleaner(raw_uv: np.ndarray, cfg, *, eeg_id: int | None = None,
     if raw_uv.ndim != 2 or raw_uv.shape[1] != N_RAW_CHANNELS:
         raise DataError(where, f"expected (n_samples, {N_RAW_CHANNELS}) samples, got {raw_uv.shape}", eeg_id=eeg_id)
     n_eeg = len(EEG_CHANNELS)
-    eeg_missing = ~np.isfinite(raw_uv[:, :n_eeg])  # +-inf is missing like NaN (signal.nan)
-    if eeg_missing.all():
+    missing = ~np.isfinite(raw_uv)  # +-inf is missing like NaN (signal.nan)
+    n_missing = np.count_nonzero(missing, axis=0)  # per channel
+    n_eeg_values = len(raw_uv) * n_eeg
+    if n_missing[:n_eeg].sum() == n_eeg_values:
         raise DataError(where, "all EEG values are NaN", eeg_id=eeg_id)
-    filled, long_gap, median_uv = _dc_removed(raw_uv, cfg)
+    filled, long_gap, median_uv = _dc_removed(raw_uv, cfg, missing=missing)
+    gaps = bool(n_missing.any())
     info: dict[str, Any] = {
-        "nan_fraction": float(eeg_missing.mean()),
-        "zeroed_fraction": float(long_gap[:, :n_eeg].mean()),
+        "nan_fraction": float(n_missing[:n_eeg].sum() / n_eeg_values),
+        "zeroed_fraction": float(long_gap[:, :n_eeg].mean()) if gaps else 0.0,
     }
     model = None
     if cfg.ica.enabled:
-        valid = ~long_gap[:, :n_eeg].any(axis=1)
+        valid = ~long_gap[:, :n_eeg].any(axis=1) if gaps else np.ones(len(raw_uv), dtype=bool)
         model, info["ica"] = fit_artifact_model(
             filled[:, :n_eeg], ekg_uv=filled[:, CHANNEL_INDEX[EKG_CHANNEL]], valid=valid,
             cfg=cfg.ica, label=_label(eeg_id, path))
@@ -304,23 +327,23 @@ class RecordingCleaner:
         return self.apply_filled(filled, long_gap)
 
     def apply_filled(self, filled: np.ndarray, long_gap: np.ndarray) -> np.ndarray:
-        """:meth:`apply` from ``_dc_removed``'s output (``filled`` may be modified)."""
-        affine = None
-        if self.model is not None:
-            ekg = filled[:, _EKG_COLUMN]
-            affine = self.model.affine(len(EEG_CHANNELS), float(np.median(ekg)) if self.model.ekg_coef_uv is not None else None)
-        if affine is None:
-            return filled.astype(np.float32)
-        mix, const = affine
+        """:meth:`apply` from ``_dc_removed``'s output: ``filled`` cleaned in place and returned."""
         n_eeg = len(EEG_CHANNELS)
-        correction = filled[:, :len(mix)] @ mix  # the EKG is the last raw column
-        correction += const
-        out = np.empty(filled.shape, dtype=np.float32)
-        np.subtract(filled[:, :n_eeg], correction, out=out[:, :n_eeg], casting="same_kind")
-        out[:, n_eeg:] = filled[:, n_eeg:]
+        ekg_median = None
+        if self.model is not None and self.model.ekg_coef_uv is not None:
+            ekg_median = _median(np.ascontiguousarray(filled[:, _EKG_COLUMN]))
+        factors = None if self.model is None else self.model.factored(n_eeg, ekg_median)
+        if factors is None:
+            return filled
+        left, shift, right = factors
+        source = filled[:, :len(left)]  # the EEG, and the EKG (the last raw column) when regressed
+        for start in range(0, len(filled), _APPLY_ROWS):  # blocks that stay in cache
+            rows = slice(start, start + _APPLY_ROWS)
+            correction = (source[rows] @ left + shift) @ right  # float64
+            np.subtract(filled[rows, :n_eeg], correction, out=filled[rows, :n_eeg], casting="same_kind")
         if long_gap.any():
-            out[long_gap] = 0.0
-        return out
+            filled[long_gap] = 0.0
+        return filled
 
 
 @dataclass
@@ -340,43 +363,57 @@ class ArtifactModel:
     ekg_coef_uv: np.ndarray | None = None  # (19,) per-channel EKG regression weight
     removal: np.ndarray | None = None  # (k, k) K: channel-space operator of the rejected components
     offset_uv: np.ndarray | None = None  # (k,)
+    removal_factors: tuple[np.ndarray, np.ndarray] | None = None  # (k, r), (r, k) with K their product
 
     def apply(self, eeg_uv: np.ndarray, ekg_uv: np.ndarray | None) -> np.ndarray:
         """Cleaned float64 copy of ``eeg_uv (n, 19)`` given the EKG channel ``ekg_uv (n,)`` in uV."""
         x = np.asarray(eeg_uv, dtype=np.float64)
         with_ekg = self.ekg_coef_uv is not None and ekg_uv is not None
-        affine = self.affine(x.shape[1], float(np.median(ekg_uv)) if with_ekg else None)
-        if affine is None:
+        factors = self.factored(x.shape[1], float(np.median(ekg_uv)) if with_ekg else None)
+        if factors is None:
             return x.copy()
-        mix, const = affine
+        left, shift, right = factors
         source = np.column_stack([x, ekg_uv]) if with_ekg else x
-        return x - (source @ mix + const)
+        return x - (source @ left + shift) @ right
 
-    def affine(self, n_eeg: int, ekg_median_uv: float | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """The cleaning as one affine map of the channels, or None for the identity.
+    def factored(self, n_eeg: int, ekg_median_uv: float | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The cleaning as a low-rank affine map of the channels, or None for the identity.
 
-        Returns ``(mix, const)``: the cleaned EEG is ``x - (source @ mix + const)`` with
-        ``source`` the EEG ``x (n, n_eeg)`` and, when ``ekg_median_uv`` is given and an EKG
-        regression was fitted, the EKG as one more column (``mix`` then has ``n_eeg + 1``
-        rows); ``ekg_median_uv`` is the median of that EKG. Expanding
-        ``y = x - (ekg - median) b``, ``y_G - (y_G - offset) K^T`` on the fitted channels G.
+        Returns ``(left, shift, right)``: the cleaned EEG is ``x - (source @ left + shift)
+        @ right``, ``source`` the EEG ``x (n, n_eeg)`` and, when ``ekg_median_uv`` (the
+        median of that EKG) is given and an EKG regression was fitted, the EKG as one more
+        column. With ``K = A U`` (the removal factors; ``A = K, U = I`` without them), ``b``
+        the regression weights and ``e`` the EKG minus its median, on the fitted channels G
+        ``y = x - e b`` then ``y_G - (y_G - offset) K^T`` is ``x_G - S A^T - e b_G`` with the
+        component time courses ``S = x_G U^T - e (U b_G)^T - (U offset)^T``; elsewhere ``x - e b``.
         """
         with_ekg = self.ekg_coef_uv is not None and ekg_median_uv is not None
         if not with_ekg and self.removal is None:
             return None
-        mix = np.zeros((n_eeg + with_ekg, n_eeg))
-        const = np.zeros(n_eeg)
         ch = self.channels
-        if self.removal is not None:
-            mix[np.ix_(ch, ch)] = self.removal.T
-            const[ch] = -(self.removal @ self.offset_uv)
+        if self.removal is None:
+            mixing, unmixing = np.zeros((len(ch), 0)), np.zeros((0, len(ch)))
+        elif self.removal_factors is not None:
+            mixing, unmixing = self.removal_factors
+        else:
+            mixing, unmixing = self.removal, np.eye(len(ch))
+        r = len(unmixing)
+        left = np.zeros((n_eeg + with_ekg, r + with_ekg))
+        shift = np.zeros(r + with_ekg)
+        right = np.zeros((r + with_ekg, n_eeg))
+        left[ch, :r] = unmixing.T
+        right[:r, ch] = mixing.T
+        if r:
+            shift[:r] = -(unmixing @ self.offset_uv)
         if with_ekg:
-            b = self.ekg_coef_uv.copy()
-            if self.removal is not None:
-                b[ch] -= self.removal @ self.ekg_coef_uv[ch]
-            mix[n_eeg] = b
-            const -= ekg_median_uv * b
-        return mix, const
+            u_b = unmixing @ self.ekg_coef_uv[ch]
+            left[n_eeg, :r] = -u_b
+            left[n_eeg, r] = 1.0
+            shift[:r] += ekg_median_uv * u_b
+            shift[r] = -ekg_median_uv
+            right[r] = self.ekg_coef_uv
+        return left, shift, right
 
 
 def highpass(x_uv: np.ndarray, l_freq_hz: float) -> np.ndarray:
@@ -391,21 +428,35 @@ def highpass(x_uv: np.ndarray, l_freq_hz: float) -> np.ndarray:
     return _highpass_rows(rows, l_freq_hz).T.astype(np.float64)
 
 
-def _highpass_rows(x_uv: np.ndarray, l_freq_hz: float) -> np.ndarray:
-    """:func:`highpass` of the rows of a float32 ``x_uv (C, n)``: float32 ``(C, n)``."""
+def _highpass_rows(x_uv: np.ndarray, l_freq_hz: float, out: np.ndarray | None = None) -> np.ndarray:
+    """:func:`highpass` of the rows of a float32 ``x_uv (C, n)``: float32 ``(C, n)`` in ``out``
+    (default: a new array; ``out`` may be ``x_uv`` itself).
+
+    A few channels at a time: the padded copy and the spectra are then a fraction of the
+    recording's size (fewer fresh pages on a long recording), and the FFT of each row is the
+    same whatever the batch.
+    """
     import scipy.fft
     import torch
 
     kernel = _highpass_kernel(float(l_freq_hz))
     x = torch.from_numpy(np.ascontiguousarray(x_uv, dtype=np.float32))  # (C, n)
-    n_times = x.shape[1]
+    n_channels, n_times = x.shape
     n_edge = max(min(len(kernel), n_times) - 1, 0)
-    padded = torch.cat([2 * x[:, :1] - x[:, 1:n_edge + 1].flip(1), x,
-                        2 * x[:, -1:] - x[:, n_times - n_edge - 1:n_times - 1].flip(1)], dim=1)
-    n_fft = scipy.fft.next_fast_len(padded.shape[1] + len(kernel) - 1, real=True)  # linear, not circular
-    spectrum = torch.fft.rfft(padded, n=n_fft) * torch.fft.rfft(torch.from_numpy(kernel.astype(np.float32)), n=n_fft)
+    n_fft = scipy.fft.next_fast_len(n_times + 2 * n_edge + len(kernel) - 1, real=True)  # linear, not circular
+    kernel_spectrum = torch.fft.rfft(torch.from_numpy(kernel.astype(np.float32)), n=n_fft)
     shift = (len(kernel) - 1) // 2 + n_edge
-    return torch.fft.irfft(spectrum, n=n_fft)[:, shift:shift + n_times].numpy()
+    if out is None:
+        out = np.empty((n_channels, n_times), dtype=np.float32)
+    for start in range(0, n_channels, _HIGHPASS_ROWS):  # each block is read (padded) before it is written
+        rows = x[start:start + _HIGHPASS_ROWS]
+        padded = torch.cat([2 * rows[:, :1] - rows[:, 1:n_edge + 1].flip(1), rows,
+                            2 * rows[:, -1:] - rows[:, n_times - n_edge - 1:n_times - 1].flip(1)], dim=1)
+        spectrum = torch.fft.rfft(padded, n=n_fft)
+        del padded
+        spectrum *= kernel_spectrum
+        out[start:start + _HIGHPASS_ROWS] = torch.fft.irfft(spectrum, n=n_fft)[:, shift:shift + n_times].numpy()
+    return out
 
 
 @functools.lru_cache(maxsize=4)
@@ -463,10 +514,10 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
     n_eeg = eeg_uv.shape[1]
     # one float32 (channels, n) copy: what the high-pass filters, and the spread checks
     x = np.empty((n_eeg + (ekg_uv is not None), len(eeg_uv)), dtype=np.float32)
-    x[:n_eeg] = eeg_uv.T
+    _transposed(eeg_uv, out=x[:n_eeg])
     if ekg_uv is not None:
         x[n_eeg] = ekg_uv
-    spread = (x if all_valid else x[:, valid]).std(axis=1, dtype=np.float64)
+    spread = np.array([row.astype(np.float64).std() for row in (x if all_valid else x[:, valid])])
     good = np.flatnonzero(spread[:n_eeg] > _FLAT_STD_UV)
     model = ArtifactModel(good, cfg.highpass_hz)
     if len(good) < 3:
@@ -474,21 +525,22 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
     k = len(good)
     with_ekg = ekg_uv is not None and spread[n_eeg] > _FLAT_STD_UV
     picks = np.append(good, n_eeg) if with_ekg else good
-    hp = _highpass_rows(x if len(picks) == len(x) else x[picks], cfg.highpass_hz).astype(np.float64)  # (k [+1], n)
+    x = x if len(picks) == len(x) else x[picks]
+    hp = _highpass_rows(x, cfg.highpass_hz, out=x)  # float32 (k [+1], n), in place
     del x
-    ekg_hp = hp[k] if with_ekg else None
+    ekg_hp = hp[k].astype(np.float64) if with_ekg else None
     coef = None  # (k,) EKG regression weights of the good channels
     if with_ekg and cfg.ekg_regression:
         e = ekg_hp if all_valid else ekg_hp[valid]
-        coef = (hp[:k] if all_valid else hp[:k, valid]) @ e / (e @ e)
+        coef = _dot64(hp[:k] if all_valid else hp[:k, valid], e) / (e @ e)
         model.ekg_coef_uv = np.zeros(n_eeg)
         model.ekg_coef_uv[good] = coef
         base["ekg_regression"] = True
 
     def decomposed(cols) -> np.ndarray:
-        """``(k, len(cols))``: the high-passed, EKG-regressed EEG ICA decomposes (average-
-        referenced for ICLabel) at the samples ``cols``."""
-        out = hp[:k, cols]
+        """``(k, len(cols))`` float64: the high-passed, EKG-regressed EEG ICA decomposes
+        (average-referenced for ICLabel) at the samples ``cols``."""
+        out = hp[:k, cols].astype(np.float64)
         if coef is not None:
             out -= coef[:, None] * ekg_hp[cols]
         return out - out.mean(axis=0) if cfg.labeler == "iclabel" else out
@@ -515,8 +567,9 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
                 weights = np.column_stack([weights, -weights @ coef])
             elif with_ekg:
                 weights = np.column_stack([weights, np.zeros(len(weights))])
-            sources = weights @ (hp if all_valid else hp[:, valid])  # (c, n_valid)
-            sources -= offset[:, None]
+            # float32 sources (half the matrix-product time): the rules' scores read them
+            # with float64 sums, and the cleaning itself is built from the fitted matrices
+            sources = _sources_in_place(hp if all_valid else hp[:, valid], weights, offset)  # (c, n_valid)
     except (np.linalg.LinAlgError, ValueError, RuntimeError) as err:
         return model, _skip(base, f"ICA fit failed ({err})", label)
     if cfg.labeler == "iclabel":
@@ -528,8 +581,34 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
         removed = [{"labeler": "rules", **r} for r in reject_components(scores, cfg)]
     base.update(n_components=n_components, removed=removed, status="applied")
     if removed:
-        model.removal, model.offset_uv = _removal_operator(ica, [r["component"] for r in removed])
+        exclude = [r["component"] for r in removed]
+        model.removal, model.offset_uv = _removal_operator(ica, exclude)
+        model.removal_factors = _removal_factors(ica, exclude)
     return model, base
+
+
+def _sources_in_place(x: np.ndarray, weights: np.ndarray, offset: np.ndarray, step: int = 4096) -> np.ndarray:
+    """``weights @ x - offset[:, None]`` in float32, written over the first rows of ``x``
+    (float32 ``(m, n)``, ``weights (c, m)`` with ``c <= m``) a block of columns at a time;
+    returns that ``(c, n)`` view. No new array the size of the recording."""
+    w = weights.astype(np.float32)
+    o = offset.astype(np.float32)[:, None]
+    c = len(w)
+    for start in range(0, x.shape[1], step):
+        cols = slice(start, start + step)
+        block = w @ x[:, cols]
+        block -= o
+        x[:c, cols] = block
+    return x[:c]
+
+
+def _dot64(rows: np.ndarray, v: np.ndarray, step: int = 8192) -> np.ndarray:
+    """``rows.astype(np.float64) @ v`` for float32 ``rows (k, n)``, converted a block of
+    columns at a time (no float64 copy of the whole recording)."""
+    out = np.zeros(len(rows))
+    for start in range(0, rows.shape[1], step):
+        out += rows[:, start:start + step].astype(np.float64) @ v[start:start + step]
+    return out
 
 
 def _fit_mne_ica(fit_data: np.ndarray, names: list[str], n_components: int, method: str, fit_params: dict,
@@ -576,6 +655,16 @@ def _removal_operator(ica, exclude: list[int]) -> tuple[np.ndarray, np.ndarray]:
     return removal, offset
 
 
+def _removal_factors(ica, exclude: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(A (k, r), U (r, k))`` in uV with ``A @ U`` the ``K`` of :func:`_removal_operator`."""
+    n = ica.n_components_
+    pca = ica.pca_components_
+    scale = ica.pre_whitener_[:, 0] * 1e6
+    mixing = pca[:n].T @ ica.mixing_matrix_[:, exclude]
+    unmixing = ica.unmixing_matrix_[exclude] @ pca[:n]
+    return scale[:, None] * mixing, unmixing / scale[None, :]
+
+
 def component_scores(sources: np.ndarray, mixing: np.ndarray, names: list[str], *,
                      ekg_hp: np.ndarray | None, cfg: IcaConfig) -> list[dict[str, float]]:
     """Per-component rule scores.
@@ -583,7 +672,8 @@ def component_scores(sources: np.ndarray, mixing: np.ndarray, names: list[str], 
     Parameters
     ----------
     sources : np.ndarray
-        ``(n_components, n)`` component time courses of the high-passed data, valid samples only.
+        ``(n_components, n)`` component time courses of the high-passed data, valid samples
+        only (float32 or float64; sums are taken in float64).
     mixing : np.ndarray
         ``(n_channels, n_components)`` channel weights of each component.
     names : list of str
@@ -605,10 +695,13 @@ def component_scores(sources: np.ndarray, mixing: np.ndarray, names: list[str], 
         # Pearson correlation without a centred copy of the sources: e is centred, so
         # (s - mean s) . e = s . e, and |s - mean s|^2 = |s|^2 - n mean(s)^2
         n = sources.shape[1]
-        e = ekg_hp - ekg_hp.mean()
-        mean = sources.mean(axis=1)
-        norm = np.sqrt(np.maximum(np.einsum("ij,ij->i", sources, sources) - n * mean ** 2, 0.0))
-        corr = (sources @ e) / (norm * np.linalg.norm(e) + 1e-30)
+        e = np.asarray(ekg_hp, dtype=np.float64)
+        e = e - e.mean()
+        e_norm = np.linalg.norm(e)
+        for i, row in enumerate(sources):
+            row = row.astype(np.float64)
+            norm = np.sqrt(max(row @ row - n * row.mean() ** 2, 0.0))
+            corr[i] = (row @ e) / (norm * e_norm + 1e-30)
     return [{"ekg_corr": float(corr[i]), "frontal_share": float(frontal[i]), "low_share": float(low[i]),
              "hf_share": float(high[i]), "flatness": float(flatness[i])} for i in range(len(sources))]
 
@@ -675,13 +768,17 @@ def _segment_loudness(segments: np.ndarray, nperseg: int, min_hz: float) -> np.n
     vectors = [np.ones(half)]
     for v in (window, window ** 2, *dft.real, *dft.imag):
         vectors += [v[:half], v[half:]]
-    blocks = segments.reshape(c, s * (seg // half), half)  # a view: one matrix product per component
-    proj = (blocks @ np.stack(vectors, axis=1)).reshape(c, s, seg // half, -1)  # (c, s, blocks, m)
+    blocks = segments.reshape(c, s * (seg // half), half)  # a view
+    vectors = np.stack(vectors, axis=1)
     squared_window = np.stack([window[:half] ** 2, window[half:] ** 2], axis=1)
+    proj = np.empty((c, blocks.shape[1], vectors.shape[1]))
     squares = np.empty((c, blocks.shape[1], 2))
-    buffer = np.empty(blocks.shape[1:])
-    for i in range(c):  # one reused buffer, not a squared copy of all sources
-        squares[i] = np.square(blocks[i], out=buffer) @ squared_window
+    values, buffer = np.empty(blocks.shape[1:]), np.empty(blocks.shape[1:])
+    for i in range(c):  # in float64, one component at a time in two reused buffers
+        values[...] = blocks[i]
+        proj[i] = values @ vectors
+        squares[i] = np.square(values, out=buffer) @ squared_window
+    proj = proj.reshape(c, s, seg // half, -1)  # (c, s, blocks, m)
     squares = squares.reshape(c, s, seg // half, 2)
 
     def frame(col):  # (c, s, frames): first half from block j, second from block j + 1
