@@ -209,7 +209,7 @@ def _dc_removed(raw_uv: np.ndarray, cfg, median_uv: np.ndarray | None = None,
         median_uv = np.zeros(n_channels)
         complete = np.setdiff1d(np.arange(n_channels), gappy)
         if n and len(complete):
-            median_uv[complete] = [_median(row) for row in _transposed(raw_uv[:, complete], raw_uv.dtype)]
+            median_uv[complete] = _column_medians_of(raw_uv, complete)
         for c, values in interpolated.items():
             values = values[~np.isnan(values)]
             if len(values):  # an all-NaN channel keeps median 0
@@ -236,6 +236,37 @@ def _transposed(x: np.ndarray, dtype=None, out: np.ndarray | None = None) -> np.
     step = 1024
     for start in range(0, len(x), step):
         out[:, start:start + step] = x[start:start + step].T
+    return out
+
+
+def _column_medians_of(x: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``np.median(x[:, cols].astype(np.float64), axis=0)`` of a NaN-free ``x (n, C)``, bit for
+    bit: :func:`_median`'s selection, with the counting and the band read a block of rows at
+    a time (no transposed copy of the recording)."""
+    n = len(x)
+    ranks = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    sample = np.sort(x[::max(1, n // 1000)][:, cols], axis=0)  # (m, c)
+    m = len(sample)
+    if n < 5000 or m < 100:
+        return np.array([_median(np.ascontiguousarray(x[:, c])) for c in cols])
+    spread = 3 * int(np.sqrt(m))
+    lo, hi = sample[max(m // 2 - spread, 0)], sample[min(m // 2 + spread, m - 1)]  # (c,)
+    n_below = np.zeros(len(cols), dtype=np.int64)
+    pieces: list[list[np.ndarray]] = [[] for _ in cols]
+    for start in range(0, n, _APPLY_ROWS):
+        block = x[start:start + _APPLY_ROWS][:, cols]
+        n_below += np.count_nonzero(block < lo, axis=0)
+        inside = (block >= lo) & (block <= hi)
+        for j, piece in enumerate(pieces):
+            piece.append(block[inside[:, j], j])
+    out = np.empty(len(cols))
+    for j, c in enumerate(cols):
+        band = np.concatenate(pieces[j])
+        if n_below[j] <= ranks[0] and ranks[-1] < n_below[j] + len(band):
+            wanted = [r - n_below[j] for r in ranks]
+            out[j] = np.mean(np.partition(band, wanted)[wanted].astype(np.float64))
+        else:  # the band missed the middle: select from the whole column
+            out[j] = _median(np.ascontiguousarray(x[:, c]))
     return out
 
 
@@ -517,7 +548,7 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
     _transposed(eeg_uv, out=x[:n_eeg])
     if ekg_uv is not None:
         x[n_eeg] = ekg_uv
-    spread = np.array([row.astype(np.float64).std() for row in (x if all_valid else x[:, valid])])
+    spread = np.array([(row if all_valid else row[valid]).astype(np.float64).std() for row in x])
     good = np.flatnonzero(spread[:n_eeg] > _FLAT_STD_UV)
     model = ArtifactModel(good, cfg.highpass_hz)
     if len(good) < 3:
@@ -528,11 +559,12 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
     x = x if len(picks) == len(x) else x[picks]
     hp = _highpass_rows(x, cfg.highpass_hz, out=x)  # float32 (k [+1], n), in place
     del x
+    if not all_valid:  # from here on only the valid samples, in order
+        hp = hp[:, valid]
     ekg_hp = hp[k].astype(np.float64) if with_ekg else None
     coef = None  # (k,) EKG regression weights of the good channels
     if with_ekg and cfg.ekg_regression:
-        e = ekg_hp if all_valid else ekg_hp[valid]
-        coef = _dot64(hp[:k] if all_valid else hp[:k, valid], e) / (e @ e)
+        coef = _dot64(hp[:k], ekg_hp) / (ekg_hp @ ekg_hp)
         model.ekg_coef_uv = np.zeros(n_eeg)
         model.ekg_coef_uv[good] = coef
         base["ekg_regression"] = True
@@ -546,7 +578,7 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
         return out - out.mean(axis=0) if cfg.labeler == "iclabel" else out
 
     decim = max(1, int(np.ceil(n_valid / cfg.max_fit_samples)))
-    fit_data = decomposed(np.flatnonzero(valid)[::decim])  # (k, n_fit)
+    fit_data = decomposed(np.arange(0, n_valid, decim))  # (k, n_fit)
     rank = _rank(fit_data)
     n_components = min(cfg.n_components or k, rank, k)
     if n_components < 2:
@@ -569,15 +601,14 @@ def fit_artifact_model(eeg_uv: np.ndarray, *, ekg_uv: np.ndarray | None, valid: 
                 weights = np.column_stack([weights, np.zeros(len(weights))])
             # float32 sources (half the matrix-product time): the rules' scores read them
             # with float64 sums, and the cleaning itself is built from the fitted matrices
-            sources = _sources_in_place(hp if all_valid else hp[:, valid], weights, offset)  # (c, n_valid)
+            sources = _sources_in_place(hp, weights, offset)  # (c, n_valid)
     except (np.linalg.LinAlgError, ValueError, RuntimeError) as err:
         return model, _skip(base, f"ICA fit failed ({err})", label)
     if cfg.labeler == "iclabel":
-        raw = iclabel.labelling_raw(decomposed(np.flatnonzero(valid)).T, names, cfg.highpass_hz)
+        raw = iclabel.labelling_raw(decomposed(slice(None)).T, names, cfg.highpass_hz)
         removed = iclabel.reject_by_label(iclabel.label_components(ica, raw), cfg.reject, cfg.max_removed)
     else:
-        ekg_valid = None if ekg_hp is None else ekg_hp if all_valid else ekg_hp[valid]
-        scores = component_scores(sources, ica.get_components(), names, ekg_hp=ekg_valid, cfg=cfg)
+        scores = component_scores(sources, ica.get_components(), names, ekg_hp=ekg_hp, cfg=cfg)
         removed = [{"labeler": "rules", **r} for r in reject_components(scores, cfg)]
     base.update(n_components=n_components, removed=removed, status="applied")
     if removed:
@@ -602,7 +633,7 @@ def _sources_in_place(x: np.ndarray, weights: np.ndarray, offset: np.ndarray, st
     return x[:c]
 
 
-def _dot64(rows: np.ndarray, v: np.ndarray, step: int = 8192) -> np.ndarray:
+def _dot64(rows: np.ndarray, v: np.ndarray, step: int = 2048) -> np.ndarray:
     """``rows.astype(np.float64) @ v`` for float32 ``rows (k, n)``, converted a block of
     columns at a time (no float64 copy of the whole recording)."""
     out = np.zeros(len(rows))

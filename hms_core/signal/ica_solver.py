@@ -43,7 +43,6 @@ def _picard_ortho(x: np.ndarray, *, max_iter: int, tol: float, random_state: int
     Returns ``(unmixing (n, n), n_iter, converged)`` as picard's ``W``, ``n_iter`` and
     its convergence flag.
     """
-    from picard._tools import _sym_decorrelation
     from scipy.linalg import expm
 
     y = np.array(x, dtype=np.float64, copy=True)
@@ -121,6 +120,13 @@ def _picard_ortho(x: np.ndarray, *, max_iter: int, tol: float, random_state: int
     return np.dot(w, w_init), it, converged
 
 
+def _sym_decorrelation(w: np.ndarray) -> np.ndarray:
+    """picard's ``_sym_decorrelation``: ``(W W^T)^(-1/2) W`` (here to spare the rules path
+    ``import picard``, which imports scikit-learn: about a second per process)."""
+    s, u = np.linalg.eigh(np.dot(w, w.T))
+    return np.dot(np.dot(u * (1.0 / np.sqrt(s)), u.T), w)
+
+
 def _l_bfgs_direction(g, h, s_list, y_list, r_list) -> np.ndarray:
     """picard's ``_l_bfgs_direction`` with ``ortho=True``."""
     q = g.copy()
@@ -173,7 +179,6 @@ def fit_picard(data_uv: np.ndarray, n_components: int, *, fit_params: dict, max_
         The SVD fails with both LAPACK drivers.
     """
     from mne.utils.linalg import pinv
-    from picard import picard
     from scipy import linalg
 
     data = np.array(data_uv, dtype=np.float64, order="C") * 1e-6  # RawArray holds volts
@@ -207,6 +212,8 @@ def fit_picard(data_uv: np.ndarray, n_components: int, *, fit_params: dict, max_
         if not converged:
             logger.debug("ICA: picard did not converge in %d iterations", max_iter)
     else:
+        from picard import picard
+
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             _, unmixing, _, n_iter = picard(components, whiten=False, return_n_iter=True,

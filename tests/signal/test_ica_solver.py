@@ -105,3 +105,17 @@ def test_affine_cleaning_equals_the_stepwise_one(with_ekg):
     want[:, channels] = part - (part - model.offset_uv) @ model.removal.T
     assert np.allclose(model.apply(eeg, ekg), want, rtol=0, atol=1e-9)
     assert np.allclose(ArtifactModel(channels, 1.0).apply(eeg, ekg), eeg)
+
+
+def test_column_medians_equal_numpy_bit_for_bit():
+    from hms_core.signal.ica import _column_medians_of
+
+    rng = np.random.default_rng(8)
+    for n in [7, 4999, 20_001, 50_000]:
+        x = np.column_stack([rng.standard_normal(n), np.round(rng.standard_normal(n) * 2), np.sort(rng.standard_normal(n)),
+                             np.sin(np.arange(n) / 9.0), np.full(n, -1.25), rng.standard_normal(n) * 1e3 + 40])
+        for dtype in (np.float32, np.float64):
+            values = x.astype(dtype)
+            cols = np.array([0, 2, 3, 4, 5, 1])
+            want = np.median(values.astype(np.float64), axis=0)[cols]
+            assert np.array_equal(_column_medians_of(values, cols), want), (n, dtype)
