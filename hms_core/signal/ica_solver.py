@@ -86,6 +86,7 @@ def _picard_ortho(x: np.ndarray, *, max_iter: int, tol: float, random_state: int
     r_list: list = []
     current_loss = loss(y)
     converged = False
+    direction = g_old = None  # set on the first pass, read from the second
     for it in range(max_iter):
         np.tanh(y, out=score)
         np.square(score, out=der)
@@ -100,8 +101,8 @@ def _picard_ortho(x: np.ndarray, *, max_iter: int, tol: float, random_state: int
             converged = True
             break
         if it > 0:
-            s_list.append(direction)  # noqa: F821 (set below on the first pass)
-            y_list.append(g - g_old)  # noqa: F821
+            s_list.append(direction)
+            y_list.append(g - g_old)
             r_list.append(1.0 / np.sum(direction * y_list[-1]))
             if len(s_list) > m:
                 s_list.pop(0)
