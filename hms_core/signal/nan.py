@@ -47,12 +47,16 @@ def interpolate_short_gaps(x: np.ndarray, *, max_gap_samples: int) -> np.ndarray
     not modified.
     """
     out = np.array(x, dtype=np.float64, copy=True)
-    out[np.isinf(out)] = np.nan
+    bad = ~np.isfinite(out)
+    gappy = np.flatnonzero(bad.any(axis=0))
+    if not len(gappy):
+        return out
+    out[bad] = np.nan
     n = out.shape[0]
-    for col in range(out.shape[1]):
+    for col in gappy:
         values = out[:, col]
-        missing = np.isnan(values)
-        if not missing.any() or missing.all():
+        missing = bad[:, col]
+        if missing.all():
             continue
         starts, stops = nan_runs(missing)
         short = (stops - starts) <= max_gap_samples
