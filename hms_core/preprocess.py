@@ -215,15 +215,16 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
         since_trim = 0
         for i, eeg_id in enumerate(tqdm(eeg_ids, desc=job, unit="rec", mininterval=5, disable=None)):
             try:
-                fields, index = process_recording(data_dir, eeg_id, by_id[eeg_id], cfg, frontend)
+                chunks = process_recording(data_dir, eeg_id, by_id[eeg_id], cfg, frontend)
             except DataError as err:
                 if cfg.on_bad_recording == "error":
                     raise
                 logger.warning("skipping bad recording: %s", err)
                 bad.append({"eeg_id": eeg_id, "path": err.path, "problem": err.problem})
             else:
-                writer.append(fields, index)
-                del fields
+                for fields, index in chunks:
+                    writer.append(fields, index)
+                del chunks, fields, index  # free this recording's windows before the next is read
             since_trim += len(by_id[eeg_id])
             if since_trim >= _TRIM_EVERY_WINDOWS:
                 _release_freed_memory()
@@ -262,8 +263,10 @@ def _remove_stale_temporaries(out_store: Path) -> None:
 
 
 def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: PreprocessConfig,
-                      frontend: WindowFrontend) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """All windows of one recording: ``(fields {name: (k, ...) float32}, index (k rows))``.
+                      frontend: WindowFrontend) -> list[tuple[dict[str, np.ndarray], pd.DataFrame]]:
+    """All windows of one recording, in order, as chunks of at most ``cfg.frontend_batch``:
+    ``[(fields {name: (c, ...) float32}, index (c rows))]`` (chunks rather than one array per
+    field, which would be one more copy of every window of a long recording).
 
     Raises
     ------
@@ -287,7 +290,7 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     # NaN count per sample row, summed once: each window's share is a difference of two cumulative sums
     nan_rows = np.concatenate([[0], np.cumsum(np.isnan(raw[:, :n_eeg]).sum(axis=1))])
     nan_fraction = [float(nan_rows[s.stop] - nan_rows[s.start]) / ((s.stop - s.start) * n_eeg) for s in slices]
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in FRONTEND_FIELDS}
+    parts: list[dict[str, np.ndarray]] = []
     device = frontend.fir.weight.device
     # Windows cut from one cleaned recording share their STFT frames (see signal.shared_frames).
     starts = np.array([s.start for s in slices])
@@ -302,16 +305,17 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
                 chains, referential = frontend.signals(raw_chunk)
                 eeg_spec, eeg_mel = shared(raw_chunk, chains, starts[chunk])
                 out = {"chains": chains, "referential": referential, "eeg_spec": eeg_spec, "eeg_mel": eeg_mel}
-            for name in FRONTEND_FIELDS:
-                parts[name].append(out[name].cpu().numpy())
+            parts.append({name: out[name].cpu().numpy() for name in FRONTEND_FIELDS})
     kaggle = kaggle_windows(data_dir, rows, eeg_id)
     index = rows[list(INDEX_COLUMNS) + list(VOTE_COLUMNS)].reset_index(drop=True)
     index["nan_fraction"] = nan_fraction
     index["ica_removed"] = [json.dumps(info["ica"]["removed"]) for info in infos]
     index["ica_status"] = [info["ica"].get("status", "") for info in infos]
-    fields = {name: part[0] if len(part) == 1 else np.concatenate(part) for name, part in parts.items()}
-    fields["kaggle_spec"] = kaggle
-    return fields, index
+    chunks = []
+    for i, fields in enumerate(parts):
+        chunk = slice(i * cfg.frontend_batch, (i + 1) * cfg.frontend_batch)
+        chunks.append(({**fields, "kaggle_spec": kaggle[chunk]}, index.iloc[chunk]))
+    return chunks
 
 
 def clean_windows(raw_uv: np.ndarray, slices: Sequence[slice], cfg: PreprocessConfig, *,
@@ -348,7 +352,8 @@ def clean_windows(raw_uv: np.ndarray, slices: Sequence[slice], cfg: PreprocessCo
         cleaned = [clean_recording(raw_uv[s], cfg, eeg_id=eeg_id, path=path) for s in slices]
         return np.stack([c.T for c, _ in cleaned]), [info for _, info in cleaned]
     cleaned, info = clean_recording(raw_uv, cfg, eeg_id=eeg_id, path=path)
-    return np.stack([cleaned[s].T for s in slices]), [info] * len(slices)
+    channels_first = np.ascontiguousarray(cleaned.T)  # one transpose, then contiguous window copies
+    return np.stack([channels_first[:, s] for s in slices]), [info] * len(slices)
 
 
 def kaggle_windows(data_dir, rows: pd.DataFrame, eeg_id: int) -> np.ndarray:
