@@ -22,7 +22,8 @@ import torch
 
 from hms_core import atomic
 from hms_core.config import check_option, from_mapping
-from hms_core.contract import EEG_CHANNELS, SAMPLING_RATE_HZ, SPEC_WINDOW_ROWS, VOTE_COLUMNS
+from hms_core.contract import (EEG_CHANNELS, N_RAW_CHANNELS, SAMPLING_RATE_HZ, SPEC_WINDOW_ROWS, VOTE_COLUMNS,
+                               WINDOW_SAMPLES)
 from hms_core.data.validate import OnBad
 from hms_core.errors import ConfigError, DataError
 from hms_core.status import update_status
@@ -212,10 +213,11 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
                              compressor=cfg.compressor,
                              name=out_store)
         by_id = dict(tuple(rows.groupby("eeg_id")))
+        buffer = np.empty((cfg.frontend_batch, N_RAW_CHANNELS, WINDOW_SAMPLES), dtype=np.float32)
         since_trim = 0
         for i, eeg_id in enumerate(tqdm(eeg_ids, desc=job, unit="rec", mininterval=5, disable=None)):
             try:
-                chunks = process_recording(data_dir, eeg_id, by_id[eeg_id], cfg, frontend)
+                chunks = process_recording(data_dir, eeg_id, by_id[eeg_id], cfg, frontend, buffer=buffer)
             except DataError as err:
                 if cfg.on_bad_recording == "error":
                     raise
@@ -263,10 +265,15 @@ def _remove_stale_temporaries(out_store: Path) -> None:
 
 
 def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: PreprocessConfig,
-                      frontend: WindowFrontend) -> list[tuple[dict[str, np.ndarray], pd.DataFrame]]:
+                      frontend: WindowFrontend, *, buffer: np.ndarray | None = None
+                      ) -> list[tuple[dict[str, np.ndarray], pd.DataFrame]]:
     """All windows of one recording, in order, as chunks of at most ``cfg.frontend_batch``:
     ``[(fields {name: (c, ...) float32}, index (c rows))]`` (chunks rather than one array per
     field, which would be one more copy of every window of a long recording).
+
+    ``buffer``, float32 ``(frontend_batch, 20, 10000)``, optional: where the cleaned windows of
+    each chunk are cut into, reused from one recording to the next (a fresh array per
+    recording costs about as much in page faults as the copy itself).
 
     Raises
     ------
@@ -286,7 +293,7 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
                               f"but offset {offsets.max():g} s needs {needed}", eeg_id=eeg_id)
     n_eeg = len(EEG_CHANNELS)
     slices = [eeg_window_slice(o) for o in offsets]
-    windows, infos = clean_windows(raw, slices, cfg, eeg_id=eeg_id, path=path)  # (k, 20, 10000)
+    cut_windows, infos = _window_cutter(raw, slices, cfg, eeg_id=eeg_id, path=path, buffer=buffer)
     # NaN count per sample row, summed once: each window's share is a difference of two cumulative sums
     nan_rows = np.concatenate([[0], np.cumsum(np.isnan(raw[:, :n_eeg]).sum(axis=1))])
     nan_fraction = [float(nan_rows[s.stop] - nan_rows[s.start]) / ((s.stop - s.start) * n_eeg) for s in slices]
@@ -294,11 +301,11 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     device = frontend.fir.weight.device
     # Windows cut from one cleaned recording share their STFT frames (see signal.shared_frames).
     starts = np.array([s.start for s in slices])
-    shared = RecordingSpectrograms(frontend, starts, windows.shape[-1]) if cfg.ica.fit_on == "recording" else None
+    shared = RecordingSpectrograms(frontend, starts, WINDOW_SAMPLES) if cfg.ica.fit_on == "recording" else None
     with torch.no_grad():
-        for start in range(0, len(windows), cfg.frontend_batch):
+        for start in range(0, len(slices), cfg.frontend_batch):
             chunk = slice(start, start + cfg.frontend_batch)
-            raw_chunk = torch.from_numpy(windows[chunk]).to(device)
+            raw_chunk = torch.from_numpy(cut_windows(chunk)).to(device)
             if shared is None:
                 out = frontend.fields(raw_chunk)
             else:
@@ -316,6 +323,25 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
         chunk = slice(i * cfg.frontend_batch, (i + 1) * cfg.frontend_batch)
         chunks.append(({**fields, "kaggle_spec": kaggle[chunk]}, index.iloc[chunk]))
     return chunks
+
+
+def _window_cutter(raw_uv: np.ndarray, slices: Sequence[slice], cfg: PreprocessConfig, *, eeg_id, path,
+                   buffer: np.ndarray | None):
+    """``(cut, infos)``: ``cut(chunk)`` gives the cleaned windows ``slices[chunk]`` as float32
+    ``(c, 20, T)``, as :func:`clean_windows` would, without holding all of them at once."""
+    if cfg.ica.fit_on == "window":
+        windows, infos = clean_windows(raw_uv, slices, cfg, eeg_id=eeg_id, path=path)
+        return (lambda chunk: windows[chunk]), infos
+    cleaned, info = clean_recording(raw_uv, cfg, eeg_id=eeg_id, path=path)
+    channels_first = np.ascontiguousarray(cleaned.T)  # one transpose, then contiguous window copies
+    del cleaned
+
+    def cut(chunk: slice) -> np.ndarray:
+        parts = [channels_first[:, s] for s in slices[chunk]]
+        out = buffer[:len(parts)] if buffer is not None and len(parts) <= len(buffer) else None
+        return np.stack(parts, out=out)
+
+    return cut, [info] * len(slices)
 
 
 def clean_windows(raw_uv: np.ndarray, slices: Sequence[slice], cfg: PreprocessConfig, *,

@@ -172,5 +172,5 @@ class ZeroPhaseFIR(torch.nn.Module):
         # the full linear convolution lands only on the K - 1 outputs that are cut away.
         n_fft = padded.shape[-1]
         spectrum = torch.fft.rfft(padded, n=n_fft) * torch.fft.rfft(self.kernel, n=n_fft)
-        out = torch.fft.irfft(spectrum, n=n_fft)[:, self.n_taps - 1:self.n_taps - 1 + n_times]
-        return out.reshape(batch, channels, n_times)
+        out = torch.fft.irfft(spectrum, n=n_fft).reshape(batch, channels, n_fft)
+        return out[..., self.n_taps - 1:self.n_taps - 1 + n_times]  # a view: no copy of the output
