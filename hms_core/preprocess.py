@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -79,7 +80,11 @@ class PreprocessConfig:
         about 4% smaller for 2.7x the compression time. With lz4 take 9 (level 1: 6% larger,
         0.5 ms less compression per window).
     frontend_batch : int
-        Windows per front-end call (bounds memory for recordings with many windows); default 64.
+        Windows per front-end call; default 8. Small batches keep every temporary of the front
+        end below glibc's mmap threshold (32 MiB), so its memory is reused from one call to the
+        next instead of being mapped afresh: on the CPU, 8 takes about 1 s less system time
+        (page faults) per 300 windows than 64 for the same user time. On a GPU (``device:
+        cuda``) 64 gives the device bigger calls.
     device : {"auto", "cpu", "cuda"}
         Where the front end (filter, montage, STFT, mel) runs: "auto" (default) takes the
         GPU when CUDA is available, else the CPU. The recording-level cleaning (NaN gaps,
@@ -97,7 +102,7 @@ class PreprocessConfig:
     windows_per_shard: int = 16
     compressor: StoreCompressor = "zstd"
     compression_level: int = 1
-    frontend_batch: int = 64
+    frontend_batch: int = 8
     device: FrontendDevice = "auto"
 
     def validate(self, path: str = "preprocessing") -> None:
@@ -214,7 +219,6 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
                              name=out_store)
         by_id = dict(tuple(rows.groupby("eeg_id")))
         buffer = np.empty((cfg.frontend_batch, N_RAW_CHANNELS, WINDOW_SAMPLES), dtype=np.float32)
-        since_trim = 0
         for i, eeg_id in enumerate(tqdm(eeg_ids, desc=job, unit="rec", mininterval=5, disable=None)):
             try:
                 chunks = process_recording(data_dir, eeg_id, by_id[eeg_id], cfg, frontend, buffer=buffer)
@@ -227,10 +231,8 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
                 for fields, index in chunks:
                     writer.append(fields, index)
                 del chunks, fields, index  # free this recording's windows before the next is read
-            since_trim += len(by_id[eeg_id])
-            if since_trim >= _TRIM_EVERY_WINDOWS:
+            if _resident_bytes() > _TRIM_ABOVE_BYTES:
                 _release_freed_memory()
-                since_trim = 0
             update_status(status_path, job=job, stage="preprocessing", done=i + 1, total=len(eeg_ids),
                           windows=writer.n_written + writer._buffered, bad_recordings=len(bad))
         n_windows = writer.close({"preprocess_config": cfg.to_dict(), "frontend_config": frontend_cfg.to_dict(),
@@ -241,12 +243,25 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
     return {"n_recordings": len(eeg_ids) - len(bad), "n_windows": n_windows, "n_bad": len(bad)}
 
 
-_TRIM_EVERY_WINDOWS = 32  # about 100 MB of window fields between trims; a trim costs ~5 ms
+# Freed memory is handed back to the OS only when the process holds more than this (the
+# longest recording of a 0.009 share of the full preset peaks at 1.4 GB): each
+# trim makes the next recording fault its working memory in afresh (about 5 ms of system time
+# per window when trimming after every recording), and below it nothing creeps.
+_TRIM_ABOVE_BYTES = 2 << 30
+
+
+def _resident_bytes() -> int:
+    """Resident set size of this process (Linux; 0 elsewhere, which never trims)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _release_freed_memory() -> None:
     """Return freed heap pages to the OS (glibc). Recordings differ in length, and without
-    this the heap fragments and the resident size creeps up with each recording."""
+    this the heap fragments and the resident size creeps up after the long ones."""
     try:
         import ctypes
 
