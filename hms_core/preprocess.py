@@ -221,9 +221,11 @@ def preprocess_batch(data_dir, train_df: pd.DataFrame, eeg_ids: Sequence[int], o
                              name=out_store)
         by_id = dict(tuple(rows.groupby("eeg_id")))
         buffer = np.empty((cfg.frontend_batch, N_RAW_CHANNELS, WINDOW_SAMPLES), dtype=np.float32)
+        spectrograms = SpectrogramCache()
         for i, eeg_id in enumerate(tqdm(eeg_ids, desc=job, unit="rec", mininterval=5, disable=None)):
             try:
-                chunks = process_recording(data_dir, eeg_id, by_id[eeg_id], cfg, frontend, buffer=buffer)
+                chunks = process_recording(data_dir, eeg_id, by_id[eeg_id], cfg, frontend, buffer=buffer,
+                                           spectrograms=spectrograms)
             except DataError as err:
                 if cfg.on_bad_recording == "error":
                     raise
@@ -302,7 +304,8 @@ def _remove_stale_temporaries(out_store: Path) -> None:
 
 
 def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: PreprocessConfig,
-                      frontend: WindowFrontend, *, buffer: np.ndarray | None = None
+                      frontend: WindowFrontend, *, buffer: np.ndarray | None = None,
+                      spectrograms: "SpectrogramCache | None" = None
                       ) -> list[tuple[dict[str, np.ndarray], pd.DataFrame]]:
     """All windows of one recording, in order, as chunks of at most ``cfg.frontend_batch``:
     ``[(fields {name: (c, ...) float32}, index (c rows))]`` (chunks rather than one array per
@@ -310,7 +313,9 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
 
     ``buffer``, float32 ``(frontend_batch, 20, 10000)``, optional: where the cleaned windows of
     each chunk are cut into, reused from one recording to the next (a fresh array per
-    recording costs about as much in page faults as the copy itself).
+    recording costs about as much in page faults as the copy itself). ``spectrograms``: a
+    :class:`SpectrogramCache` shared by the recordings of a batch (several recordings often
+    share one spectrogram file).
 
     Raises
     ------
@@ -350,7 +355,7 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
                 eeg_spec, eeg_mel = shared(raw_chunk, chains, starts[chunk])
                 out = {"chains": chains, "referential": referential, "eeg_spec": eeg_spec, "eeg_mel": eeg_mel}
             parts.append({name: out[name].cpu().numpy() for name in FRONTEND_FIELDS})
-    kaggle = kaggle_windows(data_dir, rows, eeg_id)
+    kaggle = kaggle_windows(data_dir, rows, eeg_id, spectrograms=spectrograms)
     index = rows[list(INDEX_COLUMNS) + list(VOTE_COLUMNS)].reset_index(drop=True)
     index["nan_fraction"] = nan_fraction
     index["ica_removed"] = [json.dumps(info["ica"]["removed"]) for info in infos]
@@ -419,21 +424,61 @@ def clean_windows(raw_uv: np.ndarray, slices: Sequence[slice], cfg: PreprocessCo
     return np.stack([channels_first[:, s] for s in slices]), [info] * len(slices)
 
 
-def kaggle_windows(data_dir, rows: pd.DataFrame, eeg_id: int) -> np.ndarray:
+class SpectrogramCache:
+    """The power arrays of the spectrogram files read lately, at most ``max_bytes`` of them
+    (least recently used dropped first): recordings that share a spectrogram file read it once.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Default 256 MiB (about 500 ten-minute spectrograms).
+    """
+
+    def __init__(self, max_bytes: int = 256 << 20):
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self._arrays: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def power(self, data_dir, spectrogram_id: int) -> np.ndarray:
+        """``read_spectrogram``'s power array of ``spectrogram_id`` (shared: do not modify it;
+        errors as ``read_spectrogram``)."""
+        from hms_core.data.io import read_spectrogram, spectrogram_path
+
+        if spectrogram_id in self._arrays:
+            self._arrays.move_to_end(spectrogram_id)
+            self.hits += 1
+            return self._arrays[spectrogram_id]
+        self.misses += 1
+        power = read_spectrogram(spectrogram_path(data_dir, spectrogram_id), spectrogram_id)[1]
+        self._arrays[spectrogram_id] = power
+        self._bytes += power.nbytes
+        while self._bytes > self.max_bytes and len(self._arrays) > 1:
+            self._bytes -= self._arrays.popitem(last=False)[1].nbytes
+        return power
+
+
+def kaggle_windows(data_dir, rows: pd.DataFrame, eeg_id: int, *,
+                   spectrograms: SpectrogramCache | None = None) -> np.ndarray:
     """Log images ``(k, 4, 100, 300)`` of the Kaggle spectrogram windows of ``rows``.
 
     Windows of one spectrogram overlap, so the log image is taken once over the rows they
     span (when that is fewer rows than the windows hold) and the windows are cut from it:
-    the same numbers, elementwise.
+    the same numbers, elementwise. ``spectrograms``: where the files are read through
+    (default: a cache for this call only).
     """
-    from hms_core.data.io import read_spectrogram, spectrogram_first_row, spectrogram_path
+    from hms_core.data.io import spectrogram_first_row, spectrogram_path
+
+    spectrograms = spectrograms if spectrograms is not None else SpectrogramCache()
 
     images: list[np.ndarray | None] = [None] * len(rows)
     ids = rows["spectrogram_id"].to_numpy().astype(np.int64)
     firsts = np.array([spectrogram_first_row(o) for o in rows["spectrogram_label_offset_seconds"]], dtype=np.int64)
     for spectrogram_id in dict.fromkeys(ids.tolist()):  # rows of one eeg usually share one
         path = spectrogram_path(data_dir, spectrogram_id)
-        power = read_spectrogram(path, spectrogram_id)[1]
+        power = spectrograms.power(data_dir, spectrogram_id)
         members = np.flatnonzero(ids == spectrogram_id)
         for i in members:
             if firsts[i] + SPEC_WINDOW_ROWS > len(power):

@@ -324,3 +324,29 @@ def test_gpu_frontend_equals_cpu_frontend():
         want, got = cpu.fields(x), gpu.fields(x.to("cuda"))
     for name, value in want.items():
         assert torch.allclose(got[name].cpu(), value, rtol=1e-4, atol=1e-3), name
+
+
+def test_spectrogram_cache_reads_a_shared_file_once_and_is_bounded(tiny_dataset, train_df, monkeypatch):
+    import hms_core.data.io as io
+    from hms_core.preprocess import SpectrogramCache, kaggle_windows
+
+    reads = []
+    read = io.read_spectrogram
+    monkeypatch.setattr(io, "read_spectrogram", lambda path, sid=None: reads.append(sid) or read(path, sid))
+
+    by_spectrogram = train_df.groupby("spectrogram_id")["eeg_id"].nunique()
+    shared = by_spectrogram[by_spectrogram > 1].index[:2]  # files that two recordings cut windows from
+    rows = train_df[train_df["spectrogram_id"].isin([*shared, *by_spectrogram[by_spectrogram == 1].index[:1]])]
+    cache = SpectrogramCache()
+    for eeg_id, recording in rows.groupby("eeg_id"):
+        got = kaggle_windows(tiny_dataset, recording, eeg_id, spectrograms=cache)
+        assert np.array_equal(got, kaggle_windows(tiny_dataset, recording, eeg_id, spectrograms=SpectrogramCache()))
+    assert len(reads) == 2 * rows["spectrogram_id"].nunique() + (rows.groupby("eeg_id")["spectrogram_id"].nunique().sum()
+                                                                 - rows["spectrogram_id"].nunique())  # shared: once
+    assert cache.misses == rows["spectrogram_id"].nunique()
+    assert cache.hits == rows.groupby("eeg_id")["spectrogram_id"].nunique().sum() - cache.misses >= len(shared) == 2
+    one = cache.power(tiny_dataset, int(rows["spectrogram_id"].iloc[0]))
+    small = SpectrogramCache(max_bytes=one.nbytes)  # holds one file at a time
+    for spectrogram_id in rows["spectrogram_id"].unique():
+        small.power(tiny_dataset, int(spectrogram_id))
+    assert len(small._arrays) == 1 and small._bytes <= max(one.nbytes, next(iter(small._arrays.values())).nbytes)
