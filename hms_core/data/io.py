@@ -236,7 +236,7 @@ def _read_table(path, columns: tuple[str, ...], eeg_id: int | None, what: str | 
         if missing:
             raise DataError(path, f"{prefix}missing columns {missing[:5]}"
                                   f"{' ...' if len(missing) > 5 else ''}", eeg_id=eeg_id)
-        return parquet.read(columns=list(columns))
+        return parquet.read(columns=list(columns), use_threads=False)  # jobs run in parallel themselves
     except (pa.ArrowException, OSError) as err:
         raise DataError(path, f"{prefix}not a readable parquet file ({err})", eeg_id=eeg_id) from None
 
