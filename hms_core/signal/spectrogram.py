@@ -163,6 +163,8 @@ class RegionSpectrogram(torch.nn.Module):
         # W[o, c, j] = dft[o, hop * j + c]
         folded = folded.reshape(2 * self.n_bins, self.n_blocks, self.hop).transpose(0, 2, 1)
         self.register_buffer("dft", torch.tensor(np.ascontiguousarray(folded), dtype=torch.float32))
+        self.register_buffer("dft_matrix", torch.tensor(np.ascontiguousarray(dft.T), dtype=torch.float32),
+                             persistent=False)  # (n_fft, 2F)
         self.register_buffer("mel", torch.tensor(mel_filterbank(freqs, cfg.n_mels), dtype=torch.float32))
         self.register_buffer("regions", torch.tensor(region_matrix(), dtype=torch.float32))
         rows = [r for region in SPEC_REGIONS for r in REGION_CHAIN_ROWS[region]]
@@ -196,6 +198,11 @@ class RegionSpectrogram(torch.nn.Module):
         """Windowed DFT ``(N, 2F, stop - first)`` (real parts, then imaginary parts) of frames
         ``first`` to ``stop - 1`` of :meth:`padded`'s output."""
         part = padded[..., self.hop * first:self.hop * (stop + self.n_blocks - 1)]
+        if not torch.jit.is_tracing():
+            # The frames as a strided view times the DFT matrix: one plain matrix product,
+            # about 1.5x faster on the CPU than the folded convolution (same sums).
+            frames = part[:, 0].unfold(-1, self.n_fft, self.hop)[:, :stop - first]  # (N, n, n_fft)
+            return torch.matmul(frames, self.dft_matrix).transpose(1, 2)
         folded = part.reshape(part.shape[0], -1, self.hop).transpose(1, 2)  # (N, hop, L/hop)
         return F.conv1d(folded, self.dft)
 
