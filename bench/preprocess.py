@@ -22,7 +22,7 @@ core, unaffected by other load on a shared machine); the headline rates are medi
 them. The pipeline also runs once on a ``--large-factor`` times larger data set to show
 that its memory peak does not grow with the number of recordings. Prints one JSON line.
 
-    .venv/bin/python bench/preprocess.py [--lengths realistic] [--fraction 0.003] [--repeats 3]
+    .venv/bin/python bench/preprocess.py [--lengths realistic] [--fraction 0.003] [--repeats 5]
         [--large-factor 3] [--baseline-rows 12] [--lengths demo --patients 4]
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main() -> None:
                         help="realistic: patient-stratified share of the full preset (default 0.003: 6 patients)")
     parser.add_argument("--patients", type=int, default=4, help="demo: patients of the small data set (default 4)")
     parser.add_argument("--large-factor", type=int, default=3, help="the large data set has this many times more")
-    parser.add_argument("--repeats", type=int, default=3, help="pipeline and baseline runs on the small set (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="pipeline and baseline runs on the small set (median)")
     parser.add_argument("--baseline-rows", type=int, default=12,
                         help="train.csv rows the baseline processes, drawn at random (default 12)")
     parser.add_argument("--seed", type=int, default=0)
