@@ -42,9 +42,10 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 def _import_libraries() -> None:
-    """Import what both sides import lazily (MNE and its ICA solver, zarr), before the clock
-    starts: a one-time cost per process (about 0.7 s of CPU) that a real batch of thousands of
-    windows never notices, but that would weigh on a run of a few hundred."""
+    """Import what either side may import lazily (MNE, the baseline's ICA solver and its
+    scikit-learn, zarr) before the clock starts: a one-time cost per process (about 0.5-0.9 s
+    of CPU) that a real batch of thousands of windows never notices, but that would weigh on
+    a run of a few hundred windows or a dozen baseline rows."""
     import mne.preprocessing  # noqa: F401
     import picard  # noqa: F401
     import zarr  # noqa: F401
