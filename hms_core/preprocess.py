@@ -9,6 +9,7 @@ batch is complete, so an interrupted batch leaves nothing behind and is redone w
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -264,14 +265,10 @@ def _keep_freed_memory() -> None:
     fewer page faults, about 0.15 s less system time per 300 windows. Process-wide, as the
     preprocessing job is its process's work; nothing to do off glibc.
     """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (the largest glibc allows)
         libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _resident_bytes() -> int:
@@ -286,12 +283,21 @@ def _resident_bytes() -> int:
 def _release_freed_memory() -> None:
     """Return freed heap pages to the OS (glibc). Recordings differ in length, and without
     this the heap fragments and the resident size creeps up after the long ones."""
-    try:
-        import ctypes
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    """glibc with its allocator controls, or None (another C library: nothing to tune)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
 def _remove_stale_temporaries(out_store: Path) -> None:
@@ -344,9 +350,9 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     # Windows cut from one cleaned recording share their STFT frames (see signal.shared_frames).
     starts = np.array([s.start for s in slices])
     shared = RecordingSpectrograms(frontend, starts, WINDOW_SAMPLES) if cfg.ica.fit_on == "recording" else None
+    chunks = [slice(start, start + cfg.frontend_batch) for start in range(0, len(slices), cfg.frontend_batch)]
     with torch.no_grad():
-        for start in range(0, len(slices), cfg.frontend_batch):
-            chunk = slice(start, start + cfg.frontend_batch)
+        for chunk in chunks:
             raw_chunk = torch.from_numpy(cut_windows(chunk)).to(device)
             if shared is None:
                 out = frontend.fields(raw_chunk)
@@ -360,11 +366,7 @@ def process_recording(data_dir, eeg_id: int, rows: pd.DataFrame, cfg: Preprocess
     index["nan_fraction"] = nan_fraction
     index["ica_removed"] = [json.dumps(info["ica"]["removed"]) for info in infos]
     index["ica_status"] = [info["ica"].get("status", "") for info in infos]
-    chunks = []
-    for i, fields in enumerate(parts):
-        chunk = slice(i * cfg.frontend_batch, (i + 1) * cfg.frontend_batch)
-        chunks.append(({**fields, "kaggle_spec": kaggle[chunk]}, index.iloc[chunk]))
-    return chunks
+    return [({**fields, "kaggle_spec": kaggle[chunk]}, index.iloc[chunk]) for fields, chunk in zip(parts, chunks)]
 
 
 def _window_cutter(raw_uv: np.ndarray, slices: Sequence[slice], cfg: PreprocessConfig, *, eeg_id, path,
@@ -419,9 +421,8 @@ def clean_windows(raw_uv: np.ndarray, slices: Sequence[slice], cfg: PreprocessCo
     if cfg.ica.fit_on == "window":
         cleaned = [clean_recording(raw_uv[s], cfg, eeg_id=eeg_id, path=path) for s in slices]
         return np.stack([c.T for c, _ in cleaned]), [info for _, info in cleaned]
-    cleaned, info = clean_recording(raw_uv, cfg, eeg_id=eeg_id, path=path)
-    channels_first = np.ascontiguousarray(cleaned.T)  # one transpose, then contiguous window copies
-    return np.stack([channels_first[:, s] for s in slices]), [info] * len(slices)
+    cut, infos = _window_cutter(raw_uv, slices, cfg, eeg_id=eeg_id, path=path, buffer=None)
+    return cut(slice(None)), infos
 
 
 class SpectrogramCache:
