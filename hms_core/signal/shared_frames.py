@@ -52,24 +52,22 @@ class RecordingSpectrograms:
         self.clip_uv = frontend.clip_uv
         kernel = frontend.fir.kernel
         self.fir_gain = float(kernel.double().sum())
-        half_taps = len(kernel) // 2
+        self._interior_taps = len(kernel) // 2
         self.hop, self.n_fft = spectrogram.hop, spectrogram.n_fft
         self.left = self.n_fft // 2
-        self._interior_taps = half_taps
         # Windowed DFT of a constant 1: what a DC shift of the chain adds to each frame.
         dft = spectrogram.dft  # (2F, hop, n_blocks): W[o, c, j] = dft[o, hop j + c]
         self.dc_response = dft.sum(dim=(1, 2))  # (2F,)
         self.pool: torch.Tensor | None = None  # (16, 2F, capacity) clean frames of C, in the order computed
         self.registry: dict[int, int] = {}  # frame key (_keys) -> pool column
         self.n_pooled = 0
-        self.n_computed = 0
+        self.n_computed = self.n_copied = 0
         # Only frames that another window of the recording also has are worth keeping.
         n_frames = spectrogram.n_frames_of(n_times)
         starts = np.asarray(starts, dtype=np.int64)
         keys = self._keys(starts[:, None], np.flatnonzero(self._interior(n_times, n_frames))[None, :])
         unique, counts = np.unique(keys, return_counts=True)
         self.wanted = set(unique[counts > 1].tolist())
-        self.n_copied = 0
 
     def _keys(self, starts: np.ndarray, frames: np.ndarray) -> np.ndarray:
         """One integer per (start modulo hop, absolute frame): equal keys are the same recording samples."""
@@ -88,9 +86,13 @@ class RecordingSpectrograms:
         self.n_pooled += n
         return self.n_pooled - n
 
+    def _first_samples(self, n_frames: int) -> np.ndarray:
+        """The first sample under each frame (negative: in the reflect padding)."""
+        return np.arange(n_frames) * self.hop - self.left
+
     def _interior(self, n_times: int, n_frames: int) -> np.ndarray:
         """Frames whose whole support lies where the filter saw only the window's own samples."""
-        first = np.arange(n_frames) * self.hop - self.left
+        first = self._first_samples(n_frames)
         return (first >= self._interior_taps) & (first + self.n_fft - 1 <= n_times - 1 - self._interior_taps)
 
     def _clipped_frames(self, chains16: torch.Tensor, n_frames: int) -> np.ndarray:
@@ -102,8 +104,8 @@ class RecordingSpectrograms:
         if hit:  # most windows never reach the clip level
             clipped = (peak[hit] >= self.clip_uv).cpu().numpy()
             counts = np.concatenate([np.zeros((len(hit), 1), np.int64), np.cumsum(clipped, axis=1)], axis=1)
-            first = np.clip(np.arange(n_frames) * self.hop - self.left, 0, n_times)
-            stop = np.clip(np.arange(n_frames) * self.hop - self.left + self.n_fft, 0, n_times)
+            first = np.clip(self._first_samples(n_frames), 0, n_times)
+            stop = np.clip(self._first_samples(n_frames) + self.n_fft, 0, n_times)
             out[hit] = (counts[:, stop] - counts[:, first]) > 0
         return out
 
