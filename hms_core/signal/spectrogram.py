@@ -169,12 +169,13 @@ class RegionSpectrogram(torch.nn.Module):
         self.register_buffer("regions", torch.tensor(region_matrix(), dtype=torch.float32))
         rows = [r for region in SPEC_REGIONS for r in REGION_CHAIN_ROWS[region]]
         self.register_buffer("chain_rows", torch.tensor(rows, dtype=torch.long))
+        contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
+        self._chain_slice = slice(rows[0], rows[0] + len(rows)) if contiguous else None
 
     def region_chains(self, chains: torch.Tensor) -> torch.Tensor:
         """The 16 chains of the four regions, ``(B, 16, T)`` (a view when their rows are contiguous)."""
-        rows = self.chain_rows.tolist() if not torch.jit.is_tracing() else None
-        if rows is not None and rows == list(range(rows[0], rows[0] + len(rows))):
-            return chains[:, rows[0]:rows[0] + len(rows)]
+        if self._chain_slice is not None and not torch.jit.is_tracing():
+            return chains[:, self._chain_slice]
         return chains.index_select(1, self.chain_rows)
 
     def n_frames_of(self, n_times: int) -> int:
